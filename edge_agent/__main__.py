@@ -1,0 +1,82 @@
+"""``edge-agent run --config FILE``: the daemon's entry point, and the only place with signal handlers.
+
+argparse rather than typer: the daemon's imports are part of its memory budget on a small device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edge_agent import __version__
+from edge_agent.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="edgefleet edge agent")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent daemon")
+    run.add_argument("--config", type=Path, required=True, help="agent config file (TOML)")
+    run.add_argument("--log-level", default="INFO")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", type=Path, required=True)
+    return parser
+
+
+async def _run_until_signalled(config: object) -> None:
+    from edge_agent.agent import serve
+    from edge_agent.config import AgentConfig
+
+    assert isinstance(config, AgentConfig)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            stop.set()
+        elif task is not None:
+            # A second signal forces: cancel whatever the drain is still waiting for.
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await serve(config, stop=stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from edge_agent.config import load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"edge-agent: invalid config: {line}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.config}: valid ({len(config.subscriptions)} subscriptions, {len(config.handlers)} handlers)")
+        return 0
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(_run_until_signalled(config))
+    except asyncio.CancelledError:
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

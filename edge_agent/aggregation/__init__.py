@@ -1,0 +1,1 @@
+"""Windowed aggregation of handler results."""

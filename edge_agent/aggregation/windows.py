@@ -1,0 +1,177 @@
+"""Tumbling, hopping and session windows over handler results, closed by a wall-clock watermark.
+
+The watermark is ``now - lateness``: a window closes once its end is behind the watermark, so an idle stream
+still closes its windows, and an event whose window already closed is *late* (dead-lettered, never dropped in
+silence). Open windows are checkpointed with every commit (see :mod:`edge_agent.outbox`), so they survive a
+restart instead of being flushed early.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_protocol.aggregate import FieldAccumulator, FieldState, WindowResult, window_id
+from edge_protocol.specs import SubscriptionSpec
+
+
+@dataclass(slots=True)
+class OpenWindow:
+    start: float
+    end: float
+    events: int = 0
+    fields: dict[str, FieldAccumulator] = field(default_factory=dict)
+
+    def add(self, values: dict[str, float], ts: float) -> None:
+        self.events += 1
+        for name, value in values.items():
+            acc = self.fields.get(name)
+            if acc is None:
+                acc = self.fields[name] = FieldAccumulator()
+            acc.add(value, ts)
+
+
+def numeric_values(values: dict[str, Any], only: list[str] | None) -> dict[str, float]:
+    """The aggregatable values of one result: numbers, booleans as 0/1; NaN and infinities are skipped."""
+    names = only if only is not None else values.keys()
+    out: dict[str, float] = {}
+    for name in names:
+        v = values.get(name)
+        if isinstance(v, int | float) and math.isfinite(v):
+            out[name] = float(v)
+    return out
+
+
+class WindowSet:
+    """The open windows of one subscription, per group."""
+
+    def __init__(self, spec: SubscriptionSpec, device_id: str) -> None:
+        self.spec = spec
+        self._device = device_id
+        self._revision = spec.revision
+        self._window = spec.window
+        self._lateness = spec.lateness
+        self._open: dict[tuple[str, float], OpenWindow] = {}
+        self._sessions: dict[str, OpenWindow] = {}
+        self._emit_later: list[tuple[str, OpenWindow]] = []
+        self.late = 0
+
+    def __len__(self) -> int:
+        return len(self._open) + len(self._sessions)
+
+    def add(self, group: str, values: dict[str, float], ts: float, now: float) -> bool:
+        """Add one result at event time ``ts``; False when it is late (its window already closed)."""
+        watermark = now - self._lateness
+        win = self._window
+        if win.kind == "session":
+            return self._add_session(group, values, ts, watermark)
+        hop = win.hop if win.kind == "hopping" and win.hop else win.size
+        last_start = math.floor(ts / hop) * hop
+        added = False
+        start = last_start
+        while start > ts - win.size:
+            end = start + win.size
+            if end > watermark:
+                key = (group, start)
+                w = self._open.get(key)
+                if w is None:
+                    w = self._open[key] = OpenWindow(start, end)
+                w.add(values, ts)
+                added = True
+            start -= hop
+        if not added:
+            self.late += 1
+        return added
+
+    def _add_session(self, group: str, values: dict[str, float], ts: float, watermark: float) -> bool:
+        gap = self._window.gap or 0.0
+        if ts + gap <= watermark:
+            self.late += 1
+            return False
+        w = self._sessions.get(group)
+        if w is not None and ts - w.end > gap:
+            # A gap ended the previous session: it is complete even if the watermark has not passed it yet.
+            self._emit_later.append((group, w))
+            w = None
+        if w is None:
+            w = self._sessions[group] = OpenWindow(ts, ts)
+        w.start = min(w.start, ts)
+        w.end = max(w.end, ts)
+        w.add(values, ts)
+        return True
+
+    def close_due(self, now: float) -> list[WindowResult]:
+        """Results of every window the watermark has passed, oldest first."""
+        watermark = now - self._lateness
+        closed: list[tuple[str, OpenWindow]] = []
+        if self._open:
+            due = [k for k, w in self._open.items() if w.end <= watermark]
+            closed.extend((k[0], self._open.pop(k)) for k in due)
+        if self._window.kind == "session":
+            gap = self._window.gap or 0.0
+            closed.extend(self._emit_later)
+            self._emit_later = []
+            for group in [g for g, w in self._sessions.items() if w.end + gap <= watermark]:
+                closed.append((group, self._sessions.pop(group)))
+        closed.sort(key=lambda gw: (gw[1].start, gw[0]))
+        return [self._result(group, w) for group, w in closed]
+
+    def next_close(self) -> float | None:
+        """Wall-clock time at which the next window closes, or None when nothing is open."""
+        ends = [w.end for w in self._open.values()]
+        if self._window.kind == "session":
+            ends += [w.end + (self._window.gap or 0.0) for w in self._sessions.values()]
+            if self._emit_later:
+                return 0.0
+        return min(ends) + self._lateness if ends else None
+
+    def _result(self, group: str, w: OpenWindow) -> WindowResult:
+        end = w.end + (self._window.gap or 0.0) if self._window.kind == "session" else w.end
+        return WindowResult(
+            id=window_id(self._device, self.spec.name, self._revision, group, w.start),
+            subscription=self.spec.name,
+            revision=self._revision,
+            group=group,
+            window_start=w.start,
+            window_end=end,
+            events=w.events,
+            fields={name: acc.freeze() for name, acc in w.fields.items()},
+            stats=list(self.spec.stats),
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state of every open window, tagged with the subscription's revision."""
+
+        def dump(group: str, w: OpenWindow) -> dict[str, Any]:
+            return {
+                "group": group,
+                "start": w.start,
+                "end": w.end,
+                "events": w.events,
+                "fields": {n: a.freeze().model_dump() for n, a in w.fields.items()},
+            }
+
+        return {
+            "revision": self._revision,
+            "windows": [dump(g, w) for (g, _), w in self._open.items()],
+            "sessions": [dump(g, w) for g, w in self._sessions.items()],
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> bool:
+        """Reopen checkpointed windows; False (and nothing restored) when the subscription changed since."""
+        if snapshot.get("revision") != self._revision:
+            return False
+
+        def load(item: dict[str, Any]) -> OpenWindow:
+            w = OpenWindow(float(item["start"]), float(item["end"]), int(item["events"]))
+            for name, state in item["fields"].items():
+                w.fields[name] = FieldAccumulator.thaw(FieldState.model_validate(state))
+            return w
+
+        for item in snapshot.get("windows", []):
+            self._open[(item["group"], float(item["start"]))] = load(item)
+        for item in snapshot.get("sessions", []):
+            self._sessions[item["group"]] = load(item)
+        return True

@@ -1,0 +1,264 @@
+"""The agent's only contact with MQTT libraries.
+
+``LocalBroker`` takes events from the device broker with paho-mqtt's own network thread and hands them to
+asyncio in batches: paho's callback costs half of aiomqtt's per message (DESIGN.md §2), and paho 2 has the
+manual acknowledgement that at-least-once intake needs (aiomqtt 2.5 does not). ``CloudBroker`` speaks to the
+cloud broker with aiomqtt, where the message rate is low and asyncio ergonomics win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_agent.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One event as it arrived; ``mid`` is 0 for QoS 0 (nothing to acknowledge)."""
+
+    mid: int
+    topic: str
+    payload: bytes
+    qos: int
+    dup: bool
+    arrived: float
+    refs: int = 0
+    """Subscriptions still processing this event; acknowledged when it reaches zero."""
+
+
+class LocalBroker:
+    """Device-broker session: persistent, QoS 1 with manual acknowledgement, batched hand-off to asyncio."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        subscriptions: list[tuple[str, int]],
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        session_expiry: float = 86400.0,
+        receive_maximum: int = 65535,
+        max_buffered: int = 50_000,
+    ) -> None:
+        self._host, self._port, self._keepalive = host, port, keepalive
+        self._subscriptions = list(subscriptions)
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
+        if username:
+            self._client.username_pw_set(username, password)
+        self._connect_props = Properties(PacketTypes.CONNECT)
+        self._connect_props.SessionExpiryInterval = int(session_expiry)
+        # mosquitto sends a manual-ack client only Receive Maximum unacknowledged messages (default 20).
+        self._connect_props.ReceiveMaximum = receive_maximum
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._buffer: list[Incoming] = []
+        self._max_buffered = max_buffered
+        self._room = threading.Condition()
+        self._wake_pending = False
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = threading.Event()
+        self._confirms: dict[int, asyncio.Future[None]] = {}
+        self._confirm_lock = threading.Lock()
+        self._closing = False
+        self.connects = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def __aenter__(self) -> LocalBroker:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        try:
+            self._client.connect_async(
+                self._host, self._port, self._keepalive, clean_start=False, properties=self._connect_props
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"local broker {self._host}:{self._port}: {exc}") from exc
+        self._client.loop_start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        with self._room:
+            self._room.notify_all()
+        await asyncio.to_thread(self._client.disconnect)
+        await asyncio.to_thread(self._client.loop_stop)
+
+    async def wait_connected(self, timeout: float) -> None:
+        if not await asyncio.to_thread(self._connected.wait, timeout):
+            raise BrokerError(f"local broker {self._host}:{self._port}: not connected after {timeout:g}s")
+
+    # -- paho thread ---------------------------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.error("local broker refused the connection: %s", reason)
+            return
+        self.connects += 1
+        if self._subscriptions:
+            client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self._subscriptions])
+        self._connected.set()
+        log.info("connected to local broker %s:%s", self._host, self._port)
+
+    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._connected.clear()
+        if not self._closing:
+            log.warning("local broker connection lost (%s); paho reconnects", reason)
+
+    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        item = Incoming(msg.mid if msg.qos else 0, msg.topic, msg.payload, msg.qos, bool(msg.dup), time.time())
+        if len(self._buffer) >= self._max_buffered:
+            # Holding paho's thread stops reads from the socket: the backlog stays in the broker's session.
+            with self._room:
+                while len(self._buffer) >= self._max_buffered and not self._closing:
+                    self._room.wait(0.5)
+        self._buffer.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            assert self._loop is not None and self._wake is not None
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, _reason: Any, _props: Any) -> None:
+        with self._confirm_lock:
+            fut = self._confirms.pop(mid, None)
+        if fut is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(_resolve, fut)
+
+    # -- asyncio side --------------------------------------------------------------------------------
+    async def batches(self) -> AsyncIterator[list[Incoming]]:
+        """Everything that arrived since the last batch, as soon as anything did."""
+        assert self._wake is not None
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            # Clear the flag before taking the buffer: a message appended after the swap then wakes us again.
+            self._wake_pending = False
+            batch, self._buffer = self._buffer, []
+            if len(batch) >= self._max_buffered:
+                with self._room:
+                    self._room.notify_all()
+            if batch:
+                yield batch
+
+    def ack(self, mid: int, qos: int = 1) -> None:
+        """Acknowledge one QoS 1 event to the broker (its result is durable)."""
+        if mid:
+            self._client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Awaitable[None] | None:
+        """Publish on the device broker; for QoS 1, an awaitable that resolves on the broker's PUBACK."""
+        assert self._loop is not None
+        if qos == 0:
+            self._client.publish(topic, payload, 0, retain)
+            return None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        with self._confirm_lock:
+            info = self._client.publish(topic, payload, qos, retain)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+            if info.is_published():
+                fut.set_result(None)
+            else:
+                self._confirms[info.mid] = fut
+        return fut
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class CloudBroker:
+    """Cloud-broker session with aiomqtt: reconnects with capped, jittered exponential backoff."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        will: tuple[str, bytes] | None = None,
+        reconnect_max: float = 30.0,
+    ) -> None:
+        self._host, self._port = host, port
+        self._kwargs: dict[str, Any] = {
+            "identifier": client_id,
+            "username": username,
+            "password": password,
+            "keepalive": keepalive,
+            "protocol": aiomqtt.ProtocolVersion.V5,
+        }
+        if will is not None:
+            self._kwargs["will"] = aiomqtt.Will(will[0], will[1], qos=1, retain=True)
+        self._reconnect_max = reconnect_max
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+
+    async def run(
+        self,
+        subscribe: list[str],
+        on_connect: Callable[[], Awaitable[None]],
+        on_message: Callable[[str, bytes], Awaitable[None]],
+    ) -> None:
+        """Stay connected until cancelled, calling ``on_connect`` after each (re)connection."""
+        attempt = 0
+        while True:
+            try:
+                async with aiomqtt.Client(self._host, self._port, **self._kwargs) as client:
+                    self._client = client
+                    attempt = 0
+                    for topic in subscribe:
+                        await client.subscribe(topic, qos=1)
+                    self.connected.set()
+                    await on_connect()
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b""
+                        await on_message(str(message.topic), payload)
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                self._client = None
+                delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
+                attempt += 1
+                log.warning("cloud broker %s:%s: %s; retrying in %.1fs", self._host, self._port, exc, delay)
+                await asyncio.sleep(delay)
+            finally:
+                self.connected.clear()
+                self._client = None
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish now; raise :class:`BrokerError` when not connected or the publish fails."""
+        client = self._client
+        if client is None:
+            raise BrokerError("cloud broker not connected")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
+        except aiomqtt.MqttError as exc:
+            raise BrokerError(f"cloud publish to {topic}: {exc}") from exc

@@ -1,0 +1,137 @@
+"""Agent configuration: a TOML file, overridable by ``EDGEFLEET_AGENT_*`` environment variables.
+
+Config objects only describe; runtime objects (broker clients, containers, the outbox) are built from them
+in :mod:`edge_agent.agent`.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge_agent.errors import ConfigError
+from edge_protocol.durations import Duration
+from edge_protocol.specs import NAME_PATTERN, HandlerSpec, SubscriptionSpec
+from edge_protocol.topics import DEFAULT_PREFIX
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalBrokerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = Field(default=None, description="fixed id for the persistent session; default agent-<device>")
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = Field(default=30, ge=5)
+    session_expiry: Duration = Field(default=86400.0, ge=0, description="how long the broker keeps our session")
+    receive_maximum: int = Field(default=65535, ge=1, le=65535)
+
+
+class CloudConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    prefix: str = DEFAULT_PREFIX
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = Field(default=30, ge=5)
+    batch_records: int = Field(default=200, ge=1, le=10_000)
+    max_unacked: int = Field(default=2000, ge=1)
+    resend_after: Duration = Field(default=15.0, gt=0, description="resend records the hub has not acked by then")
+    reconnect_max: Duration = Field(default=30.0, gt=0)
+
+
+class OutboxConfig(_Section):
+    path: Path | None = Field(default=None, description="default: <data_dir>/outbox.sqlite")
+    ttl: Duration = Field(default=7200.0, gt=0)
+    max_records: int = Field(default=100_000, ge=10)
+    policy: Literal["drop-oldest", "reject-new"] = "drop-oldest"
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL", description="NORMAL survives process crashes; FULL also power loss, at a cost"
+    )
+
+
+class AgentConfig(BaseSettings):
+    """Everything one agent needs; subscriptions and handlers come from here in standalone mode."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEFLEET_AGENT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    device_id: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
+    data_dir: Path = Path("./agent-data")
+    docker_host: str | None = Field(default=None, description="default: DOCKER_HOST or the local socket")
+    max_payload_bytes: int = Field(default=256 * 1024, ge=64)
+    grace_period: Duration = Field(default=10.0, ge=0, description="how long SIGTERM waits for queues to drain")
+    local_broker: LocalBrokerConfig = LocalBrokerConfig()
+    cloud: CloudConfig = CloudConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    handlers: list[HandlerSpec] = Field(default_factory=list)
+    subscriptions: list[SubscriptionSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> AgentConfig:
+        names = [h.name for h in self.handlers]
+        if len(set(names)) != len(names):
+            raise ValueError("handler names must be unique")
+        subs = [s.name for s in self.subscriptions]
+        if len(set(subs)) != len(subs):
+            raise ValueError("subscription names must be unique")
+        for sub in self.subscriptions:
+            if sub.handler not in names:
+                raise ValueError(f"subscription {sub.name!r} names handler {sub.handler!r}, which is not defined")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so that it overrides the file, which arrives as init kwargs.
+        return env_settings, init_settings
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.data_dir / "outbox.sqlite"
+
+    @property
+    def client_id(self) -> str:
+        return self.local_broker.client_id or f"agent-{self.device_id}"
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One ``field.path: reason`` line per error."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(config)"
+        lines.append(f"{path}: {err['msg']}")
+    return lines
+
+
+def load_config(path: Path | None, **overrides: Any) -> AgentConfig:
+    """Read and validate the config; raise :class:`ConfigError` with field paths on any problem."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: no such file"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    data.update(overrides)
+    try:
+        return AgentConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

@@ -1,0 +1,343 @@
+"""A handler as a long-lived, hardened Docker container spoken to over its attach socket.
+
+Lifecycle calls go through the Docker SDK in a thread; the attach socket itself is read by the event loop
+(one thread hop per read would cost more than the handler). Replies come back in order, so a line that does
+not parse is charged to the oldest event still waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from edge_agent.errors import HandlerGone, HandlerStartError
+from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome
+from edge_agent.runtime.jsonlines import STDERR, STDOUT, FrameError, LineSplitter, StreamDemuxer
+from edge_protocol.handler_io import Reply, ReplyError, decode_reply, encode_event, encode_ping
+from edge_protocol.specs import HandlerSpec
+
+log = logging.getLogger(__name__)
+
+LABEL_DEVICE = "edgefleet.device"
+LABEL_HANDLER = "edgefleet.handler"
+LABEL_RELEASE = "edgefleet.release"
+LABEL_REPLICA = "edgefleet.replica"
+
+
+def hardened_create_args(spec: HandlerSpec, *, device_id: str, replica: int) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create``: the hardening every handler gets, from its spec."""
+    limits = spec.limits
+    return {
+        "image": spec.image,
+        "command": spec.command,
+        "name": f"edgefleet.{device_id}.{spec.name}.{replica}",
+        "stdin_open": True,
+        "network_mode": spec.network,
+        "read_only": True,
+        "tmpfs": {"/tmp": f"size={limits.tmpfs_size},mode=1777"},  # noqa: S108 - inside the container
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "user": "65534:65534",
+        "pids_limit": limits.pids,
+        "mem_limit": limits.memory,
+        "memswap_limit": limits.memory,
+        "nano_cpus": int(limits.cpus * 1e9),
+        "environment": dict(spec.env),
+        "labels": {
+            LABEL_DEVICE: device_id,
+            LABEL_HANDLER: spec.name,
+            LABEL_RELEASE: spec.image,
+            LABEL_REPLICA: str(replica),
+        },
+        "privileged": False,
+    }
+
+
+class DockerHandler(HandlerRuntime):
+    """One replica of one handler, as a container; restarts it with backoff when it exits or hangs."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        *,
+        client: docker.DockerClient,
+        device_id: str,
+        replica: int = 0,
+        max_line: int = 1 << 20,
+        restart_base: float = 0.5,
+        restart_max: float = 300.0,
+    ) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self._client = client
+        self._device = device_id
+        self._replica = replica
+        self._max_line = max_line
+        self._restart_base, self._restart_max = restart_base, restart_max
+        self._container: Container | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._read_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._next_id = 1
+        self._pending: dict[int, int] = {}
+        self._order: list[int] = []
+        self._outcomes: list[Outcome | None] = []
+        self._progress = asyncio.Event()
+        self._gone = asyncio.Event()
+        self._healthy = False
+        self._failures = 0
+        self._pongs: dict[int, asyncio.Future[None]] = {}
+        self.restarts = 0
+        self.invalid_lines = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def container_id(self) -> str | None:
+        return self._container.id if self._container is not None else None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._ensure_image)
+        await asyncio.to_thread(self._remove_leftovers)
+        container, raw = await asyncio.to_thread(self._create_and_attach)
+        self._container = container
+        self._reader, self._writer = await asyncio.open_connection(sock=raw)
+        self._gone = asyncio.Event()
+        self._read_task = asyncio.create_task(self._read_loop(), name=f"agent.handler-read[{self.name}]")
+        try:
+            await asyncio.to_thread(container.start)
+        except docker.errors.APIError as exc:
+            await self._discard()
+            raise HandlerStartError(self.name, f"start refused: {exc.explanation or exc}") from exc
+        self._healthy = True
+        log.info("handler %s started: container %s image %s", self.name, container.short_id, self.spec.image)
+
+    def _ensure_image(self) -> None:
+        try:
+            self._client.images.get(self.spec.image)
+        except docker.errors.ImageNotFound:
+            try:
+                self._client.images.pull(self.spec.image)
+            except docker.errors.APIError as exc:
+                raise HandlerStartError(self.name, f"image {self.spec.image} absent and pull failed: {exc}") from exc
+        except docker.errors.APIError as exc:
+            raise HandlerStartError(self.name, f"engine error: {exc}") from exc
+
+    def _remove_leftovers(self) -> None:
+        labels = [f"{LABEL_DEVICE}={self._device}", f"{LABEL_HANDLER}={self.name}", f"{LABEL_REPLICA}={self._replica}"]
+        for old in self._client.containers.list(all=True, filters={"label": labels}):
+            with contextlib.suppress(docker.errors.NotFound):
+                old.remove(force=True)
+
+    def _create_and_attach(self) -> tuple[Container, socket.socket]:
+        try:
+            container = self._client.containers.create(
+                **hardened_create_args(self.spec, device_id=self._device, replica=self._replica)
+            )
+        except docker.errors.APIError as exc:
+            raise HandlerStartError(self.name, f"create refused: {exc.explanation or exc}") from exc
+        # Attach before start so no early output is lost and nothing is buffered in the HTTP layer.
+        sock_io = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        raw: socket.socket = getattr(sock_io, "_sock", sock_io)
+        # Our own descriptor: the SDK's response objects may close theirs when collected.
+        dup = raw.dup()
+        dup.setblocking(False)
+        sock_io.close()
+        return container, dup
+
+    async def aclose(self) -> None:
+        self._healthy = False
+        await self._discard()
+
+    async def _discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self._writer.wait_closed()
+            self._writer = None
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._read_task
+            self._read_task = None
+        container, self._container = self._container, None
+        if container is not None:
+            await asyncio.to_thread(_stop_and_remove, container)
+
+    async def _restart(self) -> bool:
+        self._healthy = False
+        await self._discard()
+        delay = min(self._restart_max, self._restart_base * 2 ** min(self._failures, 20))
+        self._failures += 1
+        self.restarts += 1
+        log.warning("handler %s: restarting in %.1fs (failure %d)", self.name, delay, self._failures)
+        await asyncio.sleep(delay)
+        try:
+            await self.start()
+        except HandlerStartError as exc:
+            log.error("%s", exc)
+            return False
+        return True
+
+    # -- conversation --------------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        demux = StreamDemuxer()
+        lines = LineSplitter(self._max_line)
+        try:
+            while True:
+                data = await self._reader.read(1 << 16)
+                if not data:
+                    break
+                for stream, chunk in demux.feed(data):
+                    if stream == STDERR:
+                        log.info("handler %s: %s", self.name, chunk.decode(errors="replace").rstrip()[:2000])
+                    elif stream == STDOUT:
+                        for line in lines.feed(chunk):
+                            self._on_line(line)
+        except (OSError, FrameError) as exc:
+            log.warning("handler %s: attach stream failed: %s", self.name, exc)
+        finally:
+            self._gone.set()
+            self._progress.set()
+
+    def _on_line(self, line: bytes) -> None:
+        if not line.strip() and line:
+            return
+        try:
+            reply = decode_reply(line) if line else None
+        except ReplyError as exc:
+            reply = None
+            reason = str(exc)
+        else:
+            reason = f"line longer than {self._max_line} bytes"
+        if reply is not None and reply.kind == "pong":
+            fut = self._pongs.pop(reply.id or 0, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        if reply is not None and reply.id in self._pending:
+            slot = self._pending.pop(reply.id)
+        elif self._order:
+            # Replies arrive in order: an unreadable or unattributable line belongs to the oldest waiter.
+            self.invalid_lines += 1
+            oldest = next((i for i in self._order if i in self._pending), None)
+            if oldest is None:
+                return
+            slot = self._pending.pop(oldest)
+            if reply is not None:
+                reason = f"reply for unknown id {reply.id}"
+            self._outcomes[slot] = Failure("handler-invalid-reply", reason)
+            self._failures = 0
+            self._progress.set()
+            return
+        else:
+            self.invalid_lines += 1
+            return
+        self._outcomes[slot] = reply
+        self._failures = 0
+        self._progress.set()
+
+    async def process(self, events: list[EventTuple]) -> list[Outcome]:
+        async with self._lock:
+            self._outcomes = [None] * len(events)
+            todo = list(range(len(events)))
+            while todo:
+                if not self._healthy and not await self._restart():
+                    for slot in todo:
+                        self._outcomes[slot] = Failure("handler-unavailable", "handler could not be started")
+                    break
+                todo = await self._send_and_wait(events, todo)
+            outcomes = self._outcomes
+            self._outcomes = []
+            return [o if o is not None else Failure("handler-unavailable", "no outcome") for o in outcomes]
+
+    async def _send_and_wait(self, events: list[EventTuple], todo: list[int]) -> list[int]:
+        """Send events ``todo``; return those to retry on a fresh container (after an exit or a hang)."""
+        assert self._writer is not None
+        self._pending.clear()
+        self._order = []
+        parts = []
+        for slot in todo:
+            eid = self._next_id
+            self._next_id += 1
+            self._pending[eid] = slot
+            self._order.append(eid)
+            topic, payload, ts = events[slot]
+            parts.append(encode_event(eid, topic, payload, ts))
+        try:
+            self._writer.write(b"".join(parts))
+            await self._writer.drain()
+        except (OSError, ConnectionError):
+            self._gone.set()
+        timeout = self.spec.event_timeout
+        while self._pending:
+            self._progress.clear()
+            if self._gone.is_set():
+                return self._charge_oldest("handler-exited", "the handler's container exited")
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._progress.wait()
+            except TimeoutError:
+                return self._charge_oldest("handler-timeout", f"no reply within {timeout:g}s")
+        return []
+
+    def _charge_oldest(self, reason: str, detail: str) -> list[int]:
+        """The oldest waiting event caused the exit or hang: dead-letter it, retry the others."""
+        self._healthy = False
+        waiting = [self._pending[i] for i in self._order if i in self._pending]
+        self._pending.clear()
+        if not waiting:
+            return []
+        self._outcomes[waiting[0]] = Failure(reason, detail)
+        return waiting[1:]
+
+    async def ping(self, timeout: float) -> bool:
+        if not self._healthy or self._writer is None:
+            return False
+        pid = self._next_id
+        self._next_id += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pongs[pid] = fut
+        try:
+            self._writer.write(encode_ping(pid))
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+                await fut
+            return True
+        except (TimeoutError, OSError, ConnectionError):
+            return False
+        finally:
+            self._pongs.pop(pid, None)
+
+
+def _stop_and_remove(container: Container) -> None:
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        container.stop(timeout=3)
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        container.remove(force=True)
+
+
+def docker_client(docker_host: str | None) -> docker.DockerClient:
+    """A client for ``docker_host``, else DOCKER_HOST / the default socket."""
+    try:
+        client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise HandlerStartError("*", f"no Docker engine at {docker_host or 'DOCKER_HOST'}: {exc}") from exc
+    return client
+
+
+__all__ = ["DockerHandler", "HandlerGone", "Reply", "docker_client", "hardened_create_args", "time"]

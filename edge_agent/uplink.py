@@ -1,0 +1,156 @@
+"""Forwards outbox records to the cloud broker and deletes them when the hub acknowledges storing them.
+
+A broker's PUBACK is not enough (the broker may lose what it acknowledged), so a record stays in the outbox
+until the hub's own Ack names its sequence; records unacknowledged for ``resend_after`` are sent again. The
+hub stores by window id, so a resend is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from edge_agent import __version__
+from edge_agent.broker import CloudBroker
+from edge_agent.errors import BrokerError
+from edge_agent.outbox import Outbox
+from edge_protocol.aggregate import WindowResult
+from edge_protocol.messages import CLOUD_MESSAGE, Ack, AggregateBatch, SequencedResult, Status
+from edge_protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def status_payload(device_id: str, online: bool) -> bytes:
+    return Status(device=device_id, online=online, agent_version=__version__, ts=time.time()).model_dump_json().encode()
+
+
+class Uplink:
+    """The agent's side of the cloud link: status, aggregates out, acks in."""
+
+    def __init__(
+        self,
+        *,
+        cloud: CloudBroker,
+        outbox: Outbox,
+        device_id: str,
+        topics: Topics,
+        batch_records: int = 200,
+        max_unacked: int = 2000,
+        resend_after: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cloud = cloud
+        self._outbox = outbox
+        self._device = device_id
+        self._topics = topics
+        self._batch = batch_records
+        self._max_unacked = max_unacked
+        self._resend_after = resend_after
+        self._clock = clock
+        self._sent_through = 0
+        self._unacked: dict[int, float] = {}
+        self._wake = asyncio.Event()
+        self.sent = 0
+        self.acked = 0
+        self.resends = 0
+        self.invalid_messages = 0
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                self._cloud.run([self._topics.acks(self._device)], self._on_connect, self._on_message),
+                name="agent.uplink.session",
+            )
+            tg.create_task(self._send_loop(), name="agent.uplink.send")
+
+    async def _on_connect(self) -> None:
+        # Whatever was in flight on the old connection may be lost: send every unacked record again.
+        self._sent_through = 0
+        self._unacked.clear()
+        self._wake.set()
+        await self._cloud.publish(self._topics.status(self._device), status_payload(self._device, True), retain=True)
+
+    async def announce_offline(self) -> None:
+        """Retained offline status on a clean shutdown (the MQTT will covers the unclean one)."""
+        with contextlib.suppress(BrokerError):
+            payload = status_payload(self._device, False)
+            await self._cloud.publish(self._topics.status(self._device), payload, retain=True)
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            msg = CLOUD_MESSAGE.validate_json(payload)
+        except ValidationError as exc:
+            self.invalid_messages += 1
+            log.warning("ignored invalid message on %s: %s", topic, exc.errors()[0]["msg"] if exc.errors() else exc)
+            return
+        if not isinstance(msg, Ack) or msg.device != self._device:
+            self.invalid_messages += 1
+            log.warning("ignored unexpected %s message on %s", msg.kind, topic)
+            return
+        deleted = await self._outbox.delete(msg.ranges)
+        self.acked += deleted
+        for lo, hi in msg.ranges:
+            if hi - lo < len(self._unacked):
+                for seq in range(lo, hi + 1):
+                    self._unacked.pop(seq, None)
+            else:
+                for seq in [s for s in self._unacked if lo <= s <= hi]:
+                    del self._unacked[seq]
+        self._wake.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._cloud.connected.wait()
+            self._wake.clear()
+            self._outbox.new_records.clear()
+            records: list[tuple[int, bytes]] = []
+            room = self._max_unacked - len(self._unacked)
+            if room > 0:
+                records = await self._outbox.fetch(self._sent_through, min(room, self._batch))
+            if records:
+                try:
+                    await self._send(records)
+                except BrokerError as exc:
+                    log.warning("aggregates not sent: %s", exc)
+                    await self._cloud.connected.wait()
+                continue
+            oldest = next(iter(self._unacked.values()), None)
+            timeout = None
+            if oldest is not None:
+                timeout = oldest + self._resend_after - self._clock()
+                if timeout <= 0:
+                    log.info("hub has not acked %d records; sending them again", len(self._unacked))
+                    self.resends += 1
+                    self._sent_through = 0
+                    self._unacked.clear()
+                    continue
+            await _wait_any([self._wake, self._outbox.new_records], timeout)
+
+    async def _send(self, records: list[tuple[int, bytes]]) -> None:
+        batch = AggregateBatch(
+            device=self._device,
+            sent_at=time.time(),
+            records=[SequencedResult(seq=seq, result=WindowResult.model_validate_json(body)) for seq, body in records],
+        )
+        await self._cloud.publish(self._topics.aggregates(self._device), batch.model_dump_json().encode(), qos=1)
+        now = self._clock()
+        for seq, _ in records:
+            self._unacked.pop(seq, None)
+            self._unacked[seq] = now
+        self._sent_through = records[-1][0]
+        self.sent += len(records)
+
+
+async def _wait_any(events: list[asyncio.Event], timeout: float | None) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
