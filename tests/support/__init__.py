@@ -1,0 +1,1 @@
+"""Test support: real brokers and the real Docker engine, started and stopped by the tests that use them."""
