@@ -1,0 +1,78 @@
+"""Run the real agent and hub in-process for integration tests, and wait on conditions with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agent import AgentState, serve
+from edge_agent.config import AgentConfig, load_config
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}")
+        await asyncio.sleep(interval)
+
+
+def agent_config(
+    *,
+    device_id: str,
+    data_dir: Path,
+    device_port: int,
+    cloud_port: int | None,
+    prefix: str = "edgefleet",
+    handlers: list[dict[str, Any]],
+    subscriptions: list[dict[str, Any]],
+    **extra: Any,
+) -> AgentConfig:
+    cloud: dict[str, Any] = {"enabled": False}
+    if cloud_port is not None:
+        cloud = {"port": cloud_port, "prefix": prefix, "resend_after": "3s", "reconnect_max": "2s"}
+    return load_config(
+        None,
+        device_id=device_id,
+        data_dir=data_dir,
+        local_broker={"port": device_port},
+        cloud=cloud,
+        handlers=handlers,
+        subscriptions=subscriptions,
+        grace_period=5,
+        **extra,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config: AgentConfig, **kwargs: Any) -> AsyncIterator[tuple[AgentState, asyncio.Task[None]]]:
+    """The agent's ``serve()`` as a task; stopped (two-phase) and awaited on exit."""
+    state = AgentState()
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(config, stop=stop, ready=ready, state=state, **kwargs), name="test.agent")
+    try:
+        await wait_for(lambda: ready.is_set() or task.done(), timeout=60, what="agent ready")
+        if task.done():
+            task.result()
+        yield state, task
+    finally:
+        stop.set()
+        try:
+            async with asyncio.timeout(30):
+                await task
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
