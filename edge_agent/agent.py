@@ -129,6 +129,7 @@ async def _run(
             deadletter_topic=topics.deadletter(spec.name),
             max_payload=config.max_payload_bytes,
             batch_size=handler_specs[spec.handler].batch_size,
+            intake_watermark=local.watermark,
         )
     router: Router[Dispatcher] = Router([(d.spec.topic, d) for d in state.dispatchers.values()])
     qos = {d.spec.topic: d.spec.qos for d in state.dispatchers.values()}

@@ -27,6 +27,10 @@ from edge_agent.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
+# An event's arrival is stamped in paho's thread just before it is appended to the hand-off list; this bounds
+# the gap between the two so that the intake watermark never passes an event still being appended.
+_HANDOFF_MARGIN = 0.05
+
 
 @dataclass(slots=True)
 class Incoming:
@@ -85,6 +89,8 @@ class LocalBroker:
         self._confirms: dict[int, asyncio.Future[None]] = {}
         self._confirm_lock = threading.Lock()
         self._closing = False
+        self._in_hand = False
+        self._taken_at = 0.0
         self.connects = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -158,12 +164,27 @@ class LocalBroker:
             self._wake.clear()
             # Clear the flag before taking the buffer: a message appended after the swap then wakes us again.
             self._wake_pending = False
+            self._taken_at = time.time()
             batch, self._buffer = self._buffer, []
             if len(batch) >= self._max_buffered:
                 with self._room:
                     self._room.notify_all()
             if batch:
-                yield batch
+                self._in_hand = True
+                try:
+                    yield batch
+                finally:
+                    self._in_hand = False
+
+    def watermark(self) -> float:
+        """Every event that arrived before this time has left the intake (is queued or processed).
+
+        Arrival-time windows may close only behind it: an event stamped just before a window's end may still be
+        on its way from paho's thread to a dispatcher's queue.
+        """
+        if self._buffer or self._in_hand:
+            return self._taken_at - _HANDOFF_MARGIN
+        return time.time() - _HANDOFF_MARGIN
 
     def ack(self, mid: int, qos: int = 1) -> None:
         """Acknowledge one QoS 1 event to the broker (its result is durable)."""

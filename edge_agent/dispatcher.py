@@ -46,6 +46,7 @@ class Dispatcher:
         max_payload: int,
         batch_size: int = 500,
         clock: Callable[[], float] = time.time,
+        intake_watermark: Callable[[], float] | None = None,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
@@ -58,6 +59,7 @@ class Dispatcher:
         self._max_payload = max_payload
         self._batch = batch_size
         self._clock = clock
+        self._intake_watermark = intake_watermark or clock
         self._group = group_key(spec.group_by)
         self._queue: collections.deque[Incoming] = collections.deque()
         self._has_items = asyncio.Event()
@@ -123,17 +125,24 @@ class Dispatcher:
         due = self.windows.next_close()
         if due is None:
             return None
-        return max(0.0, due - self._clock()) + 0.001
+        # Not below 10 ms: a window that is due but held back by the intake watermark must not spin the loop.
+        return max(0.01, due - self._clock() + 0.001)
+
+    def _watermark(self) -> float:
+        """Time up to which every event has been seen: the clock, held back by the intake and by our queue."""
+        mark = min(self._clock(), self._intake_watermark())
+        if self._queue:
+            mark = min(mark, self._queue[0].arrived)
+        return mark
 
     async def _tick(self) -> None:
         """Close due windows on an idle stream."""
-        closed = self.windows.close_due(self._clock())
+        closed = self.windows.close_due(self._watermark())
         if closed:
             await self._outbox.commit(closed, {self.spec.name: self.windows.snapshot()})
             self.counters.windows_closed += len(closed)
 
     async def _process(self, batch: list[Incoming]) -> None:
-        now = self._clock()
         waits: list[Awaitable[None]] = []
         events: list[EventTuple] = []
         sources: list[tuple[Incoming, Any]] = []
@@ -157,8 +166,8 @@ class Dispatcher:
             else:
                 values = numeric_values(outcome.values, self.spec.fields)
                 group = self._group(topic, payload, outcome.values)
-                if not self.windows.add(group, values, ts, now):
-                    self._deadletter(waits, msg, "late", f"event time {ts:.3f} is behind the watermark")
+                if not self.windows.add(group, values, ts):
+                    self._deadletter(waits, msg, "late", f"event time {ts:.3f}: its window already closed")
                     continue
                 self.counters.processed += 1
                 for req in outcome.publish:
@@ -166,7 +175,7 @@ class Dispatcher:
                     self.counters.published += 1
                     if pending is not None:
                         waits.append(pending)
-        closed = self.windows.close_due(self._clock())
+        closed = self.windows.close_due(self._watermark())
         await self._outbox.commit(closed, {self.spec.name: self.windows.snapshot()})
         self.counters.windows_closed += len(closed)
         if waits:

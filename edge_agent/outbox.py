@@ -83,6 +83,9 @@ class Outbox:
         self._pool.shutdown(wait=True)
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        if self._state == "closed":
+            # Its thread pool is shut down: say so in our own terms, not concurrent.futures' RuntimeError.
+            raise OutboxError(f"outbox {self.path} is closed")
         loop = asyncio.get_running_loop()
         try:
             # Shielded: a cancelled caller must not abandon a half-finished transaction's outcome.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -31,6 +33,8 @@ def parse_duration(text: str | float | int) -> float:
                 pos = match.end()
             if pos != len(cleaned) or not cleaned:
                 raise ValueError(f"not a duration: {text!r} (use e.g. '10s', '1m', '1h30m', '250ms')") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be finite: {text!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative: {text!r}")
     return seconds
@@ -43,7 +47,9 @@ def format_duration(seconds: float) -> str:
             return f"{int(seconds // size)}{unit}"
     if seconds == int(seconds):
         return f"{int(seconds)}s"
-    return f"{seconds:g}s"
+    # repr is the shortest text that reads back to the same float ('{:g}' kept 6 digits and used exponents,
+    # which parse_duration does not read); Decimal spells an exponent form out in plain digits.
+    return f"{Decimal(repr(float(seconds))):f}s"
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]

@@ -107,7 +107,8 @@ def decode_reply(line: bytes) -> Reply:
             raise ReplyError("'values' must be an object")
         raw_publish = obj.get("publish")
         publish: list[PublishRequest] = []
-        if raw_publish:
+        if raw_publish is not None:
+            # Checked even when falsy: {} or false is as wrong as any other non-list.
             if not isinstance(raw_publish, list):
                 raise ReplyError("'publish' must be a list")
             try:

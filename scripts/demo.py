@@ -87,7 +87,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script reads best as one functi
     try:
         device_broker, cloud_broker = Mosquitto().start(), Mosquitto().start()
         brokers += [device_broker, cloud_broker]
-        console.print(f"[bold]brokers[/]: device 127.0.0.1:{device_broker.port}, cloud 127.0.0.1:{cloud_broker.port}")
+        console.print(f"[bold]brokers[/]: device 127.0.0.1:{device_broker.port} pid {device_broker.pid}, "
+                      f"cloud 127.0.0.1:{cloud_broker.port} pid {cloud_broker.pid}")
         api_port = free_port()
         hub_cfg = write(work / "hub.toml", f"""
 [broker]

@@ -1,8 +1,9 @@
 """Tumbling, hopping and session windows over handler results, closed by a wall-clock watermark.
 
 The watermark is ``now - lateness``: a window closes once its end is behind the watermark, so an idle stream
-still closes its windows, and an event whose window already closed is *late* (dead-lettered, never dropped in
-silence). Open windows are checkpointed with every commit (see :mod:`edge_agent.outbox`), so they survive a
+still closes its windows. An event is *late* when the window it belongs to was already closed (emitted) --
+judged against the watermark of the last close, which is checkpointed, so that a closed window is never opened
+again under the same id. Late events are dead-lettered, never dropped in silence. Open windows are checkpointed with every commit (see :mod:`edge_agent.outbox`), so they survive a
 restart instead of being flushed early.
 """
 
@@ -55,14 +56,15 @@ class WindowSet:
         self._open: dict[tuple[str, float], OpenWindow] = {}
         self._sessions: dict[str, OpenWindow] = {}
         self._emit_later: list[tuple[str, OpenWindow]] = []
+        self._closed_to = -math.inf
         self.late = 0
 
     def __len__(self) -> int:
         return len(self._open) + len(self._sessions)
 
-    def add(self, group: str, values: dict[str, float], ts: float, now: float) -> bool:
+    def add(self, group: str, values: dict[str, float], ts: float) -> bool:
         """Add one result at event time ``ts``; False when it is late (its window already closed)."""
-        watermark = now - self._lateness
+        watermark = self._closed_to
         win = self._window
         if win.kind == "session":
             return self._add_session(group, values, ts, watermark)
@@ -86,10 +88,13 @@ class WindowSet:
 
     def _add_session(self, group: str, values: dict[str, float], ts: float, watermark: float) -> bool:
         gap = self._window.gap or 0.0
-        if ts + gap <= watermark:
+        w = self._sessions.get(group)
+        # Late only when the session the event lands in is due: an out-of-order event inside an open session
+        # still belongs to it (the session closes at its own end + gap, not at the event's).
+        end = max(ts, w.end) if w is not None and w.start - gap <= ts <= w.end + gap else ts
+        if end + gap <= watermark:
             self.late += 1
             return False
-        w = self._sessions.get(group)
         if w is not None and ts - w.end > gap:
             # A gap ended the previous session: it is complete even if the watermark has not passed it yet.
             self._emit_later.append((group, w))
@@ -104,6 +109,7 @@ class WindowSet:
     def close_due(self, now: float) -> list[WindowResult]:
         """Results of every window the watermark has passed, oldest first."""
         watermark = now - self._lateness
+        self._closed_to = max(self._closed_to, watermark)
         closed: list[tuple[str, OpenWindow]] = []
         if self._open:
             due = [k for k, w in self._open.items() if w.end <= watermark]
@@ -155,14 +161,19 @@ class WindowSet:
 
         return {
             "revision": self._revision,
+            "closed_to": self._closed_to if math.isfinite(self._closed_to) else None,
             "windows": [dump(g, w) for (g, _), w in self._open.items()],
             "sessions": [dump(g, w) for g, w in self._sessions.items()],
+            # Sessions a gap already ended but close_due has not emitted yet: lost otherwise.
+            "ended": [dump(g, w) for g, w in self._emit_later],
         }
 
     def restore(self, snapshot: dict[str, Any]) -> bool:
         """Reopen checkpointed windows; False (and nothing restored) when the subscription changed since."""
         if snapshot.get("revision") != self._revision:
             return False
+        if snapshot.get("closed_to") is not None:
+            self._closed_to = float(snapshot["closed_to"])
 
         def load(item: dict[str, Any]) -> OpenWindow:
             w = OpenWindow(float(item["start"]), float(item["end"]), int(item["events"]))
@@ -174,4 +185,5 @@ class WindowSet:
             self._open[(item["group"], float(item["start"]))] = load(item)
         for item in snapshot.get("sessions", []):
             self._sessions[item["group"]] = load(item)
+        self._emit_later.extend((item["group"], load(item)) for item in snapshot.get("ended", []))
         return True

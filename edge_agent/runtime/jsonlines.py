@@ -48,7 +48,7 @@ class LineSplitter:
         self.overlong = 0
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Complete lines in ``data`` (without newline); an overlong line yields ``b""`` once, then is skipped."""
+        """Complete non-empty lines in ``data`` (no newline); an overlong line yields ``b""`` once, then is skipped."""
         lines: list[bytes] = []
         start = 0
         while True:
@@ -68,7 +68,8 @@ class LineSplitter:
             elif nl - start > self._max:
                 self.overlong += 1
                 lines.append(b"")
-            else:
+            elif nl > start:
+                # An empty line is skipped: b"" is the overlong marker, and readers treat it as one.
                 lines.append(data[start:nl])
             start = nl + 1
         rest = len(data) - start

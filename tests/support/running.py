@@ -14,9 +14,14 @@ from edge_agent.config import AgentConfig, load_config
 
 
 async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+    condition: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "",
+    detail: Callable[[], object] | None = None,
 ) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    """Poll ``condition`` until it holds; fail with ``what`` (and ``detail()``) after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -25,7 +30,8 @@ async def wait_for(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}")
+            extra = f"; {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}{extra}")
         await asyncio.sleep(interval)
 
 

@@ -1,0 +1,301 @@
+"""The dispatcher with the in-process FunctionRuntime, a real outbox, fake publish/ack and an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from edge_agent.aggregation.windows import WindowSet
+from edge_agent.broker import Incoming
+from edge_agent.dispatcher import Dispatcher
+from edge_agent.outbox import Outbox
+from edge_agent.runtime.base import FunctionRuntime
+from edge_protocol.aggregate import WindowResult
+from edge_protocol.deadletter import DeadLetter
+from edge_protocol.specs import SubscriptionSpec
+
+DL_TOPIC = "edgefleet/deadletter/temp"
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class FakePublish:
+    """Records (topic, payload, qos); returns None, or a future the loop resolves on its next turn."""
+
+    deferred: bool = False
+    sent: list[tuple[str, bytes, int]] = field(default_factory=list)
+    futures: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def __call__(self, topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None] | None:
+        self.sent.append((topic, payload, qos))
+        if not self.deferred:
+            return None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        loop.call_soon(fut.set_result, None)
+        self.futures.append(fut)
+        return fut
+
+    def deadletters(self) -> list[DeadLetter]:
+        return [DeadLetter.model_validate_json(p) for t, p, _ in self.sent if t == DL_TOPIC]
+
+
+@dataclass
+class Harness:
+    dispatcher: Dispatcher
+    outbox: Outbox
+    publish: FakePublish
+    acked: list[int]
+    clock: Clock
+    progress: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+    async def until_acked(self, n: int) -> None:
+        """Wait (bounded) until ``n`` events were acknowledged: the default fake ack signals each one."""
+        async with asyncio.timeout(5):
+            while len(self.acked) < n:
+                self.progress.clear()
+                await self.progress.wait()
+
+    def msg(self, mid: int, payload: Any, topic: str = "sensors/s1/temp", raw: bytes | None = None) -> Incoming:
+        body = raw if raw is not None else orjson.dumps(payload)
+        return Incoming(mid=mid, topic=topic, payload=body, qos=1, dup=False, arrived=self.clock())
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.dispatcher.run(), name="test.dispatch")
+
+    async def finish(self) -> None:
+        if self.task is None:
+            self.start()
+        await self.dispatcher.drain()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 5)
+
+    async def records(self) -> list[WindowResult]:
+        return [WindowResult.model_validate_json(b) for _, b in await self.outbox.fetch(0, 1000)]
+
+
+def handler(topic: str, payload: Any, ts: float) -> dict[str, Any]:
+    if payload == "boom":
+        raise KeyError("boom")
+    out = {"c": payload["c"], "label": "x"}
+    if payload.get("alert"):
+        out["__publish__"] = [{"topic": "alerts/hot", "payload": {"c": payload["c"]}, "qos": 1}]
+    return out
+
+
+MakeHarness = Callable[..., Harness]
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[MakeHarness]:
+    boxes: list[Outbox] = []
+
+    def build(
+        *,
+        ack: Callable[[Incoming], None] | None = None,
+        publish: FakePublish | None = None,
+        max_payload: int = 1024,
+        batch_size: int = 500,
+        func: Any = handler,
+        **spec_kw: Any,
+    ) -> Harness:
+        spec_kw.setdefault("window", {"kind": "tumbling", "size": 10})
+        spec = SubscriptionSpec(name="temp", topic="sensors/#", handler="h", **spec_kw)
+        clock = Clock()
+        outbox = Outbox(tmp_path / "outbox.sqlite", clock=clock)
+        boxes.append(outbox)
+        acked: list[int] = []
+        progress = asyncio.Event()
+
+        def record_ack(m: Incoming) -> None:
+            acked.append(m.mid)
+            progress.set()
+
+        pub = publish or FakePublish()
+        d = Dispatcher(
+            spec,
+            runtime=FunctionRuntime("h", func),
+            windows=WindowSet(spec, "dev"),
+            outbox=outbox,
+            publish=pub,
+            ack=ack or record_ack,
+            deadletter_topic=DL_TOPIC,
+            max_payload=max_payload,
+            batch_size=batch_size,
+            clock=clock,
+        )
+        return Harness(d, outbox, pub, acked, clock, progress)
+
+    yield build
+    for box in boxes:
+        await box.aclose()
+
+
+async def test_valid_events_aggregate_into_windows(make: MakeHarness) -> None:
+    h = make()
+    async with h.outbox:
+        h.start()
+        for i, c in enumerate([20.0, 22.0, 24.0], start=1):
+            await h.dispatcher.put(h.msg(i, {"c": c}))
+        await h.until_acked(3)
+        assert await h.records() == []
+        h.clock.t = 1011.0  # next window: the first closes on this batch
+        await h.dispatcher.put(h.msg(4, {"c": 30.0}))
+        await h.finish()
+        records = await h.records()
+        assert [(r.window_start, r.events) for r in records] == [(1000.0, 3)]
+        state = records[0].fields["c"]
+        assert (state.count, state.sum, state.min, state.max, state.mean) == (3, 66.0, 20.0, 24.0, 22.0)
+        assert "label" not in records[0].fields  # strings are not aggregated
+        assert sorted(h.acked) == [1, 2, 3, 4]
+        assert h.dispatcher.counters.processed == 4
+        assert h.dispatcher.counters.windows_closed == 1
+        assert h.dispatcher.backlog == 0
+        # The open window [1010, 1020) is in the checkpoint, restorable by a fresh WindowSet.
+        (snap,) = (await h.outbox.checkpoints()).values()
+        again = WindowSet(h.dispatcher.spec, "dev")
+        assert again.restore(snap)
+        assert [(r.window_start, r.events) for r in again.close_due(1e12)] == [(1010.0, 1)]
+
+
+async def test_ack_only_after_commit(make: MakeHarness, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def ack(msg: Incoming) -> None:
+        # Read the outbox from another connection: the effect of this event must already be durable.
+        with sqlite3.connect(tmp_path / "outbox.sqlite") as db:
+            row = db.execute("SELECT state FROM checkpoints WHERE subscription = 'temp'").fetchone()
+        assert row is not None, f"event {msg.mid} acknowledged before any commit"
+        snap = orjson.loads(row[0])
+        seen.append((msg.mid, sum(w["events"] for w in snap["windows"])))
+
+    h = make(ack=ack)
+    async with h.outbox:
+        h.start()
+        for i in range(1, 6):
+            await h.dispatcher.put(h.msg(i, {"c": float(i)}))
+        await h.finish()
+    assert [mid for mid, _ in seen] == [1, 2, 3, 4, 5]
+    assert all(events >= 5 for _, events in seen), seen  # one batch: the checkpoint holds all five
+
+
+async def test_rejects_become_dead_letters_and_are_acked(make: MakeHarness) -> None:
+    h = make(max_payload=64)
+    async with h.outbox:
+        h.start()
+        oversized = b'{"c": "' + b"x" * 100 + b'"}'
+        await h.dispatcher.put(h.msg(1, None, raw=b"{not json"))
+        await h.dispatcher.put(h.msg(2, None, raw=oversized))
+        await h.dispatcher.put(h.msg(3, "boom"))
+        await h.dispatcher.put(h.msg(4, None, raw=b"\xff\xfe"))
+        await h.dispatcher.put(h.msg(5, {"c": 1.5}))
+        await h.finish()
+    dls = {d.payload_bytes(): d for d in h.publish.deadletters()}
+    assert {p: d.reason for p, d in dls.items()} == {
+        b"{not json": "invalid-json",
+        oversized: "oversized",
+        b'"boom"': "handler-error",
+        b"\xff\xfe": "invalid-json",
+    }
+    assert dls[b"\xff\xfe"].payload_encoding == "base64"
+    assert dls[b"{not json"].payload_encoding == "utf-8"
+    assert "KeyError" in dls[b'"boom"'].detail
+    assert "> 64" in dls[oversized].detail
+    assert all(d.subscription == "temp" and d.handler == "h" and d.topic == "sensors/s1/temp" for d in dls.values())
+    assert all(qos == 1 for t, _, qos in h.publish.sent if t == DL_TOPIC)
+    assert sorted(h.acked) == [1, 2, 3, 4, 5]
+    c = h.dispatcher.counters
+    assert c.dead_lettered == {"invalid-json": 2, "oversized": 1, "handler-error": 1}
+    assert c.processed == 1
+
+
+async def test_late_event_is_dead_lettered(make: MakeHarness) -> None:
+    h = make(event_time_field="t")
+    async with h.outbox:
+        h.start()
+        await h.dispatcher.put(h.msg(1, {"c": 1.0, "t": 1000.0}))
+        await h.dispatcher.put(h.msg(2, {"c": 2.0, "t": 100.0}))  # nothing closed yet: not late
+        await h.until_acked(2)
+        assert [(r.window_start, r.events) for r in await h.records()] == [(100.0, 1)]  # closed at now=1000
+        await h.dispatcher.put(h.msg(3, {"c": 3.0, "t": 105.0}))  # its window [100, 110) was emitted
+        await h.dispatcher.put(h.msg(4, {"c": 4.0, "t": 1001.0}))
+        await h.finish()
+    (dl,) = h.publish.deadletters()
+    assert (dl.reason, orjson.loads(dl.payload)) == ("late", {"c": 3.0, "t": 105.0})
+    assert h.dispatcher.windows.late == 1
+    assert sorted(h.acked) == [1, 2, 3, 4]
+    assert h.dispatcher.counters.processed == 3
+
+
+async def test_handler_publications_are_awaited_before_ack(make: MakeHarness) -> None:
+    pub = FakePublish(deferred=True)
+    acks: list[tuple[int, bool]] = []
+    h = make(publish=pub, ack=lambda m: acks.append((m.mid, all(f.done() for f in pub.futures))))
+    async with h.outbox:
+        h.start()
+        await h.dispatcher.put(h.msg(1, {"c": 40.0, "alert": True}))
+        await h.dispatcher.put(h.msg(2, None, raw=b"nope"))
+        await h.finish()
+    assert [(t, orjson.loads(p), q) for t, p, q in pub.sent if t == "alerts/hot"] == [("alerts/hot", {"c": 40.0}, 1)]
+    assert len(pub.futures) == 2  # the publication and the dead letter
+    assert acks == [(1, True), (2, True)]
+    assert h.dispatcher.counters.published == 1
+
+
+async def test_drop_oldest_overflow(make: MakeHarness) -> None:
+    h = make(overflow="drop-oldest", queue_size=2)
+    async with h.outbox:
+        for i in range(1, 6):  # nothing is running yet: the queue overflows
+            await h.dispatcher.put(h.msg(i, {"c": float(i)}))
+        assert h.dispatcher.counters.dropped_overflow == 3
+        assert h.acked == [1, 2, 3]  # dropped events are acknowledged (counted, not redelivered forever)
+        assert h.dispatcher.backlog == 2
+        await h.finish()
+        assert h.dispatcher.counters.received == 5
+        assert h.dispatcher.counters.processed == 2
+        assert h.acked == [1, 2, 3, 4, 5]
+
+
+async def test_drain_processes_everything_in_batches(make: MakeHarness) -> None:
+    h = make(batch_size=7)
+    async with h.outbox:
+        for i in range(1, 51):
+            await h.dispatcher.put(h.msg(i, {"c": 1.0}))
+        assert h.dispatcher.backlog == 50
+        h.start()
+        await h.dispatcher.drain()
+        assert h.dispatcher.backlog == 0
+        assert sorted(h.acked) == list(range(1, 51))
+        assert h.dispatcher.counters.processed == 50
+        assert h.dispatcher.runtime.calls == 50  # type: ignore[attr-defined]
+        assert h.task is not None
+        await asyncio.wait_for(h.task, 5)
+        assert h.task.done()
+
+
+async def test_drain_closes_due_windows(make: MakeHarness) -> None:
+    h = make(group_by=["topic[1]"])
+    async with h.outbox:
+        await h.dispatcher.put(h.msg(1, {"c": 1.0}, topic="sensors/a/temp"))
+        await h.dispatcher.put(h.msg(2, {"c": 2.0}, topic="sensors/b/temp"))
+        h.start()
+        await h.until_acked(2)
+        assert await h.records() == []
+        h.clock.t = 2000.0
+        await h.finish()  # the final tick on drain closes what is due, though no event arrived since
+        assert [(r.group, r.events) for r in await h.records()] == [("topic[1]=a", 1), ("topic[1]=b", 1)]
