@@ -13,6 +13,8 @@ import math
 from pydantic import Field
 
 from edge_protocol.base import WireModel
+from edge_protocol.sketch import SketchAccumulator, SketchState
+from edge_protocol.specs import quantile_of
 
 
 class FieldState(WireModel):
@@ -28,6 +30,7 @@ class FieldState(WireModel):
     first_ts: float
     last: float
     last_ts: float
+    sketch: SketchState | None = Field(default=None, description="quantile bins, when quantiles were asked for")
 
     @property
     def variance(self) -> float:
@@ -62,10 +65,15 @@ class FieldState(WireModel):
             first_ts=self.first_ts if first_self else other.first_ts,
             last=other.last if last_other else self.last,
             last_ts=other.last_ts if last_other else self.last_ts,
+            sketch=_merge_sketches(self.sketch, other.sketch),
         )
 
     def statistic(self, name: str) -> float | None:
-        """One named statistic (``count``, ``sum``, ``min``, ``max``, ``mean``, ``stddev``, ``first``, ``last``)."""
+        """One named statistic: ``count``, ``sum``, ``min``, ``max``, ``mean``, ``stddev``, ``first``, ``last``
+        or a quantile such as ``p99`` (from the sketch; None without one)."""
+        q = quantile_of(name)
+        if q is not None:
+            return self.sketch.quantile(q) if self.sketch is not None else None
         if name == "stddev":
             return self.stddev
         if name in ("count", "sum", "min", "max", "mean", "first", "last"):
@@ -73,12 +81,20 @@ class FieldState(WireModel):
         return None
 
 
+def _merge_sketches(a: SketchState | None, b: SketchState | None) -> SketchState | None:
+    if a is None or b is None:
+        # A window without a sketch cannot contribute to quantiles: the result must not pretend it does.
+        return None
+    return a.merge(b)
+
+
 class FieldAccumulator:
     """Mutable, allocation-free counterpart of :class:`FieldState` for the agent's hot path (Welford)."""
 
-    __slots__ = ("count", "first", "first_ts", "last", "last_ts", "m2", "max", "mean", "min", "sum")
+    __slots__ = ("count", "first", "first_ts", "last", "last_ts", "m2", "max", "mean", "min", "sketch", "sum")
 
-    def __init__(self) -> None:
+    def __init__(self, with_sketch: bool = False) -> None:
+        self.sketch = SketchAccumulator() if with_sketch else None
         self.count = 0
         self.sum = 0.0
         self.mean = 0.0
@@ -102,6 +118,8 @@ class FieldAccumulator:
             self.first, self.first_ts = value, ts
         if ts >= self.last_ts:
             self.last, self.last_ts = value, ts
+        if self.sketch is not None:
+            self.sketch.add(value)
 
     def freeze(self) -> FieldState:
         return FieldState(
@@ -115,13 +133,16 @@ class FieldAccumulator:
             first_ts=self.first_ts,
             last=self.last,
             last_ts=self.last_ts,
+            sketch=self.sketch.freeze() if self.sketch is not None else None,
         )
 
     @classmethod
     def thaw(cls, state: FieldState) -> FieldAccumulator:
         acc = cls()
         for name in cls.__slots__:
-            setattr(acc, name, getattr(state, name))
+            if name != "sketch":
+                setattr(acc, name, getattr(state, name))
+        acc.sketch = SketchAccumulator.thaw(state.sketch) if state.sketch is not None else None
         return acc
 
 

@@ -51,8 +51,50 @@ class Status(WireModel):
     ts: float
 
 
-CloudMessage = Annotated[AggregateBatch | Ack | Status, Field(discriminator="kind")]
-CLOUD_MESSAGE: TypeAdapter[AggregateBatch | Ack | Status] = TypeAdapter(CloudMessage)
+class HandlerReport(WireModel):
+    """One handler as the device runs it."""
+
+    name: str
+    image: str
+    healthy: bool
+    restarts: int = Field(default=0, ge=0)
+    container: str | None = None
+
+
+class SubscriptionReport(WireModel):
+    """One subscription's counters since the agent started."""
+
+    received: int = Field(default=0, ge=0)
+    processed: int = Field(default=0, ge=0)
+    dead_lettered: dict[str, int] = Field(default_factory=dict)
+    dropped_overflow: int = Field(default=0, ge=0)
+    redelivered: int = Field(default=0, ge=0)
+    windows_closed: int = Field(default=0, ge=0)
+    published: int = Field(default=0, ge=0)
+    backlog: int = Field(default=0, ge=0)
+
+
+class Reported(WireModel):
+    """agent -> hub, retained: what the device runs and how it is doing, including its loss ledger."""
+
+    kind: Literal["reported"] = "reported"
+    v: int = PROTOCOL_VERSION
+    device: str
+    agent_version: str = ""
+    applied_version: int | None = None
+    handlers: list[HandlerReport] = Field(default_factory=list)
+    subscriptions: dict[str, SubscriptionReport] = Field(default_factory=dict)
+    losses: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="subscription -> reason -> records the outbox gave up (expired, full)"
+    )
+    outbox_pending: int = Field(default=0, ge=0)
+    alarms: list[str] = Field(default_factory=list)
+    last_refusal: str | None = None
+    ts: float
+
+
+CloudMessage = Annotated[AggregateBatch | Ack | Status | Reported, Field(discriminator="kind")]
+CLOUD_MESSAGE: TypeAdapter[AggregateBatch | Ack | Status | Reported] = TypeAdapter(CloudMessage)
 
 
 def ranges_of(seqs: list[int]) -> list[tuple[int, int]]:

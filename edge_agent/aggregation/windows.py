@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_protocol.aggregate import FieldAccumulator, FieldState, WindowResult, window_id
-from edge_protocol.specs import SubscriptionSpec
+from edge_protocol.specs import SubscriptionSpec, quantile_of
 
 
 @dataclass(slots=True)
@@ -23,13 +23,14 @@ class OpenWindow:
     end: float
     events: int = 0
     fields: dict[str, FieldAccumulator] = field(default_factory=dict)
+    sketches: bool = False
 
     def add(self, values: dict[str, float], ts: float) -> None:
         self.events += 1
         for name, value in values.items():
             acc = self.fields.get(name)
             if acc is None:
-                acc = self.fields[name] = FieldAccumulator()
+                acc = self.fields[name] = FieldAccumulator(self.sketches)
             acc.add(value, ts)
 
 
@@ -57,6 +58,7 @@ class WindowSet:
         self._sessions: dict[str, OpenWindow] = {}
         self._emit_later: list[tuple[str, OpenWindow]] = []
         self._closed_to = -math.inf
+        self._sketches = any(quantile_of(stat) is not None for stat in spec.stats)
         self.late = 0
 
     def __len__(self) -> int:
@@ -78,7 +80,7 @@ class WindowSet:
                 key = (group, start)
                 w = self._open.get(key)
                 if w is None:
-                    w = self._open[key] = OpenWindow(start, end)
+                    w = self._open[key] = OpenWindow(start, end, sketches=self._sketches)
                 w.add(values, ts)
                 added = True
             start -= hop
@@ -100,7 +102,7 @@ class WindowSet:
             self._emit_later.append((group, w))
             w = None
         if w is None:
-            w = self._sessions[group] = OpenWindow(ts, ts)
+            w = self._sessions[group] = OpenWindow(ts, ts, sketches=self._sketches)
         w.start = min(w.start, ts)
         w.end = max(w.end, ts)
         w.add(values, ts)
@@ -176,7 +178,7 @@ class WindowSet:
             self._closed_to = float(snapshot["closed_to"])
 
         def load(item: dict[str, Any]) -> OpenWindow:
-            w = OpenWindow(float(item["start"]), float(item["end"]), int(item["events"]))
+            w = OpenWindow(float(item["start"]), float(item["end"]), int(item["events"]), sketches=self._sketches)
             for name, state in item["fields"].items():
                 w.fields[name] = FieldAccumulator.thaw(FieldState.model_validate(state))
             return w
