@@ -11,17 +11,22 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent import __version__
 from edge_agent.aggregation.windows import WindowSet
 from edge_agent.broker import CloudBroker, Incoming, LocalBroker
 from edge_agent.config import AgentConfig
 from edge_agent.dispatcher import Dispatcher
+from edge_agent.errors import OutboxError
+from edge_agent.intake import Intake
 from edge_agent.outbox import Outbox
 from edge_agent.router import Router
 from edge_agent.runtime.base import HandlerRuntime
 from edge_agent.uplink import Uplink, status_payload
+from edge_protocol.messages import HandlerReport, Reported, SubscriptionReport
 from edge_protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -36,10 +41,48 @@ class AgentState:
     outbox: Outbox | None = None
     uplink: Uplink | None = None
     intake: LocalBroker | None = None
-    unrouted: int = 0
+
+    alarms: set[str] = field(default_factory=set)
 
     def counters(self) -> dict[str, Any]:
         return {name: d.counters.as_dict() for name, d in self.dispatchers.items()}
+
+    async def reported(self, device_id: str) -> Reported:
+        """The reported state: handlers, counters, the outbox's loss ledger and alarms."""
+        handlers = []
+        for name, runtime in self.runtimes.items():
+            handlers.append(HandlerReport(
+                name=name,
+                image=getattr(getattr(runtime, "spec", None), "image", ""),
+                healthy=runtime.healthy,
+                restarts=int(getattr(runtime, "restarts", 0)),
+                container=getattr(runtime, "container_id", None),
+            ))
+        subs = {
+            name: SubscriptionReport(
+                **d.counters.as_dict(), backlog=d.backlog
+            )
+            for name, d in self.dispatchers.items()
+        }
+        losses: dict[str, dict[str, int]] = {}
+        pending = 0
+        if self.outbox is not None:
+            try:
+                losses = await self.outbox.losses()
+                self.alarms.discard("outbox-unreadable")
+            except OutboxError:
+                self.alarms.add("outbox-unreadable")
+            pending = self.outbox.pending
+        return Reported(
+            device=device_id,
+            agent_version=__version__,
+            handlers=handlers,
+            subscriptions=subs,
+            losses=losses,
+            outbox_pending=pending,
+            alarms=sorted(self.alarms),
+            ts=time.time(),
+        )
 
 
 def _docker_runtimes(config: AgentConfig) -> dict[str, HandlerRuntime]:
@@ -80,6 +123,90 @@ async def serve(
             await asyncio.gather(*(r.aclose() for r in runtimes.values()), return_exceptions=True)
 
 
+def _intake_filters(config: AgentConfig) -> list[tuple[str, int]]:
+    """Each distinct topic filter once, at the highest QoS any subscription asks of it."""
+    qos: dict[str, int] = {}
+    for spec in config.subscriptions:
+        qos[spec.topic] = max(qos.get(spec.topic, 0), spec.qos)
+    return sorted(qos.items())
+
+
+def _local_broker(config: AgentConfig) -> LocalBroker:
+    lb = config.local_broker
+    return LocalBroker(
+        host=lb.host,
+        port=lb.port,
+        client_id=config.client_id,
+        subscriptions=_intake_filters(config),
+        username=lb.username,
+        password=lb.password,
+        keepalive=lb.keepalive,
+        session_expiry=lb.session_expiry,
+        receive_maximum=lb.receive_maximum,
+    )
+
+
+async def _dispatchers(
+    config: AgentConfig,
+    topics: Topics,
+    outbox: Outbox,
+    runtimes: dict[str, HandlerRuntime],
+    local: LocalBroker,
+    ack: Callable[[Incoming], None],
+    state: AgentState,
+) -> dict[str, Dispatcher]:
+    """One dispatcher per subscription, its open windows and delivered packet ids restored from the outbox."""
+    checkpoints = await outbox.checkpoints()
+    delivered = await outbox.delivered()
+    handler_specs = {h.name: h for h in config.handlers}
+    out: dict[str, Dispatcher] = {}
+    for spec in config.subscriptions:
+        windows = WindowSet(spec, config.device_id)
+        snap = checkpoints.get(spec.name)
+        if snap is not None and not windows.restore(snap):
+            log.info("subscription %s changed since its checkpoint; its open windows start over", spec.name)
+        dispatcher = Dispatcher(
+            spec,
+            runtime=runtimes[spec.handler],
+            windows=windows,
+            outbox=outbox,
+            publish=local.publish,
+            ack=ack,
+            deadletter_topic=topics.deadletter(spec.name),
+            max_payload=config.max_payload_bytes,
+            batch_size=handler_specs[spec.handler].batch_size,
+            intake_watermark=local.watermark,
+            alarm=lambda name, on: (state.alarms.add if on else state.alarms.discard)(name),
+        )
+        dispatcher.delivered = delivered.get(spec.name, {})
+        out[spec.name] = dispatcher
+    return out
+
+
+def _uplink(config: AgentConfig, topics: Topics, outbox: Outbox, state: AgentState) -> Uplink:
+    cloud = CloudBroker(
+        host=config.cloud.host,
+        port=config.cloud.port,
+        client_id=f"agent-{config.device_id}-uplink",
+        username=config.cloud.username,
+        password=config.cloud.password,
+        keepalive=config.cloud.keepalive,
+        will=(topics.status(config.device_id), status_payload(config.device_id, False)),
+        reconnect_max=config.cloud.reconnect_max,
+    )
+    return Uplink(
+        cloud=cloud,
+        outbox=outbox,
+        device_id=config.device_id,
+        topics=topics,
+        batch_records=config.cloud.batch_records,
+        max_unacked=config.cloud.max_unacked,
+        resend_after=config.cloud.resend_after,
+        reporter=lambda: _report_bytes(state, config.device_id),
+        report_interval=config.cloud.report_interval,
+    )
+
+
 async def _run(
     config: AgentConfig,
     topics: Topics,
@@ -92,83 +219,13 @@ async def _run(
     for name, runtime in runtimes.items():
         try:
             await runtime.start()
-        except Exception as exc:
+        except Exception as exc:  # one broken handler must not stop the others
             log.error("handler %s did not start (%s); its events are retried and dead-lettered", name, exc)
-    checkpoints = await outbox.checkpoints()
-    local = LocalBroker(
-        host=config.local_broker.host,
-        port=config.local_broker.port,
-        client_id=config.client_id,
-        subscriptions=[],
-        username=config.local_broker.username,
-        password=config.local_broker.password,
-        keepalive=config.local_broker.keepalive,
-        session_expiry=config.local_broker.session_expiry,
-        receive_maximum=config.local_broker.receive_maximum,
-    )
-    state.intake = local
-
-    def ack(msg: Incoming) -> None:
-        msg.refs -= 1
-        if msg.refs <= 0:
-            local.ack(msg.mid, msg.qos)
-
-    handler_specs = {h.name: h for h in config.handlers}
-    for spec in config.subscriptions:
-        windows = WindowSet(spec, config.device_id)
-        snap = checkpoints.get(spec.name)
-        if snap is not None and not windows.restore(snap):
-            log.info("subscription %s changed since its checkpoint; its open windows start over", spec.name)
-        state.dispatchers[spec.name] = Dispatcher(
-            spec,
-            runtime=runtimes[spec.handler],
-            windows=windows,
-            outbox=outbox,
-            publish=local.publish,
-            ack=ack,
-            deadletter_topic=topics.deadletter(spec.name),
-            max_payload=config.max_payload_bytes,
-            batch_size=handler_specs[spec.handler].batch_size,
-            intake_watermark=local.watermark,
-        )
-    router: Router[Dispatcher] = Router([(d.spec.topic, d) for d in state.dispatchers.values()])
-    qos = {d.spec.topic: d.spec.qos for d in state.dispatchers.values()}
-    local._subscriptions = [(flt, qos[flt]) for flt in router.filters()]
-
-    uplink: Uplink | None = None
-    if config.cloud.enabled:
-        cloud = CloudBroker(
-            host=config.cloud.host,
-            port=config.cloud.port,
-            client_id=f"agent-{config.device_id}-uplink",
-            username=config.cloud.username,
-            password=config.cloud.password,
-            keepalive=config.cloud.keepalive,
-            will=(topics.status(config.device_id), status_payload(config.device_id, False)),
-            reconnect_max=config.cloud.reconnect_max,
-        )
-        uplink = Uplink(
-            cloud=cloud,
-            outbox=outbox,
-            device_id=config.device_id,
-            topics=topics,
-            batch_records=config.cloud.batch_records,
-            max_unacked=config.cloud.max_unacked,
-            resend_after=config.cloud.resend_after,
-        )
-        state.uplink = uplink
-
-    async def intake() -> None:
-        async for batch in local.batches():
-            for msg in batch:
-                targets = router.match(msg.topic)
-                if not targets:
-                    state.unrouted += 1
-                    local.ack(msg.mid, msg.qos)
-                    continue
-                msg.refs = len(targets)
-                for dispatcher in targets:
-                    await dispatcher.put(msg)
+    local = state.intake = _local_broker(config)
+    intake = Intake(local)
+    state.dispatchers = await _dispatchers(config, topics, outbox, runtimes, local, intake.ack, state)
+    intake.router = Router([(d.spec.topic, d) for d in state.dispatchers.values()])
+    uplink = state.uplink = _uplink(config, topics, outbox, state) if config.cloud.enabled else None
 
     async def expire_loop() -> None:
         while True:
@@ -181,12 +238,13 @@ async def _run(
         workers = [
             tg.create_task(d.run(), name=f"agent.dispatch[{name}]") for name, d in state.dispatchers.items()
         ]
-        intake_task = tg.create_task(intake(), name="agent.intake")
+        intake_task = tg.create_task(intake.run(), name="agent.intake")
         side = [tg.create_task(expire_loop(), name="agent.outbox-expiry")]
         if uplink is not None:
             side.append(tg.create_task(uplink.run(), name="agent.uplink"))
-        with contextlib.suppress(Exception):
-            await local.wait_connected(10)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await local.wait_connected()
         if ready is not None:
             ready.set()
         log.info("agent %s running %d subscriptions", config.device_id, len(state.dispatchers))
@@ -204,3 +262,7 @@ async def _run(
             task.cancel()
         if uplink is not None:
             await uplink.announce_offline()
+
+
+async def _report_bytes(state: AgentState, device_id: str) -> bytes:
+    return (await state.reported(device_id)).model_dump_json().encode()

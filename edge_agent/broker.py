@@ -19,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -66,11 +67,11 @@ class LocalBroker:
         self._host, self._port, self._keepalive = host, port, keepalive
         self._subscriptions = list(subscriptions)
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
         if username:
             self._client.username_pw_set(username, password)
-        self._connect_props = Properties(PacketTypes.CONNECT)
+        self._connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         self._connect_props.SessionExpiryInterval = int(session_expiry)
         # mosquitto sends a manual-ack client only Receive Maximum unacknowledged messages (default 20).
         self._connect_props.ReceiveMaximum = receive_maximum
@@ -86,6 +87,7 @@ class LocalBroker:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = threading.Event()
+        self._connected_async: asyncio.Event | None = None
         self._confirms: dict[int, asyncio.Future[None]] = {}
         self._confirm_lock = threading.Lock()
         self._closing = False
@@ -97,6 +99,7 @@ class LocalBroker:
     async def __aenter__(self) -> LocalBroker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._connected_async = asyncio.Event()
         try:
             self._client.connect_async(
                 self._host, self._port, self._keepalive, clean_start=False, properties=self._connect_props
@@ -116,9 +119,10 @@ class LocalBroker:
         await asyncio.to_thread(self._client.disconnect)
         await asyncio.to_thread(self._client.loop_stop)
 
-    async def wait_connected(self, timeout: float) -> None:
-        if not await asyncio.to_thread(self._connected.wait, timeout):
-            raise BrokerError(f"local broker {self._host}:{self._port}: not connected after {timeout:g}s")
+    async def wait_connected(self) -> None:
+        """Return once connected; callers bound the wait with ``asyncio.timeout``."""
+        assert self._connected_async is not None
+        await self._connected_async.wait()
 
     # -- paho thread ---------------------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
@@ -129,15 +133,19 @@ class LocalBroker:
         if self._subscriptions:
             client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self._subscriptions])
         self._connected.set()
+        if self._loop is not None and self._connected_async is not None:
+            self._loop.call_soon_threadsafe(self._connected_async.set)
         log.info("connected to local broker %s:%s", self._host, self._port)
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self._connected.clear()
+        if self._loop is not None and self._connected_async is not None:
+            self._loop.call_soon_threadsafe(self._connected_async.clear)
         if not self._closing:
             log.warning("local broker connection lost (%s); paho reconnects", reason)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        item = Incoming(msg.mid if msg.qos else 0, msg.topic, msg.payload, msg.qos, bool(msg.dup), time.time())
+        item = Incoming(msg.mid if msg.qos else 0, msg.topic, bytes(msg.payload), msg.qos, bool(msg.dup), time.time())
         if len(self._buffer) >= self._max_buffered:
             # Holding paho's thread stops reads from the socket: the backlog stays in the broker's session.
             with self._room:
@@ -146,7 +154,8 @@ class LocalBroker:
         self._buffer.append(item)
         if not self._wake_pending:
             self._wake_pending = True
-            assert self._loop is not None and self._wake is not None
+            assert self._loop is not None
+            assert self._wake is not None
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, _reason: Any, _props: Any) -> None:

@@ -27,7 +27,9 @@ class _Section(BaseModel):
 class LocalBrokerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
-    client_id: str | None = Field(default=None, description="fixed id for the persistent session; default agent-<device>")
+    client_id: str | None = Field(
+        default=None, description="fixed id for the persistent session; default agent-<device>"
+    )
     username: str | None = None
     password: str | None = None
     keepalive: int = Field(default=30, ge=5)
@@ -47,6 +49,7 @@ class CloudConfig(_Section):
     max_unacked: int = Field(default=2000, ge=1)
     resend_after: Duration = Field(default=15.0, gt=0, description="resend records the hub has not acked by then")
     reconnect_max: Duration = Field(default=30.0, gt=0)
+    report_interval: Duration = Field(default=10.0, gt=0, description="how often the reported state is refreshed")
 
 
 class OutboxConfig(_Section):

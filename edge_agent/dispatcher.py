@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,10 @@ from edge_agent.aggregation.groups import group_key
 from edge_agent.aggregation.windows import WindowSet, numeric_values
 from edge_agent.broker import Incoming
 from edge_agent.counters import SubscriptionCounters
+from edge_agent.errors import OutboxError
 from edge_agent.outbox import Outbox
-from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime
+from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome
+from edge_protocol.aggregate import WindowResult
 from edge_protocol.deadletter import DeadLetter, DeadLetterReason
 from edge_protocol.specs import SubscriptionSpec
 
@@ -47,6 +50,7 @@ class Dispatcher:
         batch_size: int = 500,
         clock: Callable[[], float] = time.time,
         intake_watermark: Callable[[], float] | None = None,
+        alarm: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
@@ -60,6 +64,7 @@ class Dispatcher:
         self._batch = batch_size
         self._clock = clock
         self._intake_watermark = intake_watermark or clock
+        self._alarm = alarm or (lambda _name, _on: None)
         self._group = group_key(spec.group_by)
         self._queue: collections.deque[Incoming] = collections.deque()
         self._has_items = asyncio.Event()
@@ -68,10 +73,21 @@ class Dispatcher:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # Packet id -> digest of the event whose effect is committed under it (see put()).
+        self.delivered: dict[int, bytes] = {}
 
     # -- intake side ---------------------------------------------------------------------------------
     async def put(self, msg: Incoming) -> None:
-        """Queue one event; under ``block`` waits for room, under ``drop-oldest`` drops (and counts) one."""
+        """Queue one event; under ``block`` waits for room, under ``drop-oldest`` drops (and counts) one.
+
+        A redelivery (DUP) of an event whose effect is already committed -- the agent died between its commit and
+        the broker receiving the acknowledgement -- is acknowledged without being counted again. Packet ids are
+        reused by the broker once acknowledged, so a match needs the same id *and* the same topic and payload.
+        """
+        if msg.mid and msg.dup and self.delivered.get(msg.mid) == _digest(msg):
+            self.counters.redelivered += 1
+            self._ack(msg)
+            return
         self.counters.received += 1
         if len(self._queue) >= self.spec.queue_size:
             if self.spec.overflow == "drop-oldest":
@@ -139,7 +155,7 @@ class Dispatcher:
         """Close due windows on an idle stream."""
         closed = self.windows.close_due(self._watermark())
         if closed:
-            await self._outbox.commit(closed, {self.spec.name: self.windows.snapshot()})
+            await self._commit(closed, [])
             self.counters.windows_closed += len(closed)
 
     async def _process(self, batch: list[Incoming]) -> None:
@@ -159,29 +175,57 @@ class Dispatcher:
             sources.append((msg, payload))
         outcomes = await self.runtime.process(events) if events else []
         for (msg, payload), (topic, _p, ts), outcome in zip(sources, events, outcomes, strict=True):
-            if isinstance(outcome, Failure):
-                self._deadletter(waits, msg, outcome.reason, outcome.detail)  # type: ignore[arg-type]
-            elif outcome.kind == "error":
-                self._deadletter(waits, msg, "handler-error", outcome.error)
-            else:
-                values = numeric_values(outcome.values, self.spec.fields)
-                group = self._group(topic, payload, outcome.values)
-                if not self.windows.add(group, values, ts):
-                    self._deadletter(waits, msg, "late", f"event time {ts:.3f}: its window already closed")
-                    continue
-                self.counters.processed += 1
-                for req in outcome.publish:
-                    pending = self._publish(req.topic, orjson.dumps(req.payload), req.qos, req.retain)
-                    self.counters.published += 1
-                    if pending is not None:
-                        waits.append(pending)
+            self._apply(waits, msg, topic, payload, ts, outcome)
         closed = self.windows.close_due(self._watermark())
-        await self._outbox.commit(closed, {self.spec.name: self.windows.snapshot()})
+        name = self.spec.name
+        delivered = [(name, msg.mid, _digest(msg)) for msg in batch if msg.mid]
+        await self._commit(closed, delivered)
+        for _, mid, digest in delivered:
+            self.delivered[mid] = digest
         self.counters.windows_closed += len(closed)
         if waits:
             await asyncio.gather(*waits)
         for msg in batch:
             self._ack(msg)
+
+    def _apply(
+        self, waits: list[Awaitable[None]], msg: Incoming, topic: str, payload: Any, ts: float, outcome: Outcome
+    ) -> None:
+        """One handler outcome: into its window (and its local publications out), or to the dead letters."""
+        if isinstance(outcome, Failure):
+            self._deadletter(waits, msg, outcome.reason, outcome.detail)  # type: ignore[arg-type]
+            return
+        if outcome.kind == "error":
+            self._deadletter(waits, msg, "handler-error", outcome.error)
+            return
+        values = numeric_values(outcome.values, self.spec.fields)
+        group = self._group(topic, payload, outcome.values)
+        if not self.windows.add(group, values, ts):
+            self._deadletter(waits, msg, "late", f"event time {ts:.3f}: its window already closed")
+            return
+        self.counters.processed += 1
+        for req in outcome.publish:
+            pending = self._publish(req.topic, orjson.dumps(req.payload), req.qos, req.retain)
+            self.counters.published += 1
+            if pending is not None:
+                waits.append(pending)
+
+    async def _commit(self, closed: list[WindowResult], delivered: list[tuple[str, int, bytes]]) -> None:
+        """Commit, retrying until the disk takes it: the batch's events stay unacknowledged meanwhile, so
+        intake stalls (the backlog waits in the broker session) and nothing is lost or counted twice."""
+        delay = 0.5
+        while True:
+            try:
+                await self._outbox.commit(closed, {self.spec.name: self.windows.snapshot()}, delivered)
+            except OutboxError as exc:
+                self._alarm("outbox-write-failed", True)
+                log.error("subscription %s: commit failed (%s); retrying in %.1fs", self.spec.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if delay > 0.5:
+                self._alarm("outbox-write-failed", False)
+            return
 
     def _event_time(self, payload: Any, arrived: float) -> float:
         name = self.spec.event_time_field
@@ -207,3 +251,7 @@ class Dispatcher:
         pending = self._publish(self._dl_topic, record.model_dump_json().encode(), 1, False)
         if pending is not None:
             waits.append(pending)
+
+
+def _digest(msg: Incoming) -> bytes:
+    return hashlib.blake2b(msg.topic.encode() + b"\0" + msg.payload, digest_size=8).digest()

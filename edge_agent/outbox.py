@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     subscription TEXT PRIMARY KEY,
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS delivered (
+    subscription TEXT NOT NULL,
+    mid INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (subscription, mid)
+);
 CREATE TABLE IF NOT EXISTS losses (
     subscription TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -115,7 +121,12 @@ class Outbox:
             raise OutboxError("outbox is not open")
         return self._db
 
-    def _commit(self, results: list[WindowResult], checkpoints: dict[str, bytes]) -> int:
+    def _commit(
+        self,
+        results: list[WindowResult],
+        checkpoints: dict[str, bytes],
+        delivered: list[tuple[str, int, bytes]],
+    ) -> int:
         db = self._conn
         now = self._clock()
         added = 0
@@ -135,6 +146,12 @@ class Outbox:
                     "INSERT INTO checkpoints (subscription, state) VALUES (?, ?) "
                     "ON CONFLICT(subscription) DO UPDATE SET state = excluded.state",
                     (sub, state),
+                )
+            if delivered:
+                db.executemany(
+                    "INSERT INTO delivered (subscription, mid, digest) VALUES (?, ?, ?) "
+                    "ON CONFLICT(subscription, mid) DO UPDATE SET digest = excluded.digest",
+                    delivered,
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -196,10 +213,16 @@ class Outbox:
         return int(deleted)
 
     # -- async API -----------------------------------------------------------------------------------
-    async def commit(self, results: list[WindowResult], checkpoints: dict[str, dict[str, Any]]) -> int:
-        """Durably add closed windows and replace checkpoints in one transaction; returns records added."""
+    async def commit(
+        self,
+        results: list[WindowResult],
+        checkpoints: dict[str, dict[str, Any]],
+        delivered: list[tuple[str, int, bytes]] | None = None,
+    ) -> int:
+        """Durably add closed windows, replace checkpoints and record the packet ids whose effect this commit
+        holds (``(subscription, mid, digest)``), in one transaction; returns the records added."""
         states = {sub: orjson.dumps(snap) for sub, snap in checkpoints.items()}
-        added = await self._run(self._commit, results, states)
+        added = await self._run(self._commit, results, states, delivered or [])
         if added:
             self.new_records.set()
         return added
@@ -215,6 +238,16 @@ class Outbox:
     async def expire(self) -> int:
         """Drop records older than the time-to-live, counting them in the loss ledger."""
         return await self._run(self._expire)
+
+    async def delivered(self) -> dict[str, dict[int, bytes]]:
+        """subscription -> packet id -> digest of the last event committed under that id."""
+        rows = await self._run(
+            lambda: self._conn.execute("SELECT subscription, mid, digest FROM delivered").fetchall()
+        )
+        out: dict[str, dict[int, bytes]] = {}
+        for sub, mid, digest in rows:
+            out.setdefault(sub, {})[int(mid)] = bytes(digest)
+        return out
 
     async def checkpoints(self) -> dict[str, dict[str, Any]]:
         rows = await self._run(lambda: self._conn.execute("SELECT subscription, state FROM checkpoints").fetchall())

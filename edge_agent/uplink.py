@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 
@@ -43,6 +43,8 @@ class Uplink:
         batch_records: int = 200,
         max_unacked: int = 2000,
         resend_after: float = 15.0,
+        reporter: Callable[[], Awaitable[bytes]] | None = None,
+        report_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cloud = cloud
@@ -53,6 +55,9 @@ class Uplink:
         self._max_unacked = max_unacked
         self._resend_after = resend_after
         self._clock = clock
+        self._reporter = reporter
+        self._report_interval = report_interval
+        self._report_now = asyncio.Event()
         self._sent_through = 0
         self._unacked: dict[int, float] = {}
         self._wake = asyncio.Event()
@@ -68,6 +73,26 @@ class Uplink:
                 name="agent.uplink.session",
             )
             tg.create_task(self._send_loop(), name="agent.uplink.send")
+            if self._reporter is not None:
+                tg.create_task(self._report_loop(), name="agent.uplink.report")
+
+    def report_soon(self) -> None:
+        """Publish the reported state now rather than at the next interval (something changed)."""
+        self._report_now.set()
+
+    async def _report_loop(self) -> None:
+        assert self._reporter is not None
+        while True:
+            await self._cloud.connected.wait()
+            self._report_now.clear()
+            try:
+                payload = await self._reporter()
+                await self._cloud.publish(self._topics.reported(self._device), payload, retain=True)
+            except BrokerError as exc:
+                log.warning("reported state not sent: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._report_interval):
+                    await self._report_now.wait()
 
     async def _on_connect(self) -> None:
         # Whatever was in flight on the old connection may be lost: send every unacked record again.
@@ -75,6 +100,7 @@ class Uplink:
         self._unacked.clear()
         self._wake.set()
         await self._cloud.publish(self._topics.status(self._device), status_payload(self._device, True), retain=True)
+        self._report_now.set()
 
     async def announce_offline(self) -> None:
         """Retained offline status on a clean shutdown (the MQTT will covers the unclean one)."""
@@ -130,7 +156,9 @@ class Uplink:
                     self._sent_through = 0
                     self._unacked.clear()
                     continue
-            await _wait_any([self._wake, self._outbox.new_records], timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await _wait_any([self._wake, self._outbox.new_records])
 
     async def _send(self, records: list[tuple[int, bytes]]) -> None:
         batch = AggregateBatch(
@@ -147,10 +175,10 @@ class Uplink:
         self.sent += len(records)
 
 
-async def _wait_any(events: list[asyncio.Event], timeout: float | None) -> None:
+async def _wait_any(events: list[asyncio.Event]) -> None:
     waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waiters:
             w.cancel()

@@ -45,6 +45,7 @@ class DeadLetter(WireModel):
         payload: bytes,
         ts: float,
     ) -> DeadLetter:
+        encoding: Literal["utf-8", "base64"]
         try:
             text, encoding = payload.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -56,7 +57,7 @@ class DeadLetter(WireModel):
             handler=handler,
             topic=topic,
             payload=text,
-            payload_encoding=encoding,  # type: ignore[arg-type]
+            payload_encoding=encoding,
             ts=ts,
         )
 

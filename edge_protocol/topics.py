@@ -61,7 +61,7 @@ class Topics:
         rest = topic[len(head) :].split("/")
         if len(rest) != 2 or not rest[0] or rest[1] not in DEVICE_CHANNELS:
             return None
-        return rest[0], rest[1]  # type: ignore[return-value]
+        return rest[0], rest[1]  # type: ignore[return-value,unused-ignore]
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

@@ -15,15 +15,22 @@ def group_key(keys: list[str]) -> GroupKey:
     getters: list[tuple[str, Callable[[str, Any, dict[str, Any]], Any]]] = []
     for key in keys:
         if key.startswith("topic["):
-            level = int(key[6:-1])
-            getters.append((key, lambda t, _p, _v, level=level: _level(t, level)))
+            getters.append((key, _level_getter(int(key[6:-1]))))
         else:
-            getters.append((key, lambda _t, p, v, name=key: _field(name, p, v)))
+            getters.append((key, _field_getter(key)))
 
     def compute(topic: str, payload: Any, values: dict[str, Any]) -> str:
         return ",".join(f"{name}={get(topic, payload, values)}" for name, get in getters)
 
     return compute
+
+
+def _level_getter(level: int) -> Callable[[str, Any, dict[str, Any]], Any]:
+    return lambda topic, _payload, _values: _level(topic, level)
+
+
+def _field_getter(name: str) -> Callable[[str, Any, dict[str, Any]], Any]:
+    return lambda _topic, payload, values: _field(name, payload, values)
 
 
 def _level(topic: str, level: int) -> str:

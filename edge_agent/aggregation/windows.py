@@ -3,8 +3,9 @@
 The watermark is ``now - lateness``: a window closes once its end is behind the watermark, so an idle stream
 still closes its windows. An event is *late* when the window it belongs to was already closed (emitted) --
 judged against the watermark of the last close, which is checkpointed, so that a closed window is never opened
-again under the same id. Late events are dead-lettered, never dropped in silence. Open windows are checkpointed with every commit (see :mod:`edge_agent.outbox`), so they survive a
-restart instead of being flushed early.
+again under the same id. Late events are dead-lettered, never dropped in silence. Open windows are
+checkpointed with every commit (see :mod:`edge_agent.outbox`), so they survive a restart instead of being
+flushed early.
 """
 
 from __future__ import annotations

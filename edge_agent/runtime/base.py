@@ -38,8 +38,8 @@ class HandlerRuntime(abc.ABC):
         """Outcomes in the order of ``events``."""
 
     @abc.abstractmethod
-    async def ping(self, timeout: float) -> bool:
-        """True when the handler answers a ping within ``timeout``."""
+    async def ping(self) -> bool:
+        """True once the handler answers a ping; False when it cannot (callers bound it with asyncio.timeout)."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -76,7 +76,7 @@ class FunctionRuntime(HandlerRuntime):
             out.append(Reply("result", i, values, publish, ""))
         return out
 
-    async def ping(self, timeout: float) -> bool:
+    async def ping(self) -> bool:
         return self._started
 
     async def aclose(self) -> None:

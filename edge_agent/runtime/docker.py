@@ -11,17 +11,16 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from typing import Any
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 
-from edge_agent.errors import HandlerGone, HandlerStartError
+from edge_agent.errors import HandlerStartError
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome
 from edge_agent.runtime.jsonlines import STDERR, STDOUT, FrameError, LineSplitter, StreamDemuxer
-from edge_protocol.handler_io import Reply, ReplyError, decode_reply, encode_event, encode_ping
+from edge_protocol.handler_io import ReplyError, decode_reply, encode_event, encode_ping
 from edge_protocol.specs import HandlerSpec
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class DockerHandler(HandlerRuntime):
         self._gone = asyncio.Event()
         self._healthy = False
         self._failures = 0
-        self._pongs: dict[int, asyncio.Future[None]] = {}
+        self._pongs: dict[int, asyncio.Future[Any]] = {}
         self.restarts = 0
         self.invalid_lines = 0
 
@@ -304,20 +303,23 @@ class DockerHandler(HandlerRuntime):
         self._outcomes[waiting[0]] = Failure(reason, detail)
         return waiting[1:]
 
-    async def ping(self, timeout: float) -> bool:
+    async def ping(self) -> bool:
         if not self._healthy or self._writer is None:
             return False
         pid = self._next_id
         self._next_id += 1
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pongs[pid] = fut
         try:
             self._writer.write(encode_ping(pid))
-            async with asyncio.timeout(timeout):
-                await self._writer.drain()
-                await fut
-            return True
-        except (TimeoutError, OSError, ConnectionError):
+            await self._writer.drain()
+            gone: asyncio.Future[Any] = asyncio.ensure_future(self._gone.wait())
+            try:
+                await asyncio.wait([fut, gone], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            return fut.done()
+        except (OSError, ConnectionError):
             return False
         finally:
             self._pongs.pop(pid, None)
@@ -340,4 +342,3 @@ def docker_client(docker_host: str | None) -> docker.DockerClient:
     return client
 
 
-__all__ = ["DockerHandler", "HandlerGone", "Reply", "docker_client", "hardened_create_args", "time"]
