@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from edge_protocol.base import WireModel
 from edge_protocol.sketch import SketchAccumulator, SketchState
@@ -18,9 +18,11 @@ from edge_protocol.specs import quantile_of
 
 
 class FieldState(WireModel):
-    """Running statistics of one numeric field inside one window."""
+    """Running statistics of one numeric field inside one window (at least one value; all finite)."""
 
-    count: int = Field(ge=0)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    count: int = Field(ge=1)
     sum: float
     mean: float
     m2: float = Field(ge=0, description="sum of squared deviations from the mean")
@@ -44,10 +46,6 @@ class FieldState(WireModel):
 
     def merge(self, other: FieldState) -> FieldState:
         """The state of both windows' values together."""
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
         n = self.count + other.count
         delta = other.mean - self.mean
         mean = self.mean + delta * other.count / n

@@ -58,7 +58,7 @@ def sensor_loop(port: int, stop: threading.Event, rate: float, published: list[i
         while not stop.wait(1.0 / rate):
             n += 1
             sensor = f"s{n % 3 + 1}"
-            payload = b"garbled" if n % 50 == 0 else orjson.dumps({"f": round(60 + 30 * random.random(), 2)})  # noqa: S311
+            payload = b"garbled" if n % 50 == 0 else orjson.dumps({"f": round(60 + 30 * random.random(), 2)})
             client.publish(f"sensors/{sensor}/temperature", payload, qos=1)
             published[0] = n
     finally:
@@ -66,7 +66,7 @@ def sensor_loop(port: int, stop: threading.Event, rate: float, published: list[i
         client.disconnect()
 
 
-def main() -> int:  # noqa: PLR0915 - one linear script reads best as one function
+def main() -> int:
     parser = argparse.ArgumentParser(description="edgefleet on one machine")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     parser.add_argument("--rate", type=float, default=50.0, help="sensor readings per second")
@@ -161,7 +161,7 @@ stats = ["count", "mean", "min", "max"]
                 )
     except Stop:
         console.print("\n[bold]stopping[/] (interrupted)")
-    except Exception as exc:  # noqa: BLE001 - report, then clean up
+    except Exception as exc:
         console.print(f"[red]demo failed:[/] {exc}")
         code = 1
     finally:

@@ -35,13 +35,19 @@ class OpenWindow:
             acc.add(value, ts)
 
 
+# Beyond this magnitude sums and squared deviations of a window could overflow to infinity, which the wire
+# contract refuses (JSON has no inf): such values are not aggregated.
+MAX_MAGNITUDE = 1e150
+
+
 def numeric_values(values: dict[str, Any], only: list[str] | None) -> dict[str, float]:
-    """The aggregatable values of one result: numbers, booleans as 0/1; NaN and infinities are skipped."""
+    """The aggregatable values of one result: numbers, booleans as 0/1; NaN, infinities and magnitudes
+    beyond ``MAX_MAGNITUDE`` are skipped."""
     names = only if only is not None else values.keys()
     out: dict[str, float] = {}
     for name in names:
         v = values.get(name)
-        if isinstance(v, int | float) and math.isfinite(v):
+        if isinstance(v, int | float) and math.isfinite(v) and -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE:
             out[name] = float(v)
     return out
 

@@ -112,11 +112,12 @@ def test_first_last_by_time_not_arrival() -> None:
     assert (state.last, state.last_ts) == (5.0, 10.0)
 
 
-def test_merge_with_empty_is_identity() -> None:
-    s = state_of([1.0, 2.0, 3.0])
-    empty = FieldState(count=0, sum=0, mean=0, m2=0, min=0, max=0, first=0, first_ts=0, last=0, last_ts=0)
-    assert s.merge(empty) is s
-    assert empty.merge(s) is s
+def test_empty_and_non_finite_states_are_refused() -> None:
+    # JSON has no inf: an empty state (min=+inf) or an overflowed sum must fail here, not at the hub.
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        FieldState(count=0, sum=0, mean=0, m2=0, min=0, max=0, first=0, first_ts=0, last=0, last_ts=0)
+    with pytest.raises(ValueError, match="finite"):
+        FieldState(count=1, sum=float("inf"), mean=0, m2=0, min=0, max=0, first=0, first_ts=0, last=0, last_ts=0)
 
 
 def test_known_values_and_statistics() -> None:

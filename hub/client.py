@@ -1,0 +1,110 @@
+"""HTTP client of the hub API (httpx), used by the CLI; turns HTTP failures into messages for humans."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from hub.errors import ClientError
+from hub.schemas import AggregateOut, DeviceOut
+
+DEFAULT_URL = "http://127.0.0.1:8780"
+URL_ENV = "EDGEFLEET_HUB_URL"
+TOKEN_ENV = "EDGEFLEET_HUB_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+T = TypeVar("T")
+
+_AGGREGATES = TypeAdapter(list[AggregateOut])
+_DEVICES = TypeAdapter(list[DeviceOut])
+
+
+class HubClient:
+    """Blocking client of one hub: ``with HubClient(url, token) as hub: hub.aggregates(since="10m")``."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._has_token = bool(token)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def aggregates(
+        self,
+        *,
+        device: str | None = None,
+        subscription: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 100,
+    ) -> list[AggregateOut]:
+        """Stored window results, newest first; ``since``/``until`` as the API takes them (``10m``, epoch)."""
+        params = {"device": device, "subscription": subscription, "since": since, "until": until, "limit": limit}
+        return self._parse(_AGGREGATES, self._get("/v1/aggregates", params))
+
+    def devices(self) -> list[DeviceOut]:
+        """Every device the hub has heard from."""
+        return self._parse(_DEVICES, self._get("/v1/devices", {}))
+
+    def _get(self, path: str, params: dict[str, Any]) -> Any:
+        query = {key: value for key, value in params.items() if value is not None}
+        try:
+            response = self._http.get(path, params=query)
+        except httpx.ConnectError as exc:
+            raise ClientError(f"cannot reach the hub at {self.base_url} ({exc}): is `hub serve` running?") from exc
+        except httpx.TimeoutException as exc:
+            raise ClientError(f"the hub at {self.base_url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise ClientError(f"request to the hub at {self.base_url} failed: {exc}") from exc
+        if response.status_code == 401:
+            if self._has_token:
+                raise ClientError("the hub refused the token", status=401)
+            raise ClientError(f"the hub needs a token: pass --token or set {TOKEN_ENV}", status=401)
+        if response.is_error:
+            raise ClientError(
+                f"the hub answered {response.status_code}: {_detail(response)}", status=response.status_code
+            )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ClientError(f"the hub at {self.base_url} answered something that is not JSON") from exc
+
+    def _parse(self, adapter: TypeAdapter[T], data: Any) -> T:
+        try:
+            return adapter.validate_python(data)
+        except ValidationError as exc:
+            raise ClientError(f"unexpected answer from the hub at {self.base_url}: {exc.errors()[0]['msg']}") from exc
+
+
+def _detail(response: httpx.Response) -> str:
+    """FastAPI's ``detail`` (a string, or a list of validation errors), else the start of the body."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text[:200] or response.reason_phrase
+    if isinstance(detail, list):
+        parts = []
+        for err in detail:
+            loc = ".".join(str(p) for p in err.get("loc", []) if p != "query")
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return "; ".join(parts)
+    return str(detail)

@@ -1,0 +1,123 @@
+"""Hub configuration: a TOML file with environment overrides (``EDGEFLEET_HUB_BROKER__PORT=1884``).
+
+Precedence, highest first: environment variables, the TOML file, the defaults below. The config is a plain
+value object; runtime objects (store, broker, API server) are built from it in :mod:`hub.service`.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge_protocol.topics import DEFAULT_PREFIX
+from hub.errors import ConfigError
+
+ENV_PREFIX = "EDGEFLEET_HUB_"
+
+
+def _default_client_id() -> str:
+    return f"hub-{socket.gethostname()}"
+
+
+class _Section(BaseModel):
+    # A misspelt key in the file must fail loudly rather than silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Section):
+    """The cloud MQTT broker the hub consumes from and publishes acks to."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    prefix: str = DEFAULT_PREFIX
+    client_id: str = Field(default_factory=_default_client_id, min_length=1)
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive: int = Field(default=30, ge=5, le=3600, description="seconds")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or value.startswith(("/", "$")) or value.endswith("/") or any(c in value for c in "+#\0"):
+            raise ValueError("a topic prefix is non-empty, without '+', '#', a leading '$' or '/' or a trailing '/'")
+        return value
+
+
+class StoreConfig(_Section):
+    """Where aggregates and devices are stored (any SQLAlchemy URL; SQLite and PostgreSQL are tested)."""
+
+    url: str = Field(default="sqlite:///./hub.db", min_length=1)
+
+
+class ApiConfig(_Section):
+    """The HTTP API that the CLI (and later the web console) uses."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8780, ge=0, le=65535, description="0 picks a free port")
+    token: SecretStr | None = Field(default=None, description="when set, /v1 requires 'Authorization: Bearer'")
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("an empty token would accept anyone: remove the key instead")
+        return value
+
+
+class HubConfig(BaseSettings):
+    """Everything ``hub serve`` needs. Build it with :meth:`load`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    broker: BrokerConfig = BrokerConfig()
+    store: StoreConfig = StoreConfig()
+    api: ApiConfig = ApiConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load() passes the file's contents as init values; the environment must override the file, so the
+        # environment comes first (earlier sources win). No .env or secrets-dir lookups: explicit is better.
+        return env_settings, init_settings
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> HubConfig:
+        """Read ``path`` (TOML; None for defaults) and the environment; raise ConfigError listing every problem."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with Path(path).open("rb") as fh:
+                    data = tomllib.load(fh)
+            except OSError as exc:
+                raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_errors(exc)) from exc
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One ``field.path: message`` line per validation error."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{path}: {err['msg']}")
+    return lines

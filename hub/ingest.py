@@ -1,0 +1,187 @@
+"""Ingest: aggregates and status from the broker into the store, and acks back to the agents.
+
+Per aggregates message: parse, check it fits (topic device == message device, every window id belongs to that
+device, numbers finite), store the batch in one transaction, then ack exactly the sequences now durable as
+ranges. Acking ranges rather than "the highest sequence" matters: if an earlier batch was lost on the way, a
+highest-sequence ack would let the agent delete records the hub never stored.
+
+Anything that does not parse or fit is counted by reason and logged; nothing a device sends stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_protocol.messages import CLOUD_MESSAGE, Ack, AggregateBatch, SequencedResult, Status, ranges_of
+from edge_protocol.topics import Topics
+from hub import metrics
+from hub.broker import Inbound, MessageBus
+from hub.errors import BrokerError, StoreError
+from hub.store import Store
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 5.0
+"""Seconds a message already being stored gets to finish (store and ack) when ingest is cancelled."""
+
+
+class Ingest:
+    """Consumes ``$share/hub/{prefix}/devices/+/aggregates`` and ``{prefix}/devices/+/status``."""
+
+    def __init__(
+        self,
+        store: Store,
+        broker: MessageBus,
+        topics: Topics,
+        *,
+        clock: Callable[[], float] = time.time,
+        grace: float = SHUTDOWN_GRACE,
+    ) -> None:
+        self._store = store
+        self._broker = broker
+        self._topics = topics
+        self._clock = clock
+        self._grace = grace
+        self.ready = asyncio.Event()
+        """Set once both subscriptions are active on the broker."""
+
+    async def run(self) -> None:
+        """Subscribe and process messages until cancelled."""
+        await self._broker.subscribe(self._topics.shared("aggregates"), qos=1)
+        await self._broker.subscribe(self._topics.all_devices("status"), qos=1)
+        await self._broker.wait_connected()
+        self.ready.set()
+        async with contextlib.aclosing(self._broker.messages()) as messages:
+            async for message in messages:
+                await _finish_despite_cancel(self._handle_safely(message), self._grace)
+
+    async def _handle_safely(self, message: Inbound) -> None:
+        try:
+            await self.handle(message)
+        except Exception:
+            # A bug must not stop intake for the whole fleet: log it loudly and go on.
+            metrics.REJECTED.labels("internal_error").inc()
+            log.exception("ingest failed on a message on %s", message.topic)
+
+    async def handle(self, message: Inbound) -> None:
+        """Process one message (public for tests that drive ingest without a broker)."""
+        parsed = self._topics.parse_device(message.topic)
+        if parsed is None:
+            self._reject("unexpected_topic", message.topic, "not a device topic under our prefix")
+            return
+        device, channel = parsed
+        metrics.MESSAGES.labels(channel).inc()
+        if not message.payload:
+            # An empty retained message is how a device's retained status is cleared: routine, so quiet.
+            self._reject("empty", message.topic, "empty payload", level=logging.DEBUG)
+            return
+        try:
+            msg = CLOUD_MESSAGE.validate_json(message.payload)
+        except ValidationError as exc:
+            reason = "not_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "invalid"
+            self._reject(reason, message.topic, _first_error(exc))
+            return
+        if msg.device != device:
+            self._reject("device_mismatch", message.topic, f"message is from device {msg.device!r}")
+            return
+        if channel == "aggregates" and isinstance(msg, AggregateBatch):
+            await self._on_batch(device, msg)
+        elif channel == "status" and isinstance(msg, Status):
+            await self._on_status(device, msg, retained=message.retain)
+        else:
+            self._reject("wrong_kind", message.topic, f"a {msg.kind!r} message does not belong here")
+
+    async def _on_batch(self, device: str, batch: AggregateBatch) -> None:
+        accepted: list[SequencedResult] = []
+        for record in batch.records:
+            refusal = _refusal(device, record)
+            if refusal is None:
+                accepted.append(record)
+            else:
+                # Not stored, so not acked: the agent's outbox keeps it until its TTL and counts the loss.
+                metrics.RECORDS_REFUSED.labels(refusal).inc()
+                log.warning("device %s: refused record seq %d (%s): %s", device, record.seq, refusal, record.result.id)
+        if not accepted:
+            return
+        try:
+            seqs = await asyncio.to_thread(self._store.store_batch, device, accepted)
+        except StoreError as exc:
+            metrics.FAILURES.labels("store").inc()
+            log.error("device %s: %d records not stored (the agent resends): %s", device, len(accepted), exc)
+            return
+        metrics.RECORDS_STORED.inc(len(seqs))
+        ack = Ack(device=device, ranges=ranges_of(seqs))
+        try:
+            await self._broker.publish(self._topics.acks(device), ack.model_dump_json().encode(), qos=1)
+        except BrokerError as exc:
+            # Stored but unacked: the agent resends, the store skips the duplicates and we ack then.
+            metrics.FAILURES.labels("ack").inc()
+            log.warning("device %s: ack %s not published: %s", device, ack.ranges, exc)
+            return
+        metrics.ACKS.inc()
+
+    async def _on_status(self, device: str, status: Status, *, retained: bool) -> None:
+        # A retained status is replayed by the broker when we subscribe: it says when the device spoke, not
+        # now. The will's ts is the agent's connect time, so statuses are applied in arrival order, not by ts.
+        seen_at = status.ts if retained else self._clock()
+        try:
+            await asyncio.to_thread(
+                self._store.record_status,
+                device,
+                online=status.online,
+                agent_version=status.agent_version,
+                seen_at=seen_at,
+            )
+        except StoreError as exc:
+            metrics.FAILURES.labels("status").inc()
+            log.error("device %s: status not stored: %s", device, exc)
+
+    def _reject(self, reason: str, topic: str, detail: str, *, level: int = logging.WARNING) -> None:
+        metrics.REJECTED.labels(reason).inc()
+        log.log(level, "rejected a message on %s (%s): %s", topic, reason, detail)
+
+
+def _refusal(device: str, record: SequencedResult) -> str | None:
+    """Why a record cannot be stored, or None."""
+    result = record.result
+    # The window id is the store's primary key: a device must not be able to occupy another device's ids.
+    if not result.id.startswith(f"{device}/"):
+        return "foreign_window_id"
+    numbers = [result.window_start, result.window_end]
+    for state in result.fields.values():
+        numbers += [state.sum, state.mean, state.m2, state.min, state.max, state.first, state.first_ts]
+        numbers += [state.last, state.last_ts]
+    # JSON (and PostgreSQL's JSONB) has no Infinity or NaN: such a record could be stored but not read back.
+    if not all(math.isfinite(n) for n in numbers):
+        return "non_finite"
+    return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"[:300]
+
+
+async def _finish_despite_cancel(coro: Coroutine[Any, Any, None], grace: float) -> None:
+    """Run ``coro`` to the end even if we are cancelled meanwhile (for up to ``grace`` s), then re-raise.
+
+    A batch being stored when shutdown starts gets stored and acked instead of abandoned mid-way.
+    """
+    task = asyncio.get_running_loop().create_task(coro, name="hub.ingest.message")
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, grace)
+        raise

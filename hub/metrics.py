@@ -1,0 +1,34 @@
+"""Prometheus metrics of the hub, served by ``GET /metrics``.
+
+They live in the default registry: a hub is one process, and tests read deltas, not absolute values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+MESSAGES = Counter(
+    "edgefleet_hub_messages_total",
+    "MQTT messages received by ingest, by channel",
+    ["channel"],
+)
+REJECTED = Counter(
+    "edgefleet_hub_messages_rejected_total",
+    "Messages ingest could not use (not JSON, invalid, wrong kind, device mismatch, ...), by reason",
+    ["reason"],
+)
+RECORDS_STORED = Counter(
+    "edgefleet_hub_records_durable_total",
+    "Window results durable in the store after a batch (duplicates of stored windows included)",
+)
+RECORDS_REFUSED = Counter(
+    "edgefleet_hub_records_refused_total",
+    "Window results in a valid batch that the hub refused to store and does not ack, by reason",
+    ["reason"],
+)
+ACKS = Counter("edgefleet_hub_acks_published_total", "Acks published to agents")
+FAILURES = Counter(
+    "edgefleet_hub_failures_total",
+    "Store writes or ack publishes that failed (the agent sends the batch again), by operation",
+    ["operation"],
+)

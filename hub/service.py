@@ -1,0 +1,118 @@
+"""``hub serve``: the store, the broker connection, ingest and the HTTP API, wired together.
+
+Installs no signal handlers (only the CLI does), so tests run :func:`serve` directly and stop it by cancelling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from edge_protocol.topics import Topics
+from hub.api import create_app
+from hub.broker import Broker
+from hub.config import HubConfig
+from hub.errors import HubError
+from hub.ingest import Ingest
+from hub.store import Store
+
+log = logging.getLogger(__name__)
+
+API_SHUTDOWN_GRACE = 5
+"""Seconds open HTTP requests get to finish when the hub stops."""
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling, and with an event for "listening"."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn would replace SIGINT/SIGTERM handlers and re-raise the signal after shutdown; the hub's
+        # CLI owns signals and stops us by cancellation (uvicorn >= 0.29 calls this instead of
+        # install_signal_handlers).
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    # Binding ourselves turns "address in use" into a HubError here, where uvicorn would sys.exit(), and
+    # lets port 0 pick a free port.
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _name, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise HubError(f"API address {host}:{port}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise HubError(f"API cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+async def _run_api(server: _ApiServer, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except asyncio.CancelledError:
+        # Cancelled in uvicorn's main loop, which would skip its shutdown: stop listening and let requests
+        # in flight finish (bounded by timeout_graceful_shutdown) before we go.
+        if server.started:
+            server.should_exit = True
+            await server.shutdown(sockets=[sock])
+        raise
+    finally:
+        sock.close()
+
+
+async def _announce_ready(server: _ApiServer, ingest: Ingest, ready: asyncio.Event | None, address: str) -> None:
+    await server.listening.wait()
+    await ingest.ready.wait()
+    log.info("hub ready: API on %s, ingest subscribed", address)
+    if ready is not None:
+        ready.set()
+
+
+async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Run the hub until cancelled; ``ready`` is set once the API listens and ingest is subscribed."""
+    topics = Topics(config.broker.prefix)
+    token = config.api.token.get_secret_value() if config.api.token else None
+    async with Store(config.store.url) as store, Broker(config.broker) as broker:
+        sock = _bind(config.api.host, config.api.port)
+        host, port = sock.getsockname()[:2]
+        address = f"http://{host}:{port}"
+        server = _ApiServer(
+            uvicorn.Config(
+                create_app(store, token),
+                lifespan="off",
+                log_config=None,  # keep the process's logging setup; uvicorn's would replace it
+                access_log=False,
+                timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
+            )
+        )
+        ingest = Ingest(store, broker, topics)
+        log.info(
+            "hub starting: broker mqtt://%s:%d, prefix %r, store %s",
+            config.broker.host,
+            config.broker.port,
+            config.broker.prefix,
+            store.display_url,
+        )
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(ingest.run(), name="hub.ingest")
+            tasks.create_task(_run_api(server, sock), name="hub.api")
+            tasks.create_task(_announce_ready(server, ingest, ready, address), name="hub.ready")

@@ -1,0 +1,176 @@
+"""Issue 2's acceptance: events -> container handler -> windows -> outbox -> cloud broker -> hub, exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_protocol.deadletter import DeadLetter
+from hub.config import HubConfig
+from hub.service import serve as hub_serve
+from tests.support.brokers import Mosquitto, free_port
+from tests.support.running import agent_config, running_agent, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@contextlib.asynccontextmanager
+async def running_hub(cloud: Mosquitto, prefix: str, db: Path) -> AsyncIterator[httpx.AsyncClient]:
+    port = free_port()
+    config = HubConfig(
+        broker={"host": cloud.host, "port": cloud.port, "prefix": prefix},
+        store={"url": f"sqlite:///{db}"},
+        api={"host": "127.0.0.1", "port": port},
+    )
+    ready = asyncio.Event()
+    task = asyncio.create_task(hub_serve(config, ready=ready), name="test.hub")
+    try:
+        await wait_for(lambda: ready.is_set() or task.done(), timeout=30, what="hub ready")
+        if task.done():
+            task.result()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+            yield api
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class DeadLetters:
+    """A subscriber collecting the dead-letter records of one prefix on the device broker."""
+
+    def __init__(self, broker: Mosquitto, prefix: str) -> None:
+        self.records: list[DeadLetter] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_a: self._subscribed.set()
+        self._client.connect(broker.host, broker.port)
+        self._client.subscribe(f"{prefix}/deadletter/#", qos=1)
+        self._client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.records.append(DeadLetter.model_validate_json(msg.payload))
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _progress(state: Any) -> str:
+    uplink = state.uplink
+    return (f"counters={state.counters()} outbox_pending={state.outbox.pending if state.outbox else None} "
+            f"sent={uplink.sent if uplink else None} acked={uplink.acked if uplink else None} "
+            f"resends={uplink.resends if uplink else None}")
+
+
+MALFORMED = [b"not json", b'{"f": "warm"}', b"[1, 2]", b'{"f": true}', b"\xff\xfe garbage"]
+
+
+async def test_ten_thousand_events_reach_the_hub_exactly_once(
+    device_broker: Mosquitto,
+    cloud_broker: Mosquitto,
+    handler_images: dict[str, str],
+    docker_client: Any,
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(20261127)
+    messages: list[tuple[str, bytes]] = []
+    celsius: list[float] = []
+    for i in range(10_000):
+        topic = f"{topic_prefix}/sensors/s{i % 4}/temperature"
+        if i % 100 == 37:
+            messages.append((topic, MALFORMED[(i // 100) % len(MALFORMED)]))
+            continue
+        f = round(rng.uniform(-40.0, 120.0), 3)
+        celsius.append((f - 32.0) * 5.0 / 9.0)
+        messages.append((topic, orjson.dumps({"f": f})))
+    malformed = len(messages) - len(celsius)
+    assert malformed == 100
+
+    config = agent_config(
+        device_id=device_id,
+        data_dir=tmp_path / "agent",
+        device_port=device_broker.port,
+        cloud_port=cloud_broker.port,
+        prefix=topic_prefix,
+        handlers=[{"name": "temp-c", "image": "edgefleet/temp-c:dev"}],
+        subscriptions=[{
+            "name": "temps",
+            "topic": f"{topic_prefix}/sensors/+/temperature",
+            "handler": "temp-c",
+            "window": {"size": "1s"},
+            "stats": ["count", "sum", "min", "max", "mean"],
+        }],
+    )
+    deadletters = DeadLetters(device_broker, topic_prefix)
+    try:
+        async with running_hub(cloud_broker, topic_prefix, tmp_path / "hub.db") as api, running_agent(config) as (
+            state,
+            agent_task,
+        ):
+            await asyncio.to_thread(publish_all, device_broker, messages)
+
+            async def stored() -> list[dict[str, Any]]:
+                resp = await api.get("/v1/aggregates", params={"device": device_id, "limit": 10_000})
+                resp.raise_for_status()
+                rows: list[dict[str, Any]] = resp.json()
+                return rows
+
+            async def all_stored() -> bool:
+                return sum(r["events"] for r in await stored()) >= len(celsius)
+
+            await wait_for(all_stored, timeout=90, interval=0.5, what="every valid event in the hub's windows",
+                           detail=lambda: _progress(state))
+            await wait_for(lambda: len(deadletters.records) >= malformed, timeout=30, what="dead letters")
+            await wait_for(lambda: state.outbox is not None and state.outbox.pending == 0, timeout=30,
+                           what="the outbox emptied by the hub's acks")
+
+            rows = await stored()
+            assert sum(r["events"] for r in rows) == len(celsius)
+            assert len({r["window_id"] for r in rows}) == len(rows)
+            c_fields = [r["fields"]["c"] for r in rows]
+            assert sum(f["count"] for f in c_fields) == len(celsius)
+            assert min(f["min"] for f in c_fields) == min(celsius)
+            assert max(f["max"] for f in c_fields) == max(celsius)
+            assert math.isclose(math.fsum(f["sum"] for f in c_fields), math.fsum(celsius), rel_tol=1e-9)
+
+            assert len(deadletters.records) == malformed
+            assert all(d.reason in ("invalid-json", "handler-error") and d.detail for d in deadletters.records)
+            assert {d.payload_bytes() for d in deadletters.records} == set(MALFORMED)
+            counters = state.dispatchers["temps"].counters
+            assert counters.processed == len(celsius)
+            assert sum(counters.dead_lettered.values()) == malformed
+            assert not agent_task.done(), "the agent must still be running"
+    finally:
+        deadletters.close()

@@ -1,0 +1,45 @@
+"""Builders of wire messages for the hub's unit tests."""
+
+from __future__ import annotations
+
+from edge_protocol.aggregate import FieldAccumulator, FieldState, WindowResult, window_id
+from edge_protocol.messages import AggregateBatch, SequencedResult, Status
+
+
+def field_state(*values: float, start: float = 0.0) -> FieldState:
+    acc = FieldAccumulator()
+    for i, value in enumerate(values):
+        acc.add(value, start + i)
+    return acc.freeze()
+
+
+def record(
+    seq: int,
+    *,
+    device: str = "dev-a",
+    subscription: str = "temp",
+    start: float = 1000.0,
+    size: float = 10.0,
+    group: str = "",
+    values: tuple[float, ...] = (1.0, 2.0, 3.0),
+) -> SequencedResult:
+    result = WindowResult(
+        id=window_id(device, subscription, "rev1", group, start),
+        subscription=subscription,
+        revision="rev1",
+        group=group,
+        window_start=start,
+        window_end=start + size,
+        events=len(values),
+        fields={"temp": field_state(*values, start=start)},
+        stats=["count", "mean"],
+    )
+    return SequencedResult(seq=seq, result=result)
+
+
+def batch(device: str, *records: SequencedResult) -> AggregateBatch:
+    return AggregateBatch(device=device, sent_at=2000.0, records=list(records))
+
+
+def status(device: str, *, online: bool = True, version: str = "0.1.0", ts: float = 1500.0) -> Status:
+    return Status(device=device, online=online, agent_version=version, ts=ts)
