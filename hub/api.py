@@ -11,22 +11,26 @@ import asyncio
 import hmac
 import time
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from edge_protocol.durations import parse_duration
 from hub import __version__
 from hub import metrics as _metrics  # noqa: F401 - registers the hub's counters even before ingest runs
 from hub.errors import StoreError
-from hub.schemas import AggregateOut, DeviceOut, parse_time
+from hub.labels import LabelError, Selector, check_key, check_labels
+from hub.rollup import RollupError, rollup
+from hub.schemas import AggregateOut, DeviceOut, LabelsUpdate, parse_statistics, parse_time
 from hub.store import Store
 
 MAX_LIMIT = 10_000
 
 _TIME_HELP = "epoch seconds, a duration ago (10m, 1h30m), or ISO 8601 with a time zone"
+_LABEL_HELP = "key=value; repeat it and every term must match the device's labels"
 
 
 def create_app(store: Store, token: str | None = None, *, clock: Callable[[], float] = time.time) -> FastAPI:
@@ -75,23 +79,86 @@ def create_app(store: Store, token: str | None = None, *, clock: Callable[[], fl
         subscription: str | None = None,
         since: Annotated[str | None, Query(description=f"windows starting at or after: {_TIME_HELP}")] = None,
         until: Annotated[str | None, Query(description=f"windows starting before: {_TIME_HELP}")] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many rows")] = 100,
+        label: Annotated[list[str] | None, Query(description=f"devices with this label: {_LABEL_HELP}")] = None,
+        group: Annotated[str | None, Query(description="only this group key")] = None,
+        rollup_: Annotated[
+            Literal["devices"] | None, Query(alias="rollup", description="merge the same window across devices")
+        ] = None,
+        every: Annotated[str | None, Query(description="merge windows into tumbling buckets this long (1m)")] = None,
+        stats: Annotated[list[str] | None, Query(description="statistics to show, e.g. count,mean,p99")] = None,
     ) -> list[AggregateOut]:
-        """Stored window results, newest window first."""
+        """Stored window results, newest window first; optionally rolled up across devices and/or into coarser
+        buckets, merging the windows' states (never averaging finished figures)."""
+        chosen, bucket, selector = _statistics(stats), _bucket(every), _selector(label)
+        selected = None
+        if selector:
+            selected = [dev.id for dev in await asyncio.to_thread(store.list_devices, selector)]
+            if not selected:
+                return []
+        rolling = rollup_ is not None or bucket is not None
         rows = await asyncio.to_thread(
             store.query_aggregates,
             device=device,
             subscription=subscription,
             since=to_time(since, "since"),
             until=to_time(until, "until"),
-            limit=limit,
+            limit=None if rolling else limit,
+            devices=selected,
+            group=group,
         )
-        return [AggregateOut.of(row) for row in rows]
+        try:
+            rolled = await asyncio.to_thread(rollup, rows, across_devices=rollup_ == "devices", every=bucket)
+        except RollupError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return [AggregateOut.of(r.aggregate, stats=chosen, devices=r.devices) for r in rolled[:limit]]
 
     @v1.get("/devices", tags=["devices"])
-    async def devices() -> list[DeviceOut]:
-        """Every device the hub has heard from, by id."""
-        return [DeviceOut.of(dev) for dev in await asyncio.to_thread(store.list_devices)]
+    async def devices(
+        label: Annotated[list[str] | None, Query(description=f"only devices with this label: {_LABEL_HELP}")] = None,
+    ) -> list[DeviceOut]:
+        """Every device the hub has heard from (whose labels match), by id."""
+        selector = _selector(label)
+        return [DeviceOut.of(dev) for dev in await asyncio.to_thread(store.list_devices, selector)]
+
+    @v1.put("/devices/{device_id}/labels", tags=["devices"])
+    async def put_labels(device_id: str, body: LabelsUpdate) -> dict[str, str]:
+        """Set, then remove, labels of a device; answers its labels afterwards. 404 for a device never seen."""
+        try:
+            to_set = check_labels(body.set_)
+            to_remove = [check_key(key) for key in body.remove]
+        except LabelError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        labels = await asyncio.to_thread(store.update_labels, device_id, to_set, to_remove)
+        if labels is None:
+            raise HTTPException(404, f"unknown device {device_id!r}: the hub has not heard from it")
+        return labels
 
     app.include_router(v1)
     return app
+
+
+def _selector(terms: list[str] | None) -> Selector:
+    try:
+        return Selector.parse(terms)
+    except LabelError as exc:
+        raise HTTPException(422, f"label: {exc}") from exc
+
+
+def _statistics(stats: list[str] | None) -> list[str] | None:
+    try:
+        return parse_statistics(stats)
+    except ValueError as exc:
+        raise HTTPException(422, f"stats: {exc}") from exc
+
+
+def _bucket(every: str | None) -> float | None:
+    if every is None:
+        return None
+    try:
+        seconds = parse_duration(every)
+    except ValueError as exc:
+        raise HTTPException(422, f"every: {exc}") from exc
+    if seconds <= 0:
+        raise HTTPException(422, "every: must be longer than zero")
+    return seconds

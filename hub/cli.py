@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
-from datetime import datetime
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from hub import render
 from hub.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, HubClient
 from hub.config import HubConfig
 from hub.errors import ClientError, ConfigError, HubError
-from hub.schemas import AggregateOut
+from hub.labels import LabelError, Selector, check_key, parse_assignments
 from hub.service import serve as serve_hub
 
 log = logging.getLogger("hub")
 
 app = typer.Typer(help="edgefleet hub: store and serve what the fleet sends.", no_args_is_help=True)
+device_app = typer.Typer(help="Act on one device.", no_args_is_help=True)
+app.add_typer(device_app, name="device")
+
+T = TypeVar("T")
+
+
+class Rollup(StrEnum):
+    """What a roll-up merges across."""
+
+    DEVICES = "devices"
+
 
 Api = Annotated[str, typer.Option("--api", envvar=URL_ENV, help="hub API base URL")]
 Token = Annotated[str | None, typer.Option("--token", envvar=TOKEN_ENV, help="bearer token of the hub API")]
@@ -105,63 +116,105 @@ def aggregates(
     subscription: Annotated[str | None, typer.Option(help="only this subscription")] = None,
     since: Annotated[str | None, typer.Option(help="windows starting since: 10m, 2h, epoch or ISO 8601")] = None,
     until: Annotated[str | None, typer.Option(help="windows starting before: like --since")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="at most this many windows, newest first")] = 100,
+    label: Annotated[list[str] | None, typer.Option(help="devices with this label, k=v (repeatable)")] = None,
+    group: Annotated[str | None, typer.Option(help="only this group key")] = None,
+    rollup: Annotated[Rollup | None, typer.Option(help="merge the same window across devices")] = None,
+    every: Annotated[str | None, typer.Option(help="merge windows into tumbling buckets this long, e.g. 1m")] = None,
+    stats: Annotated[str | None, typer.Option(help="statistics to show, e.g. count,mean,p99")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many rows, newest first")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print CSV: one line per window and field")] = False,
+    api: Api = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Show stored window results, optionally rolled up across devices (--rollup) and in time (--every)."""
+    if as_json and as_csv:
+        typer.echo("--json and --csv: choose one", err=True)
+        raise typer.Exit(2)
+    _check_terms(label, "--label")
+    with _client(api, token) as hub:
+        rows = _call(
+            lambda: hub.aggregates(
+                device=device,
+                subscription=subscription,
+                since=since,
+                until=until,
+                limit=limit,
+                labels=label,
+                group=group,
+                rollup=rollup.value if rollup is not None else None,
+                every=every,
+                stats=stats,
+            )
+        )
+    if as_json:
+        typer.echo(render.to_json(rows))
+    elif as_csv:
+        render.write_aggregates_csv(rows, sys.stdout)
+    elif not rows:
+        typer.echo("no windows match", err=True)
+    else:
+        Console().print(render.aggregates_table(rows, with_devices=rollup is not None))
+
+
+@app.command()
+def devices(
+    label: Annotated[list[str] | None, typer.Option(help="only devices with this label, k=v (repeatable)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     api: Api = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Show stored window results."""
-    try:
-        with HubClient(api, token) as hub:
-            rows = hub.aggregates(device=device, subscription=subscription, since=since, until=until, limit=limit)
-    except ClientError as exc:
-        typer.echo(f"hub: {exc}", err=True)
-        raise typer.Exit(1) from None
+    """Show the devices the hub has heard from, with their labels."""
+    _check_terms(label, "--label")
+    with _client(api, token) as hub:
+        rows = _call(lambda: hub.devices(labels=label))
     if as_json:
-        typer.echo(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
-    elif not rows:
-        typer.echo("no windows match", err=True)
+        typer.echo(render.to_json(rows))
     else:
-        Console().print(_aggregates_table(rows))
+        Console().print(render.devices_table(rows))
 
 
-def _aggregates_table(rows: list[AggregateOut]) -> Table:
-    table = Table(box=None, header_style="bold")
-    for column in ("window start", "device", "subscription", "group", "events", "field"):
-        table.add_column(column, no_wrap=column == "window start")
-    for column in ("count", "mean", "min", "max", "sum"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        window = [_local(row.window_start), row.device, row.subscription, row.group, str(row.events)]
-        if not row.fields:
-            table.add_row(*window)
-        for i, (name, f) in enumerate(sorted(row.fields.items())):
-            # One line per field; the window's columns only on its first line, so windows stand out.
-            lead = window if i == 0 else [""] * len(window)
-            table.add_row(*lead, name, str(f.count), *(f"{v:.6g}" for v in (f.mean, f.min, f.max, f.sum)))
-    return table
-
-
-@app.command()
-def devices(api: Api = DEFAULT_URL, token: Token = None) -> None:
-    """Show the devices the hub has heard from."""
+@device_app.command("label")
+def device_label(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="the device")],
+    labels: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE...", help="labels to set")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="a label key to remove (repeatable)")] = None,
+    api: Api = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Set and remove labels of a device: hub device label dev-1 site=lyon tier=edge --remove old."""
     try:
-        with HubClient(api, token) as hub:
-            rows = hub.devices()
+        to_set = parse_assignments(labels or [])
+        to_remove = [check_key(key) for key in remove or []]
+    except LabelError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if not to_set and not to_remove:
+        typer.echo("nothing to do: give KEY=VALUE labels or --remove KEY", err=True)
+        raise typer.Exit(2)
+    with _client(api, token) as hub:
+        result = _call(lambda: hub.update_labels(device_id, to_set, to_remove))
+    typer.echo(",".join(f"{k}={v}" for k, v in sorted(result.items())) or "(no labels)")
+
+
+def _check_terms(terms: list[str] | None, option: str) -> None:
+    try:
+        Selector.parse(terms)
+    except LabelError as exc:
+        typer.echo(f"{option}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _client(api: str, token: str | None) -> HubClient:
+    return HubClient(api, token)
+
+
+def _call(request: Callable[[], T]) -> T:
+    try:
+        return request()
     except ClientError as exc:
         typer.echo(f"hub: {exc}", err=True)
         raise typer.Exit(1) from None
-    table = Table(box=None, header_style="bold")
-    for column in ("device", "online", "agent", "first seen", "last seen"):
-        table.add_column(column)
-    for dev in rows:
-        online = "yes" if dev.online else "no"
-        table.add_row(dev.id, online, dev.agent_version, _local(dev.first_seen), _local(dev.last_seen))
-    Console().print(table)
-
-
-def _local(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def main() -> None:

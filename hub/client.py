@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -19,6 +20,7 @@ T = TypeVar("T")
 
 _AGGREGATES = TypeAdapter(list[AggregateOut])
 _DEVICES = TypeAdapter(list[DeviceOut])
+_LABELS = TypeAdapter(dict[str, str])
 
 
 class HubClient:
@@ -56,19 +58,42 @@ class HubClient:
         since: str | None = None,
         until: str | None = None,
         limit: int = 100,
+        labels: list[str] | None = None,
+        group: str | None = None,
+        rollup: str | None = None,
+        every: str | None = None,
+        stats: str | None = None,
     ) -> list[AggregateOut]:
-        """Stored window results, newest first; ``since``/``until`` as the API takes them (``10m``, epoch)."""
-        params = {"device": device, "subscription": subscription, "since": since, "until": until, "limit": limit}
-        return self._parse(_AGGREGATES, self._get("/v1/aggregates", params))
+        """Stored window results, newest first; ``since``/``until`` as the API takes them (``10m``, epoch);
+        ``labels`` (``k=v`` terms), ``group``, ``rollup="devices"``, ``every="1m"`` and ``stats="count,p99"``."""
+        params = {
+            "device": device,
+            "subscription": subscription,
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "label": labels or None,
+            "group": group,
+            "rollup": rollup,
+            "every": every,
+            "stats": stats,
+        }
+        return self._parse(_AGGREGATES, self._request("GET", "/v1/aggregates", params))
 
-    def devices(self) -> list[DeviceOut]:
-        """Every device the hub has heard from."""
-        return self._parse(_DEVICES, self._get("/v1/devices", {}))
+    def devices(self, labels: list[str] | None = None) -> list[DeviceOut]:
+        """Every device the hub has heard from, or those whose labels match every ``k=v`` term."""
+        return self._parse(_DEVICES, self._request("GET", "/v1/devices", {"label": labels or None}))
 
-    def _get(self, path: str, params: dict[str, Any]) -> Any:
+    def update_labels(self, device: str, set_: dict[str, str], remove: list[str]) -> dict[str, str]:
+        """Set then remove labels of ``device``; its labels afterwards."""
+        body = {"set": set_, "remove": remove}
+        path = f"/v1/devices/{quote(device, safe='')}/labels"
+        return self._parse(_LABELS, self._request("PUT", path, {}, body))
+
+    def _request(self, method: str, path: str, params: dict[str, Any], body: Any = None) -> Any:
         query = {key: value for key, value in params.items() if value is not None}
         try:
-            response = self._http.get(path, params=query)
+            response = self._http.request(method, path, params=query, json=body)
         except httpx.ConnectError as exc:
             raise ClientError(f"cannot reach the hub at {self.base_url} ({exc}): is `hub serve` running?") from exc
         except httpx.TimeoutException as exc:

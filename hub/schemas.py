@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge_protocol.aggregate import FieldState
 from edge_protocol.durations import parse_duration
-from hub.store import DeviceInfo, StoredAggregate
+from edge_protocol.specs import parse_statistic
+from hub.records import DeviceInfo, StoredAggregate
 
 
 class _Out(BaseModel):
@@ -26,10 +27,13 @@ class FieldSummary(_Out):
     max: float
     mean: float
     stddev: float = Field(description="population standard deviation")
+    stats: dict[str, float | None] = Field(
+        default_factory=dict, description="the statistics shown (the row's stats); a quantile is None without a sketch"
+    )
     state: FieldState
 
     @classmethod
-    def of(cls, state: FieldState) -> FieldSummary:
+    def of(cls, state: FieldState, stats: list[str] | None = None) -> FieldSummary:
         return cls(
             count=state.count,
             sum=state.sum,
@@ -37,6 +41,7 @@ class FieldSummary(_Out):
             max=state.max,
             mean=state.mean,
             stddev=state.stddev,
+            stats={name: state.statistic(name) for name in stats or []},
             state=state,
         )
 
@@ -53,12 +58,14 @@ class AggregateOut(_Out):
     window_end: float
     part: int
     events: int
-    stats: list[str] = Field(description="statistics the subscription asked for")
+    stats: list[str] = Field(description="statistics shown: the subscription's own unless the query chose")
     fields: dict[str, FieldSummary]
     stored_at: float
+    devices: int = Field(default=1, description="distinct devices merged into this row (roll-ups)")
 
     @classmethod
-    def of(cls, agg: StoredAggregate) -> AggregateOut:
+    def of(cls, agg: StoredAggregate, *, stats: list[str] | None = None, devices: int = 1) -> AggregateOut:
+        shown = list(agg.stats) if stats is None else stats
         return cls(
             window_id=agg.window_id,
             device=agg.device,
@@ -69,9 +76,10 @@ class AggregateOut(_Out):
             window_end=agg.window_end,
             part=agg.part,
             events=agg.events,
-            stats=agg.stats,
-            fields={name: FieldSummary.of(state) for name, state in agg.fields.items()},
+            stats=shown,
+            fields={name: FieldSummary.of(state, shown) for name, state in agg.fields.items()},
             stored_at=agg.stored_at,
+            devices=devices,
         )
 
 
@@ -83,6 +91,7 @@ class DeviceOut(_Out):
     last_seen: float
     online: bool
     agent_version: str
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, dev: DeviceInfo) -> DeviceOut:
@@ -92,7 +101,33 @@ class DeviceOut(_Out):
             last_seen=dev.last_seen,
             online=dev.online,
             agent_version=dev.agent_version,
+            labels=dict(dev.labels),
         )
+
+
+class LabelsUpdate(BaseModel):
+    """Body of ``PUT /v1/devices/{id}/labels``: labels to set, then keys to remove."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    set_: dict[str, str] = Field(default_factory=dict, alias="set", description="key -> value to set")
+    remove: list[str] = Field(default_factory=list, description="keys to remove (absent keys are ignored)")
+
+
+def parse_statistics(text: str | list[str] | None) -> list[str] | None:
+    """``["count", "p99"]`` from ``"count,p99"`` (or several such), None for none; ValueError names a bad one."""
+    if text is None:
+        return None
+    parts = [text] if isinstance(text, str) else text
+    names = [name.strip() for part in parts for name in part.split(",") if name.strip()]
+    if not names:
+        return None
+    chosen: list[str] = []
+    for name in names:
+        stat = parse_statistic(name)
+        if stat not in chosen:
+            chosen.append(stat)
+    return chosen
 
 
 def parse_time(text: str, *, now: float | None = None) -> float:

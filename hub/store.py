@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Engine, case, create_engine, event, select, text
+from sqlalchemy import Engine, case, create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,41 +24,14 @@ from sqlalchemy.orm import Session
 from edge_protocol.aggregate import FieldState
 from edge_protocol.messages import SequencedResult
 from hub.errors import StoreError
+from hub.labels import Selector
+from hub.records import DeviceInfo, StoredAggregate
 from hub.tables import AggregateRow, Base, DeviceRow
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for another one (a second hub process, a backup) before failing."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredAggregate:
-    """One stored window result, as the API returns it."""
-
-    window_id: str
-    device: str
-    subscription: str
-    revision: str
-    group: str
-    window_start: float
-    window_end: float
-    part: int
-    events: int
-    fields: dict[str, FieldState]
-    stats: list[str]
-    stored_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceInfo:
-    """What the hub knows about one device."""
-
-    id: str
-    first_seen: float
-    last_seen: float
-    online: bool
-    agent_version: str
 
 
 class _State(Enum):
@@ -101,6 +73,7 @@ class Store:
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
             Base.metadata.create_all(engine)
+            _add_labels_column(engine)
         except SQLAlchemyError as exc:
             raise StoreError("open", f"{self.display_url}: {exc}") from exc
         self._engine = engine
@@ -202,6 +175,7 @@ class Store:
             last_seen=seen_at,
             online=True if online is None else online,  # a device sending aggregates is up
             agent_version=agent_version or "",
+            labels={},
         )
         excluded = stmt.excluded
         updates: dict[str, Any] = {
@@ -222,32 +196,72 @@ class Store:
         subscription: str | None = None,
         since: float | None = None,
         until: float | None = None,
-        limit: int = 100,
+        limit: int | None = 100,
+        *,
+        devices: Sequence[str] | None = None,
+        group: str | None = None,
     ) -> list[StoredAggregate]:
-        """Windows that started in ``[since, until)``, newest first, at most ``limit``."""
+        """Windows that started in ``[since, until)``, newest first, at most ``limit`` (None: all).
+
+        ``devices`` restricts to those ids (a label selector's devices); ``group`` to one group key.
+        """
         stmt = select(AggregateRow)
         if device is not None:
             stmt = stmt.where(AggregateRow.device == device)
+        if devices is not None:
+            stmt = stmt.where(AggregateRow.device.in_(list(devices)))
         if subscription is not None:
             stmt = stmt.where(AggregateRow.subscription == subscription)
+        if group is not None:
+            stmt = stmt.where(AggregateRow.group == group)
         if since is not None:
             stmt = stmt.where(AggregateRow.window_start >= since)
         if until is not None:
             stmt = stmt.where(AggregateRow.window_start < until)
-        stmt = stmt.order_by(AggregateRow.window_start.desc(), AggregateRow.window_id).limit(limit)
+        stmt = stmt.order_by(AggregateRow.window_start.desc(), AggregateRow.window_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         with self._session("query_aggregates") as session:
             return [_to_aggregate(row) for row in session.scalars(stmt)]
 
-    def list_devices(self) -> list[DeviceInfo]:
-        """Every device seen, by id."""
+    def list_devices(self, selector: Selector | None = None) -> list[DeviceInfo]:
+        """Every device seen whose labels match ``selector`` (all of them without one), by id."""
         with self._session("list_devices") as session:
             rows = session.scalars(select(DeviceRow).order_by(DeviceRow.id))
-            return [DeviceInfo(r.id, r.first_seen, r.last_seen, r.online, r.agent_version) for r in rows]
+            devices = [
+                DeviceInfo(r.id, r.first_seen, r.last_seen, r.online, r.agent_version, dict(r.labels or {}))
+                for r in rows
+            ]
+        # Matched here, not in SQL: JSON operators differ between SQLite and PostgreSQL, and fleets are small.
+        return [dev for dev in devices if selector is None or selector.matches(dev.labels)]
+
+    def update_labels(self, device: str, set_: Mapping[str, str], remove: Sequence[str] = ()) -> dict[str, str] | None:
+        """Set then remove labels of a known device; its labels afterwards, or None for an unknown device."""
+        with self._session("update_labels") as session:
+            row = session.get(DeviceRow, device, with_for_update=True)
+            if row is None:
+                return None
+            labels = dict(row.labels or {})
+            labels.update(set_)
+            for key in remove:
+                labels.pop(key, None)
+            row.labels = labels  # a new object, so the ORM sees the JSON change
+            return labels
 
     def ping(self) -> None:
         """Raise StoreError unless the database answers."""
         with self._session("ping") as session:
             session.execute(text("SELECT 1"))
+
+
+def _add_labels_column(engine: Engine) -> None:
+    # create_all adds tables, not columns: a database from before device labels gets the column here (the one
+    # schema change before migrations exist).
+    if "labels" in {col["name"] for col in inspect(engine).get_columns("devices")}:
+        return
+    kind = "JSONB" if engine.dialect.name == "postgresql" else "JSON"
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE devices ADD COLUMN labels {kind}"))
 
 
 def _greatest(column: Any, value: Any) -> Any:

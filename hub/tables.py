@@ -26,6 +26,7 @@ class DeviceRow(Base):
     last_seen: Mapped[float] = mapped_column(Double)
     online: Mapped[bool] = mapped_column(Boolean)
     agent_version: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict[str, str]] = mapped_column(_Json, default=dict, doc="label key -> value, set by operators")
 
 
 class AggregateRow(Base):

@@ -6,8 +6,8 @@ from edge_protocol.aggregate import FieldAccumulator, FieldState, WindowResult, 
 from edge_protocol.messages import AggregateBatch, SequencedResult, Status
 
 
-def field_state(*values: float, start: float = 0.0) -> FieldState:
-    acc = FieldAccumulator()
+def field_state(*values: float, start: float = 0.0, sketch: bool = False) -> FieldState:
+    acc = FieldAccumulator(with_sketch=sketch)
     for i, value in enumerate(values):
         acc.add(value, start + i)
     return acc.freeze()
@@ -22,6 +22,8 @@ def record(
     size: float = 10.0,
     group: str = "",
     values: tuple[float, ...] = (1.0, 2.0, 3.0),
+    sketch: bool = False,
+    stats: tuple[str, ...] = ("count", "mean"),
 ) -> SequencedResult:
     result = WindowResult(
         id=window_id(device, subscription, "rev1", group, start),
@@ -31,8 +33,8 @@ def record(
         window_start=start,
         window_end=start + size,
         events=len(values),
-        fields={"temp": field_state(*values, start=start)},
-        stats=["count", "mean"],
+        fields={"temp": field_state(*values, start=start, sketch=sketch)},
+        stats=list(stats),
     )
     return SequencedResult(seq=seq, result=result)
 
