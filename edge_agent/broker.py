@@ -90,6 +90,8 @@ class LocalBroker:
         self._connected_async: asyncio.Event | None = None
         self._confirms: dict[int, asyncio.Future[None]] = {}
         self._confirm_lock = threading.Lock()
+        self._registering = 0
+        self._early: set[int] = set()
         self._closing = False
         self._in_hand = False
         self._taken_at = 0.0
@@ -159,8 +161,13 @@ class LocalBroker:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, _reason: Any, _props: Any) -> None:
+        # paho calls this holding its out-message lock, which publish() also takes: never wait on a lock here
+        # that is held around client.publish, or the two threads deadlock.
         with self._confirm_lock:
             fut = self._confirms.pop(mid, None)
+            if fut is None and self._registering:
+                # The PUBACK beat publish() registering its future; publish() picks it up from here.
+                self._early.add(mid)
         if fut is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(_resolve, fut)
 
@@ -208,14 +215,32 @@ class LocalBroker:
             return None
         fut: asyncio.Future[None] = self._loop.create_future()
         with self._confirm_lock:
+            self._registering += 1
+        try:
             info = self._client.publish(topic, payload, qos, retain)
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-            if info.is_published():
-                fut.set_result(None)
-            else:
-                self._confirms[info.mid] = fut
+        except BaseException:
+            self._done_registering(None)
+            raise
+        ok = info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+        if self._done_registering(info.mid if ok else None, fut):
+            fut.set_result(None)
+        if not ok:
+            raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         return fut
+
+    def _done_registering(self, mid: int | None, fut: asyncio.Future[None] | None = None) -> bool:
+        """Register ``fut`` for ``mid``'s PUBACK; True when that PUBACK already came."""
+        with self._confirm_lock:
+            self._registering -= 1
+            early = mid is not None and mid in self._early
+            if mid is not None and fut is not None and not early:
+                self._confirms[mid] = fut
+            if not self._registering:
+                # Only mids seen while someone registers are kept; QoS 0 ones among them must not pile up.
+                self._early.clear()
+            else:
+                self._early.discard(mid or 0)
+        return early
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
