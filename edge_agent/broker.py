@@ -202,6 +202,24 @@ class LocalBroker:
             return self._taken_at - _HANDOFF_MARGIN
         return time.time() - _HANDOFF_MARGIN
 
+    def set_filters(self, filters: list[tuple[str, int]]) -> None:
+        """Subscribe to exactly ``filters`` (topic filter, QoS) from now on, and after every reconnection.
+
+        With a persistent session the broker also keeps filters from an earlier run that are no longer wanted:
+        their events reach no dispatcher and are acknowledged as unrouted (counted).
+        """
+        old = dict(self._subscriptions)
+        new = dict(filters)
+        self._subscriptions = sorted(new.items())
+        if not self._connected.is_set():
+            return  # on_connect subscribes to the current list
+        add = [(f, SubscribeOptions(qos=q)) for f, q in new.items() if old.get(f) != q]
+        remove = [f for f in old if f not in new]
+        if add:
+            self._client.subscribe(add)
+        if remove:
+            self._client.unsubscribe(remove)
+
     def ack(self, mid: int, qos: int = 1) -> None:
         """Acknowledge one QoS 1 event to the broker (its result is durable)."""
         if mid:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
+from edge_protocol.desired import load_public_key
 from edge_protocol.durations import Duration
 from edge_protocol.specs import NAME_PATTERN, HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import DEFAULT_PREFIX
@@ -79,9 +80,19 @@ class AgentConfig(BaseSettings):
     outbox: OutboxConfig = OutboxConfig()
     handlers: list[HandlerSpec] = Field(default_factory=list)
     subscriptions: list[SubscriptionSpec] = Field(default_factory=list)
+    hub_public_key: str | None = Field(
+        default=None, description="managed mode: the hub's Ed25519 public key (PEM, or base64 of the raw 32 bytes)"
+    )
+    hub_public_key_file: Path | None = Field(default=None, description="managed mode: the key in a file")
 
     @model_validator(mode="after")
     def _references(self) -> AgentConfig:
+        if self.hub_public_key and self.hub_public_key_file:
+            raise ValueError("set hub_public_key or hub_public_key_file, not both")
+        if self.managed and (self.handlers or self.subscriptions):
+            raise ValueError("a managed agent (hub key set) gets handlers and subscriptions from the hub, not config")
+        if self.managed and not self.cloud.enabled:
+            raise ValueError("a managed agent needs the cloud link (cloud.enabled = true)")
         names = [h.name for h in self.handlers]
         if len(set(names)) != len(names):
             raise ValueError("handler names must be unique")
@@ -104,6 +115,15 @@ class AgentConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first so that it overrides the file, which arrives as init kwargs.
         return env_settings, init_settings
+
+    @property
+    def managed(self) -> bool:
+        return bool(self.hub_public_key or self.hub_public_key_file)
+
+    def public_key_text(self) -> str | None:
+        if self.hub_public_key_file is not None:
+            return self.hub_public_key_file.read_text()
+        return self.hub_public_key
 
     @property
     def outbox_path(self) -> Path:
@@ -135,6 +155,13 @@ def load_config(path: Path | None, **overrides: Any) -> AgentConfig:
             raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
     data.update(overrides)
     try:
-        return AgentConfig(**data)
+        config = AgentConfig(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+    if config.managed:
+        field = "hub_public_key_file" if config.hub_public_key_file else "hub_public_key"
+        try:
+            load_public_key(config.public_key_text() or "")
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError([f"{field}: not a usable Ed25519 public key ({exc})"]) from None
+    return config

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,6 +52,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         intake_watermark: Callable[[], float] | None = None,
         alarm: Callable[[str, bool], None] | None = None,
+        checkpoint_key: str | None = None,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
@@ -65,6 +67,7 @@ class Dispatcher:
         self._clock = clock
         self._intake_watermark = intake_watermark or clock
         self._alarm = alarm or (lambda _name, _on: None)
+        self._checkpoint_key = checkpoint_key or spec.name
         self._group = group_key(spec.group_by)
         self._queue: collections.deque[Incoming] = collections.deque()
         self._has_items = asyncio.Event()
@@ -112,6 +115,13 @@ class Dispatcher:
         self._closing = True
         self._has_items.set()
         await self._idle.wait()
+
+    async def retire(self) -> None:
+        """The subscription is removed or replaced: drain, then emit every open window and drop the checkpoint."""
+        await self.drain()
+        closed = self.windows.close_due(math.inf)
+        await self._outbox.commit(closed, {self._checkpoint_key: None})
+        self.counters.windows_closed += len(closed)
 
     # -- pipeline ------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -216,7 +226,7 @@ class Dispatcher:
         delay = 0.5
         while True:
             try:
-                await self._outbox.commit(closed, {self.spec.name: self.windows.snapshot()}, delivered)
+                await self._outbox.commit(closed, {self._checkpoint_key: self.windows.snapshot()}, delivered)
             except OutboxError as exc:
                 self._alarm("outbox-write-failed", True)
                 log.error("subscription %s: commit failed (%s); retrying in %.1fs", self.spec.name, exc, delay)

@@ -124,7 +124,7 @@ class Outbox:
     def _commit(
         self,
         results: list[WindowResult],
-        checkpoints: dict[str, bytes],
+        checkpoints: dict[str, bytes | None],
         delivered: list[tuple[str, int, bytes]],
     ) -> int:
         db = self._conn
@@ -142,6 +142,9 @@ class Outbox:
                 self._count += 1
                 added += 1
             for sub, state in checkpoints.items():
+                if state is None:
+                    db.execute("DELETE FROM checkpoints WHERE subscription = ?", (sub,))
+                    continue
                 db.execute(
                     "INSERT INTO checkpoints (subscription, state) VALUES (?, ?) "
                     "ON CONFLICT(subscription) DO UPDATE SET state = excluded.state",
@@ -216,12 +219,13 @@ class Outbox:
     async def commit(
         self,
         results: list[WindowResult],
-        checkpoints: dict[str, dict[str, Any]],
+        checkpoints: dict[str, dict[str, Any] | None],
         delivered: list[tuple[str, int, bytes]] | None = None,
     ) -> int:
         """Durably add closed windows, replace checkpoints and record the packet ids whose effect this commit
-        holds (``(subscription, mid, digest)``), in one transaction; returns the records added."""
-        states = {sub: orjson.dumps(snap) for sub, snap in checkpoints.items()}
+        holds (``(subscription, mid, digest)``), in one transaction; returns the records added. A checkpoint of
+        None deletes it."""
+        states = {key: orjson.dumps(snap) if snap is not None else None for key, snap in checkpoints.items()}
         added = await self._run(self._commit, results, states, delivered or [])
         if added:
             self.new_records.set()

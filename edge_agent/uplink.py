@@ -45,6 +45,7 @@ class Uplink:
         resend_after: float = 15.0,
         reporter: Callable[[], Awaitable[bytes]] | None = None,
         report_interval: float = 10.0,
+        on_desired: Callable[[bytes], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cloud = cloud
@@ -57,6 +58,7 @@ class Uplink:
         self._clock = clock
         self._reporter = reporter
         self._report_interval = report_interval
+        self._on_desired = on_desired
         self._report_now = asyncio.Event()
         self._sent_through = 0
         self._unacked: dict[int, float] = {}
@@ -69,12 +71,18 @@ class Uplink:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
-                self._cloud.run([self._topics.acks(self._device)], self._on_connect, self._on_message),
+                self._cloud.run(self._subscriptions(), self._on_connect, self._on_message),
                 name="agent.uplink.session",
             )
             tg.create_task(self._send_loop(), name="agent.uplink.send")
             if self._reporter is not None:
                 tg.create_task(self._report_loop(), name="agent.uplink.report")
+
+    def _subscriptions(self) -> list[str]:
+        topics = [self._topics.acks(self._device)]
+        if self._on_desired is not None:
+            topics.append(self._topics.desired(self._device))
+        return topics
 
     def report_soon(self) -> None:
         """Publish the reported state now rather than at the next interval (something changed)."""
@@ -109,6 +117,9 @@ class Uplink:
             await self._cloud.publish(self._topics.status(self._device), payload, retain=True)
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        if self._on_desired is not None and topic == self._topics.desired(self._device):
+            await self._on_desired(payload)
+            return
         try:
             msg = CLOUD_MESSAGE.validate_json(payload)
         except ValidationError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 from typing import Any
 
@@ -31,13 +32,14 @@ LABEL_RELEASE = "edgefleet.release"
 LABEL_REPLICA = "edgefleet.replica"
 
 
-def hardened_create_args(spec: HandlerSpec, *, device_id: str, replica: int) -> dict[str, Any]:
+def hardened_create_args(spec: HandlerSpec, *, device_id: str, replica: int, generation: str) -> dict[str, Any]:
     """Keyword arguments for ``containers.create``: the hardening every handler gets, from its spec."""
     limits = spec.limits
     return {
         "image": spec.image,
         "command": spec.command,
-        "name": f"edgefleet.{device_id}.{spec.name}.{replica}",
+        # The generation lets a handler's next version start beside the running one during a switch.
+        "name": f"edgefleet.{device_id}.{spec.name}.{replica}.{generation}",
         "stdin_open": True,
         "network_mode": spec.network,
         "read_only": True,
@@ -80,6 +82,7 @@ class DockerHandler(HandlerRuntime):
         self._device = device_id
         self._replica = replica
         self._max_line = max_line
+        self._generation = secrets.token_hex(3)
         self._restart_base, self._restart_max = restart_base, restart_max
         self._container: Container | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -93,6 +96,7 @@ class DockerHandler(HandlerRuntime):
         self._progress = asyncio.Event()
         self._gone = asyncio.Event()
         self._healthy = False
+        self._closed = False
         self._failures = 0
         self._pongs: dict[int, asyncio.Future[Any]] = {}
         self.restarts = 0
@@ -109,7 +113,6 @@ class DockerHandler(HandlerRuntime):
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._ensure_image)
-        await asyncio.to_thread(self._remove_leftovers)
         container, raw = await asyncio.to_thread(self._create_and_attach)
         self._container = container
         self._reader, self._writer = await asyncio.open_connection(sock=raw)
@@ -134,16 +137,12 @@ class DockerHandler(HandlerRuntime):
         except docker.errors.APIError as exc:
             raise HandlerStartError(self.name, f"engine error: {exc}") from exc
 
-    def _remove_leftovers(self) -> None:
-        labels = [f"{LABEL_DEVICE}={self._device}", f"{LABEL_HANDLER}={self.name}", f"{LABEL_REPLICA}={self._replica}"]
-        for old in self._client.containers.list(all=True, filters={"label": labels}):
-            with contextlib.suppress(docker.errors.NotFound):
-                old.remove(force=True)
-
     def _create_and_attach(self) -> tuple[Container, socket.socket]:
         try:
             container = self._client.containers.create(
-                **hardened_create_args(self.spec, device_id=self._device, replica=self._replica)
+                **hardened_create_args(
+                    self.spec, device_id=self._device, replica=self._replica, generation=self._generation
+                )
             )
         except docker.errors.APIError as exc:
             raise HandlerStartError(self.name, f"create refused: {exc.explanation or exc}") from exc
@@ -157,8 +156,11 @@ class DockerHandler(HandlerRuntime):
         return container, dup
 
     async def aclose(self) -> None:
-        self._healthy = False
-        await self._discard()
+        """Stop the container once the batch in flight (if any) has its outcomes."""
+        async with self._lock:
+            self._closed = True
+            self._healthy = False
+            await self._discard()
 
     async def _discard(self) -> None:
         if self._writer is not None:
@@ -254,7 +256,7 @@ class DockerHandler(HandlerRuntime):
             self._outcomes = [None] * len(events)
             todo = list(range(len(events)))
             while todo:
-                if not self._healthy and not await self._restart():
+                if self._closed or (not self._healthy and not await self._restart()):
                     for slot in todo:
                         self._outcomes[slot] = Failure("handler-unavailable", "handler could not be started")
                     break
@@ -330,6 +332,16 @@ def _stop_and_remove(container: Container) -> None:
         container.stop(timeout=3)
     with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
         container.remove(force=True)
+
+
+def remove_device_containers(client: docker.DockerClient, device_id: str) -> int:
+    """Remove every container an earlier run of this device's agent left (found by label, never by name:
+    several agents may share one engine, and none touches another's)."""
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_DEVICE}={device_id}"})
+    for container in found:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.remove(force=True)
+    return len(found)
 
 
 def docker_client(docker_host: str | None) -> docker.DockerClient:

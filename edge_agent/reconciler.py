@@ -1,0 +1,106 @@
+"""Applies the hub's signed desired state: verify, compare versions, apply, remember, report.
+
+A document is refused -- reported, logged, and nothing changes -- when it is unsigned or tampered with,
+addressed to another device, or older than the one applied. The same version again (the retained message on
+every reconnection) is a silent no-op. The last applied envelope is kept on disk, verified again at start, and
+run while the hub or the cloud broker is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_agent.pipeline import Pipeline
+from edge_protocol.desired import DesiredDocument, DesiredRefused, verify_document
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """Turns desired-state messages into ``Pipeline.apply`` calls."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        public_key: Ed25519PublicKey,
+        store_path: Path,
+        pipeline: Pipeline,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._device = device_id
+        self._key = public_key
+        self._path = store_path
+        self._pipeline = pipeline
+        self._on_change = on_change
+        self._lock = asyncio.Lock()
+        self.applied_version: int | None = None
+        self.last_refusal: str | None = None
+        self.refusals = 0
+
+    async def load_stored(self) -> bool:
+        """Apply the document applied before the last stop, if any; False when there is none."""
+        try:
+            payload = await asyncio.to_thread(self._path.read_bytes)
+        except FileNotFoundError:
+            return False
+        try:
+            document = verify_document(payload, self._key, self._device)
+        except DesiredRefused as exc:
+            log.error("stored desired state %s refused (%s); waiting for the hub", self._path, exc)
+            return False
+        async with self._lock:
+            await self._pipeline.apply(document.handlers, document.subscriptions)
+            self.applied_version = document.version
+        log.info("running stored desired state version %d", document.version)
+        self._on_change()
+        return True
+
+    async def on_message(self, payload: bytes) -> None:
+        """One message from the desired topic."""
+        async with self._lock:
+            try:
+                document = verify_document(payload, self._key, self._device)
+                if self.applied_version is not None:
+                    if document.version == self.applied_version:
+                        return
+                    if document.version < self.applied_version:
+                        raise DesiredRefused(
+                            "stale-version", f"version {document.version} < applied {self.applied_version}"
+                        )
+            except DesiredRefused as exc:
+                self._refuse(exc)
+                return
+            await self._apply(document, payload)
+        self._on_change()
+
+    async def _apply(self, document: DesiredDocument, payload: bytes) -> None:
+        log.info(
+            "applying desired state version %d: %d handlers, %d subscriptions",
+            document.version, len(document.handlers), len(document.subscriptions),
+        )
+        await self._pipeline.apply(document.handlers, document.subscriptions)
+        await asyncio.to_thread(_write_atomically, self._path, payload)
+        self.applied_version = document.version
+
+    def _refuse(self, exc: DesiredRefused) -> None:
+        self.refusals += 1
+        self.last_refusal = str(exc)
+        log.warning("refused desired state: %s", exc)
+        self._on_change()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
