@@ -44,11 +44,12 @@ def agent_config(
     prefix: str = "edgefleet",
     handlers: list[dict[str, Any]],
     subscriptions: list[dict[str, Any]],
+    cloud_extra: dict[str, Any] | None = None,
     **extra: Any,
 ) -> AgentConfig:
     cloud: dict[str, Any] = {"enabled": False}
     if cloud_port is not None:
-        cloud = {"port": cloud_port, "prefix": prefix, "resend_after": "3s", "reconnect_max": "2s"}
+        cloud = {"port": cloud_port, "prefix": prefix, "resend_after": "3s", "reconnect_max": "2s", **(cloud_extra or {})}
     return load_config(
         None,
         device_id=device_id,

@@ -1,0 +1,251 @@
+"""Handlers that misbehave: an endless output line, a crash on every event, a hang. The agent survives each.
+
+One tiny image, built here from edgefleet/base:bookworm (no network: FROM a local image, COPY, ENTRYPOINT) and
+removed afterwards, speaks the handler protocol by hand and misbehaves on request: {"do": "endless" | "crash" |
+"hang"}; any other event gets a result {"v": <its "v">}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import orjson
+import pytest
+
+from tests.faults.support import (
+    Totals,
+    agent_config,
+    agent_process,
+    agent_toml,
+    dead_letters,
+    labelled_containers,
+    outbox_results,
+    publish_all,
+)
+from tests.support.brokers import Mosquitto
+from tests.support.running import running_agent, wait_for
+
+pytestmark = pytest.mark.integration
+
+RSS_LIMIT_KIB = 200 * 1024
+EVENT_TIMEOUT = 1.0
+
+BAD_HANDLER = rb"""
+import json, os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # PID 1 ignores SIGTERM without a handler
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    msg = json.loads(line)
+    if msg.get("kind") == "ping":
+        out.write(b'{"kind":"pong","id":%d}\n' % msg["id"])
+        out.flush()
+        continue
+    payload = msg.get("payload")
+    do = payload.get("do") if isinstance(payload, dict) else None
+    if do == "crash":
+        os._exit(3)
+    if do == "hang":
+        while True:
+            time.sleep(3600)
+    if do == "endless":
+        chunk = b"x" * 65536
+        while True:
+            os.write(1, chunk)
+    value = payload.get("v", 0) if isinstance(payload, dict) else 0
+    out.write(json.dumps({"kind": "result", "id": msg["id"], "values": {"v": value}}).encode() + b"\n")
+    out.flush()
+"""
+
+DOCKERFILE = b"""FROM edgefleet/base:bookworm
+COPY bad.py /app/bad.py
+USER 65534:65534
+ENTRYPOINT ["python3", "-u", "/app/bad.py"]
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_image(docker_client: docker.DockerClient, handler_images: dict[str, str]) -> Iterator[str]:
+    """The misbehaving handler's image (tag), removed at the end of the module."""
+    tag = f"edgefleet/test-bad-handler:{uuid.uuid4().hex[:8]}"
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in (("Dockerfile", DOCKERFILE), ("bad.py", BAD_HANDLER)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    image, _logs = docker_client.images.build(
+        fileobj=context, custom_context=True, tag=tag, labels={"edgefleet.test": "faults"}, rm=True, forcerm=True
+    )
+    try:
+        yield tag
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(image.id, force=True)
+
+
+def bad_spec(image: str) -> dict[str, Any]:
+    return {
+        "name": "bad",
+        "image": image,
+        "event_timeout": f"{EVENT_TIMEOUT:g}s",
+        "limits": {"memory": "64m", "cpus": 0.5, "pids": 16},
+    }
+
+
+def bad_subscription(prefix: str) -> dict[str, Any]:
+    return {"name": "bad", "topic": f"{prefix}/bad/+", "handler": "bad", "window": {"size": "1s"}, "stats": ["count"]}
+
+
+def event(prefix: str, name: str, payload: dict[str, Any]) -> tuple[str, bytes]:
+    return f"{prefix}/bad/{name}", orjson.dumps(payload)
+
+
+async def test_endless_line_is_rejected_and_memory_stays_bounded(
+    device_broker: Mosquitto,
+    docker_client: docker.DockerClient,
+    bad_image: str,
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "agent-data"
+    config = agent_toml(
+        device_id=device_id,
+        data_dir=data_dir,
+        device_port=device_broker.port,
+        cloud_port=None,
+        prefix=topic_prefix,
+        handlers=[bad_spec(bad_image)],
+        subscriptions=[bad_subscription(topic_prefix)],
+    )
+    endless = event(topic_prefix, "endless", {"do": "endless"})
+    valid = [event(topic_prefix, "ok", {"v": i}) for i in range(5)]
+    peak_rss = 0
+
+    def sample() -> None:
+        nonlocal peak_rss
+        rss, _hwm = agent.memory_kib()
+        peak_rss = max(peak_rss, rss)
+
+    def processed() -> int:
+        return Totals(outbox_results(data_dir / "outbox.sqlite")).events
+
+    with agent_process(config, tmp_path / "agent") as agent, dead_letters(device_broker, topic_prefix) as letters:
+        await agent.start()
+        start_rss, _ = agent.memory_kib()
+        await asyncio.to_thread(publish_all, device_broker, [endless])
+        await wait_for(lambda: (sample(), bool(letters.records))[1], timeout=30, what="the endless event dead-lettered",
+                       detail=agent.tail)
+        first = letters.records[0]
+        assert first.payload_bytes() == endless[1]
+        assert first.reason in ("handler-invalid-reply", "handler-exited", "handler-timeout"), first
+        # The handler is still streaming its endless line; valid events must get through again.
+        await asyncio.to_thread(publish_all, device_broker, valid)
+        await wait_for(
+            lambda: (sample(), len(letters.records) - 1 + processed() >= len(valid))[1],
+            timeout=30,
+            what="every valid event processed or dead-lettered",
+            detail=lambda: (processed(), [(d.reason, d.payload) for d in letters.records], agent.tail()),
+        )
+        await wait_for(lambda: (sample(), processed() + len(letters.records) - 1 == len(valid))[1], timeout=10,
+                       what="the windows of the valid events closed")
+        _rss, hwm = agent.memory_kib()
+        collateral = list(letters.records[1:])
+        print(f"\nendless line: first event -> {first.reason} ({first.detail}); valid events: {processed()} processed, "
+              f"{len(collateral)} dead-lettered {[d.reason for d in collateral]}; agent RSS start {start_rss} KiB, "
+              f"peak sampled {peak_rss} KiB, VmHWM {hwm} KiB")
+        assert agent.running, agent.tail()
+        assert hwm < RSS_LIMIT_KIB, f"agent peak RSS {hwm} KiB"
+        assert all(d.reason in ("handler-timeout", "handler-invalid-reply") for d in collateral)
+        # The endless line leaves the container streaming; at most the next event is charged with it.
+        assert len(collateral) <= 1
+        assert processed() >= len(valid) - 1
+        assert len(labelled_containers(docker_client, device_id)) == 1
+
+
+async def test_crash_loop_is_dead_lettered_and_the_handler_restarted(
+    device_broker: Mosquitto,
+    docker_client: docker.DockerClient,
+    bad_image: str,
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    config = agent_config(
+        device_id=device_id,
+        data_dir=tmp_path / "agent",
+        device_port=device_broker.port,
+        cloud_port=None,
+        prefix=topic_prefix,
+        handlers=[bad_spec(bad_image)],
+        subscriptions=[bad_subscription(topic_prefix)],
+    )
+    crashes = [event(topic_prefix, "crash", {"do": "crash", "n": i}) for i in range(3)]
+    valid = [event(topic_prefix, "ok", {"v": i}) for i in range(3)]
+    with dead_letters(device_broker, topic_prefix) as letters:
+        async with running_agent(config) as (state, agent_task):
+            runtime = state.runtimes["bad"]
+            counters = state.dispatchers["bad"].counters
+            first_container = runtime.container_id  # type: ignore[attr-defined]
+            await asyncio.to_thread(publish_all, device_broker, crashes + valid)
+            await wait_for(lambda: counters.processed >= len(valid) and len(letters.records) >= len(crashes),
+                           timeout=60, what="crashes dead-lettered and valid events processed",
+                           detail=lambda: (state.counters(), getattr(runtime, "restarts", None)))
+            print(f"\ncrash loop: {counters.dead_lettered} restarts={runtime.restarts}")  # type: ignore[attr-defined]
+            assert sorted(d.payload_bytes() for d in letters.records) == sorted(p for _t, p in crashes)
+            assert {d.reason for d in letters.records} == {"handler-exited"}
+            assert counters.processed == len(valid)
+            assert runtime.restarts >= len(crashes)  # type: ignore[attr-defined]
+            assert runtime.healthy
+            assert runtime.container_id not in (None, first_container)  # type: ignore[attr-defined]
+            running = labelled_containers(docker_client, device_id, running_only=True)
+            assert [c.id for c in running] == [runtime.container_id]  # type: ignore[attr-defined]
+            assert not agent_task.done()
+
+
+async def test_hanging_handler_times_out_within_event_timeout(
+    device_broker: Mosquitto,
+    docker_client: docker.DockerClient,
+    bad_image: str,
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    config = agent_config(
+        device_id=device_id,
+        data_dir=tmp_path / "agent",
+        device_port=device_broker.port,
+        cloud_port=None,
+        prefix=topic_prefix,
+        handlers=[bad_spec(bad_image)],
+        subscriptions=[bad_subscription(topic_prefix)],
+    )
+    hang = event(topic_prefix, "hang", {"do": "hang"})
+    valid = [event(topic_prefix, "ok", {"v": i}) for i in range(3)]
+    with dead_letters(device_broker, topic_prefix) as letters:
+        async with running_agent(config) as (state, agent_task):
+            counters = state.dispatchers["bad"].counters
+            published = time.monotonic()
+            await asyncio.to_thread(publish_all, device_broker, [hang])
+            await wait_for(lambda: bool(letters.records), timeout=10 * EVENT_TIMEOUT, what="the hang dead-lettered")
+            elapsed = time.monotonic() - published
+            await asyncio.to_thread(publish_all, device_broker, valid)
+            await wait_for(lambda: counters.processed >= len(valid), timeout=30, what="valid events after the hang",
+                           detail=state.counters)
+            print(f"\nhang: dead-lettered after {elapsed:.2f}s ({letters.records[0].detail})")
+            assert [(d.reason, d.payload_bytes()) for d in letters.records] == [("handler-timeout", hang[1])]
+            assert f"{EVENT_TIMEOUT:g}s" in letters.records[0].detail
+            assert EVENT_TIMEOUT <= elapsed < EVENT_TIMEOUT + 2.0
+            assert counters.processed == len(valid)
+            assert not agent_task.done()

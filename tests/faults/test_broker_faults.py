@@ -1,0 +1,154 @@
+"""Broker faults: the cloud broker SIGKILLed (store and forward), the device broker restarted (reconnect, resume)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.support import (
+    TEMP_C,
+    Totals,
+    agent_config,
+    hub_rows,
+    publish_all,
+    running_hub,
+    temperature_events,
+    temps_subscription,
+)
+from tests.support.brokers import Mosquitto
+from tests.support.running import running_agent, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_cloud_broker_sigkill_store_and_forward(
+    fresh_broker: Any,
+    device_broker: Mosquitto,
+    handler_images: dict[str, str],
+    docker_client: Any,
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    cloud = fresh_broker()
+    before, celsius_before = temperature_events(topic_prefix, 1_000, seed=31)
+    during, celsius_during = temperature_events(topic_prefix, 2_000, seed=32)
+    celsius = celsius_before + celsius_during
+    db = tmp_path / "hub.db"
+    config = agent_config(
+        device_id=device_id,
+        data_dir=tmp_path / "agent",
+        device_port=device_broker.port,
+        cloud_port=cloud.port,
+        prefix=topic_prefix,
+        handlers=[TEMP_C],
+        subscriptions=[temps_subscription(topic_prefix)],
+    )
+    async with (
+        running_hub(cloud, topic_prefix, db) as (_api, hub_task),
+        running_agent(config) as (state, agent_task),
+    ):
+        dispatcher = state.dispatchers["temps"]
+        assert state.outbox is not None
+        outbox = state.outbox
+
+        def progress() -> str:
+            return f"{state.counters()} pending={outbox.pending}; hub: {Totals(hub_rows(db, device_id))}"
+
+        def all_committed(n: int) -> bool:
+            return dispatcher.counters.processed >= n and dispatcher.backlog == 0 and len(dispatcher.windows) == 0
+
+        await asyncio.to_thread(publish_all, device_broker, before)
+        await wait_for(lambda: all_committed(len(before)) and outbox.pending == 0, timeout=30,
+                       what="the first events stored", detail=progress)
+        assert Totals(hub_rows(db, device_id)).events == len(before)
+
+        cloud.kill()
+        await asyncio.to_thread(publish_all, device_broker, during)
+        await wait_for(lambda: all_committed(len(celsius)), timeout=30, what="events processed while the cloud is down",
+                       detail=progress)
+        pending_while_down = outbox.pending
+        assert pending_while_down > 0, "closed windows must wait in the outbox while the cloud broker is down"
+        assert Totals(hub_rows(db, device_id)).events == len(before)
+        assert not agent_task.done()
+
+        await asyncio.to_thread(cloud.restart)
+        await wait_for(lambda: outbox.pending == 0, timeout=60, what="the outbox drained after the broker restart",
+                       detail=progress)
+        totals = Totals(hub_rows(db, device_id), "c")
+        print(f"\ncloud broker kill -9: published={len(celsius)} stored={totals.events} windows={totals.rows} "
+              f"outbox pending while down={pending_while_down}")
+        assert totals.rows == totals.distinct
+        assert totals.events == len(celsius), f"stored {totals.events} of {len(celsius)} events"
+        assert totals.count == len(celsius)
+        assert math.isclose(totals.sum, math.fsum(celsius), rel_tol=1e-9, abs_tol=1e-6)
+        assert await outbox.losses() == {}
+        assert not agent_task.done()
+        assert not hub_task.done()
+
+
+@pytest.mark.parametrize("how", ["restart", "sigkill"])
+async def test_device_broker_restart_agent_resumes(
+    fresh_broker: Any,
+    handler_images: dict[str, str],
+    docker_client: Any,
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    how: str,
+) -> None:
+    device = fresh_broker()
+    first, celsius_first = temperature_events(topic_prefix, 500, seed=41)
+    second, celsius_second = temperature_events(topic_prefix, 500, seed=42)
+    config = agent_config(
+        device_id=device_id,
+        data_dir=tmp_path / "agent",
+        device_port=device.port,
+        cloud_port=None,
+        prefix=topic_prefix,
+        handlers=[TEMP_C],
+        subscriptions=[temps_subscription(topic_prefix)],
+    )
+    async with running_agent(config) as (state, agent_task):
+        dispatcher = state.dispatchers["temps"]
+        assert state.intake is not None
+        assert state.outbox is not None
+        intake, outbox = state.intake, state.outbox
+
+        await asyncio.to_thread(publish_all, device, first)
+        await wait_for(lambda: dispatcher.counters.processed >= len(first), timeout=30, what="first events processed",
+                       detail=state.counters)
+        connects = intake.connects
+        if how == "sigkill":
+            device.kill()
+            await asyncio.to_thread(device.start)
+        else:
+            await asyncio.to_thread(device.restart)
+        await wait_for(lambda: intake.connects > connects, timeout=30, what="the agent reconnected")
+        await asyncio.to_thread(publish_all, device, second)
+        total = len(first) + len(second)
+        await wait_for(
+            lambda: dispatcher.counters.processed >= total and len(dispatcher.windows) == 0,
+            timeout=30,
+            what="events published after the restart processed",
+            detail=state.counters,
+        )
+        results = [r for _seq, r in await _outbox_results(outbox)]
+        print(f"\ndevice broker {how}: published={total} processed={dispatcher.counters.processed} "
+              f"in closed windows={sum(r['events'] for r in results)} connects={intake.connects}")
+        assert dispatcher.counters.processed == total
+        assert sum(r["events"] for r in results) == total
+        c_sum = math.fsum(r["fields"]["c"]["sum"] for r in results)
+        assert math.isclose(c_sum, math.fsum(celsius_first + celsius_second), rel_tol=1e-9, abs_tol=1e-6)
+        assert not dispatcher.counters.dead_lettered
+        assert not agent_task.done()
+
+
+async def _outbox_results(outbox: Any) -> list[tuple[int, dict[str, Any]]]:
+    import orjson
+
+    return [(seq, orjson.loads(body)) for seq, body in await outbox.fetch(0, 100_000)]
