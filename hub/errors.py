@@ -5,8 +5,12 @@
     HubError                    anything the hub raises on purpose
     ├── ConfigError             the configuration cannot be loaded (.errors: one "path: message" per problem)
     ├── StoreError              the SQL store failed (.operation: what the store was doing)
+    │   └── StoreConflict       a uniqueness or foreign-key constraint refused a write
     ├── BrokerError             the MQTT broker refused, timed out or is not connected (.topic when known)
-    └── ClientError             the hub API answered with an error or cannot be reached (.status when known)
+    ├── ClientError             the hub API answered with an error or cannot be reached (.status when known)
+    ├── NotFound                a named handler, subscription, device or document does not exist (API: 404)
+    ├── Conflict                the request contradicts the current state, e.g. a handler in use (API: 409)
+    └── Unprocessable           the request is well-formed but refers to something invalid (API: 422)
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class StoreError(HubError):
         super().__init__(f"store {operation} failed: {reason}")
 
 
+class StoreConflict(StoreError):
+    """A write refused by a constraint (unique key, foreign key): the caller may re-read and retry."""
+
+
 class BrokerError(HubError):
     """An MQTT operation failed or was attempted while disconnected."""
 
@@ -47,6 +55,20 @@ class BrokerError(HubError):
 class ClientError(HubError):
     """The hub API refused a request or could not be reached; the message is meant for a human."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, details: Sequence[str] = ()) -> None:
         self.status = status
+        self.details = list(details)
+        """One line per problem when the API listed several (validation errors), else empty."""
         super().__init__(message)
+
+
+class NotFound(HubError):
+    """The named thing does not exist."""
+
+
+class Conflict(HubError):
+    """The request contradicts the current state (a handler still in use, a name already taken...)."""
+
+
+class Unprocessable(HubError):
+    """The request refers to something it cannot (a subscription naming an unknown handler...)."""

@@ -18,12 +18,12 @@ from typing import Any
 from sqlalchemy import Engine, case, create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from edge_protocol.aggregate import FieldState
 from edge_protocol.messages import SequencedResult
-from hub.errors import StoreError
+from hub.errors import StoreConflict, StoreError
 from hub.labels import Selector
 from hub.records import DeviceInfo, StoredAggregate
 from hub.tables import AggregateRow, Base, DeviceRow
@@ -50,6 +50,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")  # SQLite enforces REFERENCES only when asked, per connection
     finally:
         cursor.close()
 
@@ -107,17 +108,31 @@ class Store:
         except SQLAlchemyError:
             return "<unparsable store url>"
 
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        if self._engine is None:
+            raise StoreError("dialect", f"the store is {self._state.value}")
+        return self._engine.dialect.name
+
     @contextmanager
-    def _session(self, operation: str) -> Iterator[Session]:
+    def transaction(self, operation: str) -> Iterator[Session]:
+        """A session in one transaction, committed on exit, for the hub's SQL modules (catalog, fleet, desired).
+
+        Database errors become StoreError; a write refused by a constraint becomes StoreConflict.
+        """
         if self._engine is None:
             raise StoreError(operation, f"the store is {self._state.value}")
         try:
             with Session(self._engine) as session, session.begin():
                 yield session
+        except IntegrityError as exc:
+            raise StoreConflict(operation, str(exc.orig).splitlines()[0]) from exc
         except SQLAlchemyError as exc:
             raise StoreError(operation, str(exc).splitlines()[0]) from exc
 
-    def _insert(self, table: Any) -> Any:
+    def insert(self, table: Any) -> Any:
+        """``INSERT`` for this database, with ``on_conflict_do_nothing``/``on_conflict_do_update``."""
         # ON CONFLICT is dialect-specific SQL, but both dialects spell the construct the same way.
         assert self._engine is not None
         name = self._engine.dialect.name
@@ -155,21 +170,22 @@ class Store:
             }
             for rec in records
         ]
-        with self._session("store_batch") as session:
-            session.execute(self._insert(AggregateRow).values(rows).on_conflict_do_nothing())
-            self._touch_device(session, device, now, online=None, agent_version=None)
+        with self.transaction("store_batch") as session:
+            session.execute(self.insert(AggregateRow).values(rows).on_conflict_do_nothing())
+            self.touch_device(session, device, now, online=None, agent_version=None)
         return [rec.seq for rec in records]
 
     def record_status(self, device: str, *, online: bool, agent_version: str, seen_at: float) -> None:
         """Apply a status message: online/offline, agent version, and ``last_seen`` (never moves back)."""
-        with self._session("record_status") as session:
-            self._touch_device(session, device, seen_at, online=online, agent_version=agent_version)
+        with self.transaction("record_status") as session:
+            self.touch_device(session, device, seen_at, online=online, agent_version=agent_version)
 
-    def _touch_device(
+    def touch_device(
         self, session: Session, device: str, seen_at: float, *, online: bool | None, agent_version: str | None
     ) -> None:
-        # Upsert in one statement so two hub replicas seeing the same new device cannot collide.
-        stmt = self._insert(DeviceRow).values(
+        # Upsert in one statement so two hub replicas seeing the same new device cannot collide. online=None
+        # leaves a known device's online flag alone (a new one starts online).
+        stmt = self.insert(DeviceRow).values(
             id=device,
             first_seen=seen_at,
             last_seen=seen_at,
@@ -221,12 +237,12 @@ class Store:
         stmt = stmt.order_by(AggregateRow.window_start.desc(), AggregateRow.window_id)
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self._session("query_aggregates") as session:
+        with self.transaction("query_aggregates") as session:
             return [_to_aggregate(row) for row in session.scalars(stmt)]
 
     def list_devices(self, selector: Selector | None = None) -> list[DeviceInfo]:
         """Every device seen whose labels match ``selector`` (all of them without one), by id."""
-        with self._session("list_devices") as session:
+        with self.transaction("list_devices") as session:
             rows = session.scalars(select(DeviceRow).order_by(DeviceRow.id))
             devices = [
                 DeviceInfo(r.id, r.first_seen, r.last_seen, r.online, r.agent_version, dict(r.labels or {}))
@@ -237,7 +253,7 @@ class Store:
 
     def update_labels(self, device: str, set_: Mapping[str, str], remove: Sequence[str] = ()) -> dict[str, str] | None:
         """Set then remove labels of a known device; its labels afterwards, or None for an unknown device."""
-        with self._session("update_labels") as session:
+        with self.transaction("update_labels") as session:
             row = session.get(DeviceRow, device, with_for_update=True)
             if row is None:
                 return None
@@ -250,7 +266,7 @@ class Store:
 
     def ping(self) -> None:
         """Raise StoreError unless the database answers."""
-        with self._session("ping") as session:
+        with self.transaction("ping") as session:
             session.execute(text("SELECT 1"))
 
 

@@ -49,7 +49,8 @@ def agent_config(
 ) -> AgentConfig:
     cloud: dict[str, Any] = {"enabled": False}
     if cloud_port is not None:
-        cloud = {"port": cloud_port, "prefix": prefix, "resend_after": "3s", "reconnect_max": "2s", **(cloud_extra or {})}
+        cloud = {"port": cloud_port, "prefix": prefix, "resend_after": "3s", "reconnect_max": "2s"}
+        cloud.update(cloud_extra or {})
     return load_config(
         None,
         device_id=device_id,
