@@ -26,9 +26,11 @@ from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, RuntimeFactory, intake_filters
 from edge_agent.reconciler import Reconciler
 from edge_agent.runtime.base import HandlerRuntime
+from edge_agent.runtime.pool import ReplicaPool
 from edge_agent.uplink import Uplink, status_payload
 from edge_protocol.desired import load_public_key
 from edge_protocol.messages import HandlerReport, Reported, SubscriptionReport
+from edge_protocol.specs import HandlerSpec
 from edge_protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class AgentState:
                 name=name,
                 image=getattr(getattr(runtime, "spec", None), "image", ""),
                 healthy=runtime.healthy,
+                state=runtime.state,
                 restarts=int(getattr(runtime, "restarts", 0)),
                 container=getattr(runtime, "container_id", None),
             )
@@ -102,13 +105,23 @@ class AgentState:
 
 
 def _docker_factory(config: AgentConfig) -> RuntimeFactory:
-    from edge_agent.runtime.docker import DockerHandler, docker_client, remove_device_containers
+    from edge_agent.runtime.docker import DockerHandler, RestartPolicy, docker_client, remove_device_containers
 
     client = docker_client(config.docker_host)
     left = remove_device_containers(client, config.device_id)
     if left:
         log.info("removed %d containers left by an earlier run of this device's agent", left)
-    return lambda spec: DockerHandler(spec, client=client, device_id=config.device_id)
+    rt = config.runtime
+    policy = RestartPolicy(base=rt.restart_backoff, max=rt.restart_max, max_failures=rt.max_failures)
+    def make(spec: HandlerSpec) -> HandlerRuntime:
+        def replica(i: int) -> HandlerRuntime:
+            return DockerHandler(spec, client=client, device_id=config.device_id, replica=i, restart=policy)
+
+        if spec.replicas == 1 and not spec.max_replicas:
+            return replica(0)
+        return ReplicaPool(spec, replica)
+
+    return make
 
 
 async def serve(

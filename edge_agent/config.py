@@ -53,6 +53,14 @@ class CloudConfig(_Section):
     report_interval: Duration = Field(default=10.0, gt=0, description="how often the reported state is refreshed")
 
 
+class RuntimeConfig(_Section):
+    """Supervision of handler containers."""
+
+    restart_backoff: Duration = Field(default=10.0, gt=0, description="first restart delay, doubled each time")
+    restart_max: Duration = Field(default=300.0, gt=0, description="cap of the restart delay")
+    max_failures: int = Field(default=5, ge=1, description="consecutive failures before a handler is marked failed")
+
+
 class OutboxConfig(_Section):
     path: Path | None = Field(default=None, description="default: <data_dir>/outbox.sqlite")
     ttl: Duration = Field(default=7200.0, gt=0)
@@ -78,6 +86,7 @@ class AgentConfig(BaseSettings):
     local_broker: LocalBrokerConfig = LocalBrokerConfig()
     cloud: CloudConfig = CloudConfig()
     outbox: OutboxConfig = OutboxConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     handlers: list[HandlerSpec] = Field(default_factory=list)
     subscriptions: list[SubscriptionSpec] = Field(default_factory=list)
     hub_public_key: str | None = Field(

@@ -57,6 +57,7 @@ class HandlerReport(WireModel):
     name: str
     image: str
     healthy: bool
+    state: Literal["running", "restarting", "failed", "stopped"] = "running"
     restarts: int = Field(default=0, ge=0)
     container: str | None = None
 

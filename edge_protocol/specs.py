@@ -45,7 +45,10 @@ class HandlerSpec(WireModel):
     name: Name
     image: str = Field(min_length=1, description="image reference: repo@sha256:..., a local image id, or a tag")
     limits: ResourceLimits = ResourceLimits()
-    replicas: int = Field(default=1, ge=1, le=16)
+    replicas: int = Field(default=1, ge=1, le=16, description="replicas always running")
+    max_replicas: int | None = Field(
+        default=None, ge=1, le=16, description="scale up to this many when the replicas are busy (None: fixed)"
+    )
     network: Literal["none", "host"] = "none"
     env: dict[str, str] = Field(default_factory=dict)
     command: list[str] | None = None

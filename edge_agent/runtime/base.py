@@ -50,6 +50,11 @@ class HandlerRuntime(abc.ABC):
     def healthy(self) -> bool:
         """False once the handler exited, hung or could not start."""
 
+    @property
+    def state(self) -> str:
+        """running, restarting, failed or stopped."""
+        return "running" if self.healthy else "restarting"
+
 
 class FunctionRuntime(HandlerRuntime):
     """In-process runtime around a Python function, for unit tests (the fake of this boundary)."""

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import secrets
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -30,6 +31,18 @@ LABEL_DEVICE = "edgefleet.device"
 LABEL_HANDLER = "edgefleet.handler"
 LABEL_RELEASE = "edgefleet.release"
 LABEL_REPLICA = "edgefleet.replica"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Exponential backoff between restarts (IoT Edge's default shape: 10 s x 2^n, capped at 5 min)."""
+
+    base: float = 10.0
+    max: float = 300.0
+    max_failures: int = 5
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.max, self.base * 2 ** min(failures, 30)))
 
 
 def hardened_create_args(spec: HandlerSpec, *, device_id: str, replica: int, generation: str) -> dict[str, Any]:
@@ -73,8 +86,7 @@ class DockerHandler(HandlerRuntime):
         device_id: str,
         replica: int = 0,
         max_line: int = 1 << 20,
-        restart_base: float = 0.5,
-        restart_max: float = 300.0,
+        restart: RestartPolicy | None = None,
     ) -> None:
         self.name = spec.name
         self.spec = spec
@@ -83,7 +95,8 @@ class DockerHandler(HandlerRuntime):
         self._replica = replica
         self._max_line = max_line
         self._generation = secrets.token_hex(3)
-        self._restart_base, self._restart_max = restart_base, restart_max
+        self._policy = restart or RestartPolicy()
+        self._next_attempt = 0.0
         self._container: Container | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -177,12 +190,34 @@ class DockerHandler(HandlerRuntime):
         if container is not None:
             await asyncio.to_thread(_stop_and_remove, container)
 
+    @property
+    def failed(self) -> bool:
+        """Marked failed after ``max_failures`` consecutive failures; retried every ``restart_max``."""
+        return self._failures >= self._policy.max_failures
+
+    @property
+    def state(self) -> str:
+        if self._closed:
+            return "stopped"
+        if self._healthy:
+            return "running"
+        return "failed" if self.failed else "restarting"
+
     async def _restart(self) -> bool:
+        """Replace the container after the backoff; False (at once) while a failed handler's next attempt is not
+        due, so its events are dead-lettered instead of stalling the subscription for minutes."""
         self._healthy = False
         await self._discard()
-        delay = min(self._restart_max, self._restart_base * 2 ** min(self._failures, 20))
+        loop = asyncio.get_running_loop()
+        if self.failed and loop.time() < self._next_attempt:
+            return False
+        delay = self._policy.delay(self._failures)
         self._failures += 1
         self.restarts += 1
+        if self.failed:
+            self._next_attempt = loop.time() + self._policy.max
+            log.error("handler %s failed %d times in a row; marked failed, next attempt in %.0fs",
+                      self.name, self._failures, self._policy.max)
         log.warning("handler %s: restarting in %.1fs (failure %d)", self.name, delay, self._failures)
         await asyncio.sleep(delay)
         try:
@@ -257,8 +292,9 @@ class DockerHandler(HandlerRuntime):
             todo = list(range(len(events)))
             while todo:
                 if self._closed or (not self._healthy and not await self._restart()):
+                    detail = f"handler {self.state} after {self._failures} consecutive failures"
                     for slot in todo:
-                        self._outcomes[slot] = Failure("handler-unavailable", "handler could not be started")
+                        self._outcomes[slot] = Failure("handler-unavailable", detail)
                     break
                 todo = await self._send_and_wait(events, todo)
             outcomes = self._outcomes

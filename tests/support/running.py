@@ -60,6 +60,7 @@ def agent_config(
         handlers=handlers,
         subscriptions=subscriptions,
         grace_period=5,
+        runtime=extra.pop("runtime", {"restart_backoff": "0.2s", "restart_max": "2s", "max_failures": 3}),
         **extra,
     )
 
