@@ -22,6 +22,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.dispatcher import Dispatcher
 from edge_agent.errors import OutboxError
 from edge_agent.intake import Intake
+from edge_agent.metrics import serve_metrics
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, RuntimeFactory, intake_filters
 from edge_agent.reconciler import Reconciler
@@ -46,6 +47,7 @@ class AgentState:
     intake: LocalBroker | None = None
     reconciler: Reconciler | None = None
     alarms: set[str] = field(default_factory=set)
+    last_losses: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def dispatchers(self) -> dict[str, Dispatcher]:
@@ -84,7 +86,7 @@ class AgentState:
         pending = 0
         if self.outbox is not None:
             try:
-                losses = await self.outbox.losses()
+                losses = self.last_losses = await self.outbox.losses()
                 self.alarms.discard("outbox-unreadable")
             except OutboxError:
                 self.alarms.add("outbox-unreadable")
@@ -216,6 +218,7 @@ async def _run(
             if expired:
                 log.warning("outbox: %d records expired before the hub acknowledged them", expired)
 
+    metrics = serve_metrics(state, config.status.listen) if config.status.listen else None
     async with local, asyncio.TaskGroup() as tg:
         pipeline = state.pipeline = Pipeline(
             device_id=config.device_id,
@@ -266,3 +269,5 @@ async def _run(
                 await uplink.announce_offline()
         finally:
             await pipeline.aclose()
+            if metrics is not None:
+                metrics.shutdown()

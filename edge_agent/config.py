@@ -11,10 +11,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
+from edge_agent.metrics import parse_listen
 from edge_protocol.desired import load_public_key
 from edge_protocol.durations import Duration
 from edge_protocol.specs import NAME_PATTERN, HandlerSpec, SubscriptionSpec
@@ -61,6 +62,19 @@ class RuntimeConfig(_Section):
     max_failures: int = Field(default=5, ge=1, description="consecutive failures before a handler is marked failed")
 
 
+class StatusConfig(_Section):
+    listen: str | None = Field(
+        default=None, description="loopback host:port for Prometheus metrics, e.g. 127.0.0.1:9750"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
 class OutboxConfig(_Section):
     path: Path | None = Field(default=None, description="default: <data_dir>/outbox.sqlite")
     ttl: Duration = Field(default=7200.0, gt=0)
@@ -87,6 +101,7 @@ class AgentConfig(BaseSettings):
     cloud: CloudConfig = CloudConfig()
     outbox: OutboxConfig = OutboxConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    status: StatusConfig = StatusConfig()
     handlers: list[HandlerSpec] = Field(default_factory=list)
     subscriptions: list[SubscriptionSpec] = Field(default_factory=list)
     hub_public_key: str | None = Field(

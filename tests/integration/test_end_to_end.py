@@ -117,6 +117,7 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
         messages.append((topic, orjson.dumps({"f": f})))
     malformed = len(messages) - len(celsius)
     assert malformed == 100
+    metrics_port = free_port()
 
     config = agent_config(
         device_id=device_id,
@@ -125,6 +126,7 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
         cloud_port=cloud_broker.port,
         prefix=topic_prefix,
         handlers=[{"name": "temp-c", "image": "edgefleet/temp-c:dev"}],
+        status={"listen": f"127.0.0.1:{metrics_port}"},
         subscriptions=[{
             "name": "temps",
             "topic": f"{topic_prefix}/sensors/+/temperature",
@@ -172,5 +174,9 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
             assert counters.processed == len(celsius)
             assert sum(counters.dead_lettered.values()) == malformed
             assert not agent_task.done(), "the agent must still be running"
+            async with httpx.AsyncClient() as scrape:
+                text = (await scrape.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            assert f'edgefleet_agent_events_processed_total{{subscription="temps"}} {float(len(celsius))}' in text
+            assert 'edgefleet_agent_handler_up{handler="temp-c"} 1.0' in text
     finally:
         deadletters.close()

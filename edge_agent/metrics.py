@@ -1,0 +1,110 @@
+"""Prometheus metrics of a running agent, served on a loopback address only (``[status] listen``).
+
+A custom collector reads the agent's counters when scraped, so the hot path pays nothing for metrics.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from edge_agent.agent import AgentState
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` on a loopback address; anything else is refused (the endpoint has no authentication)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected host:port, got {text!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"the status endpoint listens on loopback only, not {host}")
+    except ValueError as exc:
+        if host != "localhost":
+            raise ValueError(str(exc)) from None
+    return host, int(port)
+
+
+class AgentCollector(Collector):
+    def __init__(self, state: AgentState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Any]:
+        s = self._state
+        by_sub = [
+            ("events_received", "events taken from the local broker", "received"),
+            ("events_processed", "events whose result went into a window", "processed"),
+            ("overflow_drops", "events dropped by the drop-oldest overflow policy", "dropped_overflow"),
+            ("redeliveries_skipped", "broker redeliveries already committed", "redelivered"),
+            ("windows_closed", "windows committed to the outbox", "windows_closed"),
+        ]
+        dispatchers = dict(s.dispatchers)
+        for name, help_text, attr in by_sub:
+            fam = CounterMetricFamily(f"edgefleet_agent_{name}", help_text, labels=["subscription"])
+            for sub, d in dispatchers.items():
+                fam.add_metric([sub], getattr(d.counters, attr))
+            yield fam
+        dead = CounterMetricFamily(
+            "edgefleet_agent_dead_letters", "events dead-lettered", labels=["subscription", "reason"]
+        )
+        backlog = GaugeMetricFamily(
+            "edgefleet_agent_backlog", "events queued per subscription", labels=["subscription"]
+        )
+        for sub, d in dispatchers.items():
+            for reason, n in dict(d.counters.dead_lettered).items():
+                dead.add_metric([sub, reason], n)
+            backlog.add_metric([sub], d.backlog)
+        yield dead
+        yield backlog
+        up = GaugeMetricFamily("edgefleet_agent_handler_up", "1 when the handler answers", labels=["handler"])
+        restarts = CounterMetricFamily("edgefleet_agent_handler_restarts", "container restarts", labels=["handler"])
+        for name, runtime in dict(s.runtimes).items():
+            up.add_metric([name], 1.0 if runtime.healthy else 0.0)
+            restarts.add_metric([name], int(getattr(runtime, "restarts", 0)))
+        yield up
+        yield restarts
+        pending = GaugeMetricFamily("edgefleet_agent_outbox_pending", "records waiting for the hub's ack")
+        pending.add_metric([], s.outbox.pending if s.outbox is not None else 0)
+        yield pending
+        losses = CounterMetricFamily(
+            "edgefleet_agent_outbox_losses",
+            "records the outbox gave up (as last reported)",
+            labels=["subscription", "reason"],
+        )
+        for sub, reasons in dict(s.last_losses).items():
+            for reason, n in reasons.items():
+                losses.add_metric([sub, reason], n)
+        yield losses
+        if s.uplink is not None:
+            for name, attr in (
+                ("uplink_records_sent", "sent"),
+                ("uplink_records_acked", "acked"),
+                ("uplink_resends", "resends"),
+            ):
+                fam = CounterMetricFamily(f"edgefleet_agent_{name}", name.replace("_", " "))
+                fam.add_metric([], getattr(s.uplink, attr))
+                yield fam
+        alarm = GaugeMetricFamily("edgefleet_agent_alarm", "1 while an alarm is raised", labels=["alarm"])
+        for name in sorted(s.alarms):
+            alarm.add_metric([name], 1.0)
+        yield alarm
+
+
+def serve_metrics(state: AgentState, listen: str) -> Any:
+    """Start the endpoint in prometheus_client's own thread; returns the server (``shutdown()`` to stop)."""
+    host, port = parse_listen(listen)
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(state))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server
