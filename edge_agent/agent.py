@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,17 @@ class AgentState:
         )
 
 
-def _docker_factory(config: AgentConfig) -> RuntimeFactory:
+@dataclass
+class Engine:
+    """The Docker side of the agent: how handlers are made, and the image garbage collector."""
+
+    factory: RuntimeFactory
+    on_image: Callable[[str, str | None], Awaitable[None]] | None = None
+    collect: Callable[[], Awaitable[None]] | None = None
+
+
+def _docker_engine(config: AgentConfig) -> Engine:
+    from edge_agent.images import ImageLedger, collect_garbage
     from edge_agent.runtime.docker import DockerHandler, RestartPolicy, docker_client, remove_device_containers
 
     client = docker_client(config.docker_host)
@@ -115,6 +126,17 @@ def _docker_factory(config: AgentConfig) -> RuntimeFactory:
         log.info("removed %d containers left by an earlier run of this device's agent", left)
     rt = config.runtime
     policy = RestartPolicy(base=rt.restart_backoff, max=rt.restart_max, max_failures=rt.max_failures)
+    ledger = ImageLedger(config.data_dir / "images.sqlite")
+
+    async def on_image(handler: str, ref: str | None) -> None:
+        if ref is None:
+            await asyncio.to_thread(ledger.retired, handler)
+        else:
+            await asyncio.to_thread(ledger.in_use, handler, ref)
+
+    async def collect() -> None:
+        await asyncio.to_thread(collect_garbage, client, ledger, config.runtime.image_grace)
+
     def make(spec: HandlerSpec) -> HandlerRuntime:
         def replica(i: int) -> HandlerRuntime:
             return DockerHandler(spec, client=client, device_id=config.device_id, replica=i, restart=policy)
@@ -123,7 +145,7 @@ def _docker_factory(config: AgentConfig) -> RuntimeFactory:
             return replica(0)
         return ReplicaPool(spec, replica)
 
-    return make
+    return Engine(make, on_image, collect)
 
 
 async def serve(
@@ -145,9 +167,8 @@ async def serve(
         synchronous=config.outbox.synchronous,
     ) as outbox:
         state.outbox = outbox
-        if runtime_factory is None:
-            runtime_factory = await asyncio.to_thread(_docker_factory, config)
-        await _run(config, outbox, runtime_factory, state, stop, ready)
+        engine = Engine(runtime_factory) if runtime_factory else await asyncio.to_thread(_docker_engine, config)
+        await _run(config, outbox, engine, state, stop, ready)
 
 
 def _local_broker(config: AgentConfig) -> LocalBroker:
@@ -201,7 +222,7 @@ def _uplink(config: AgentConfig, topics: Topics, outbox: Outbox, state: AgentSta
 async def _run(
     config: AgentConfig,
     outbox: Outbox,
-    runtime_factory: RuntimeFactory,
+    engine: Engine,
     state: AgentState,
     stop: asyncio.Event,
     ready: asyncio.Event | None,
@@ -211,12 +232,14 @@ async def _run(
     intake = Intake(local)
     uplink = state.uplink = _uplink(config, topics, outbox, state) if config.cloud.enabled else None
 
-    async def expire_loop() -> None:
+    async def housekeeping() -> None:
         while True:
             await asyncio.sleep(60)
             expired = await outbox.expire()
             if expired:
                 log.warning("outbox: %d records expired before the hub acknowledged them", expired)
+            if engine.collect is not None:
+                await engine.collect()
 
     metrics = serve_metrics(state, config.status.listen) if config.status.listen else None
     async with local, asyncio.TaskGroup() as tg:
@@ -226,10 +249,11 @@ async def _run(
             outbox=outbox,
             local=local,
             intake=intake,
-            runtime_factory=runtime_factory,
+            runtime_factory=engine.factory,
             max_payload=config.max_payload_bytes,
             alarm=state.alarm,
             task_group=tg,
+            on_image=engine.on_image,
         )
         try:
             if config.managed:
@@ -244,7 +268,7 @@ async def _run(
             else:
                 await pipeline.apply(config.handlers, config.subscriptions)
             intake_task = tg.create_task(intake.run(), name="agent.intake")
-            side = [tg.create_task(expire_loop(), name="agent.outbox-expiry")]
+            side = [tg.create_task(housekeeping(), name="agent.housekeeping")]
             if uplink is not None:
                 side.append(tg.create_task(uplink.run(), name="agent.uplink"))
             with contextlib.suppress(TimeoutError):

@@ -60,6 +60,9 @@ class RuntimeConfig(_Section):
     restart_backoff: Duration = Field(default=10.0, gt=0, description="first restart delay, doubled each time")
     restart_max: Duration = Field(default=300.0, gt=0, description="cap of the restart delay")
     max_failures: int = Field(default=5, ge=1, description="consecutive failures before a handler is marked failed")
+    image_grace: Duration = Field(
+        default=3600.0, ge=0, description="unused handler images are removed this long after their last use"
+    )
 
 
 class StatusConfig(_Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from edge_agent.aggregation.windows import WindowSet
 from edge_agent.broker import LocalBroker
@@ -50,6 +50,7 @@ class Pipeline:
         max_payload: int,
         alarm: Callable[[str, bool], None],
         task_group: asyncio.TaskGroup,
+        on_image: Callable[[str, str | None], Awaitable[None]] | None = None,
     ) -> None:
         self._device = device_id
         self._topics = topics
@@ -60,6 +61,7 @@ class Pipeline:
         self._max_payload = max_payload
         self._alarm = alarm
         self._tg = task_group
+        self._on_image = on_image
         self.runtimes: dict[str, HandlerRuntime] = {}
         self.handler_specs: dict[str, HandlerSpec] = {}
         self.dispatchers: dict[str, Dispatcher] = {}
@@ -85,6 +87,8 @@ class Pipeline:
             for name in [n for n in self.runtimes if n not in wanted_handlers]:
                 replaced.append(self.runtimes.pop(name))
                 del self.handler_specs[name]
+                if self._on_image is not None:
+                    await self._on_image(name, None)
             for runtime in replaced:
                 await runtime.aclose()
 
@@ -104,6 +108,8 @@ class Pipeline:
                 replaced.append(old)
             self.runtimes[name] = runtime
             self.handler_specs[name] = spec
+            if self._on_image is not None:
+                await self._on_image(name, spec.image)
             for d in self.dispatchers.values():
                 if d.spec.handler == name:
                     d.runtime = runtime
