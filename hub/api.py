@@ -21,20 +21,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from edge_protocol.durations import parse_duration
 from hub import __version__
 from hub import metrics as _metrics  # noqa: F401 - registers the hub's counters even before ingest runs
-from hub.errors import StoreError
-from hub.labels import LabelError, Selector, check_key, check_labels
+from hub.api_catalog import catalog_router
+from hub.api_fleet import fleet_router, selector_of
+from hub.errors import Conflict, HubError, NotFound, StoreError, Unprocessable
+from hub.publisher import DesiredPublisher
 from hub.rollup import RollupError, rollup
-from hub.schemas import AggregateOut, DeviceOut, LabelsUpdate, parse_statistics, parse_time
+from hub.schemas import AggregateOut, parse_statistics, parse_time
 from hub.store import Store
 
 MAX_LIMIT = 10_000
+_STATUS: dict[type[HubError], int] = {NotFound: 404, Conflict: 409, Unprocessable: 422}
 
 _TIME_HELP = "epoch seconds, a duration ago (10m, 1h30m), or ISO 8601 with a time zone"
 _LABEL_HELP = "key=value; repeat it and every term must match the device's labels"
 
 
-def create_app(store: Store, token: str | None = None, *, clock: Callable[[], float] = time.time) -> FastAPI:
-    """The API over ``store``; with a ``token``, every /v1 endpoint requires it as a bearer token."""
+def create_app(
+    store: Store,
+    token: str | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    desired: DesiredPublisher | None = None,
+) -> FastAPI:
+    """The API over ``store``; with a ``token``, every /v1 endpoint requires it as a bearer token.
+
+    ``desired`` compiles and publishes desired state after changes; without it (no signing key) handler and
+    subscription changes are refused with 409."""
     app = FastAPI(title="edgefleet hub", version=__version__)
     bearer = HTTPBearer(auto_error=False, description="the hub's api.token")
     expected = token.encode() if token else None
@@ -59,6 +71,13 @@ def create_app(store: Store, token: str | None = None, *, clock: Callable[[], fl
     @app.exception_handler(StoreError)
     async def _store_unavailable(_request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": f"the store is unavailable: {exc.reason}"}, status_code=503)
+
+    @app.exception_handler(NotFound)
+    @app.exception_handler(Conflict)
+    @app.exception_handler(Unprocessable)
+    async def _refused(_request: Request, exc: HubError) -> JSONResponse:
+        status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+        return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -90,7 +109,7 @@ def create_app(store: Store, token: str | None = None, *, clock: Callable[[], fl
     ) -> list[AggregateOut]:
         """Stored window results, newest window first; optionally rolled up across devices and/or into coarser
         buckets, merging the windows' states (never averaging finished figures)."""
-        chosen, bucket, selector = _statistics(stats), _bucket(every), _selector(label)
+        chosen, bucket, selector = _statistics(stats), _bucket(every), selector_of(label)
         selected = None
         if selector:
             selected = [dev.id for dev in await asyncio.to_thread(store.list_devices, selector)]
@@ -113,36 +132,10 @@ def create_app(store: Store, token: str | None = None, *, clock: Callable[[], fl
             raise HTTPException(422, str(exc)) from exc
         return [AggregateOut.of(r.aggregate, stats=chosen, devices=r.devices) for r in rolled[:limit]]
 
-    @v1.get("/devices", tags=["devices"])
-    async def devices(
-        label: Annotated[list[str] | None, Query(description=f"only devices with this label: {_LABEL_HELP}")] = None,
-    ) -> list[DeviceOut]:
-        """Every device the hub has heard from (whose labels match), by id."""
-        selector = _selector(label)
-        return [DeviceOut.of(dev) for dev in await asyncio.to_thread(store.list_devices, selector)]
-
-    @v1.put("/devices/{device_id}/labels", tags=["devices"])
-    async def put_labels(device_id: str, body: LabelsUpdate) -> dict[str, str]:
-        """Set, then remove, labels of a device; answers its labels afterwards. 404 for a device never seen."""
-        try:
-            to_set = check_labels(body.set_)
-            to_remove = [check_key(key) for key in body.remove]
-        except LabelError as exc:
-            raise HTTPException(422, str(exc)) from exc
-        labels = await asyncio.to_thread(store.update_labels, device_id, to_set, to_remove)
-        if labels is None:
-            raise HTTPException(404, f"unknown device {device_id!r}: the hub has not heard from it")
-        return labels
-
+    v1.include_router(fleet_router(store, desired))
+    v1.include_router(catalog_router(store, desired, clock))
     app.include_router(v1)
     return app
-
-
-def _selector(terms: list[str] | None) -> Selector:
-    try:
-        return Selector.parse(terms)
-    except LabelError as exc:
-        raise HTTPException(422, f"label: {exc}") from exc
 
 
 def _statistics(stats: list[str] | None) -> list[str] | None:

@@ -15,10 +15,13 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from hub import render
-from hub.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, HubClient
+from hub import cli_common, render, render_fleet
+from hub.cli_catalog import handlers_app, subscriptions_app
+from hub.cli_common import DEFAULT_URL, Api, AsJson, Token
+from hub.cli_keys import keys_app
+from hub.client import HubClient
 from hub.config import HubConfig
-from hub.errors import ClientError, ConfigError, HubError
+from hub.errors import ConfigError, HubError
 from hub.labels import LabelError, Selector, check_key, parse_assignments
 from hub.service import serve as serve_hub
 
@@ -27,6 +30,9 @@ log = logging.getLogger("hub")
 app = typer.Typer(help="edgefleet hub: store and serve what the fleet sends.", no_args_is_help=True)
 device_app = typer.Typer(help="Act on one device.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
+app.add_typer(handlers_app, name="handlers")
+app.add_typer(subscriptions_app, name="subscriptions")
+app.add_typer(keys_app, name="keys")
 
 T = TypeVar("T")
 
@@ -35,10 +41,6 @@ class Rollup(StrEnum):
     """What a roll-up merges across."""
 
     DEVICES = "devices"
-
-
-Api = Annotated[str, typer.Option("--api", envvar=URL_ENV, help="hub API base URL")]
-Token = Annotated[str | None, typer.Option("--token", envvar=TOKEN_ENV, help="bearer token of the hub API")]
 
 
 @app.command()
@@ -122,7 +124,7 @@ def aggregates(
     every: Annotated[str | None, typer.Option(help="merge windows into tumbling buckets this long, e.g. 1m")] = None,
     stats: Annotated[str | None, typer.Option(help="statistics to show, e.g. count,mean,p99")] = None,
     limit: Annotated[int, typer.Option(min=1, help="at most this many rows, newest first")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_json: AsJson = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="print CSV: one line per window and field")] = False,
     api: Api = DEFAULT_URL,
     token: Token = None,
@@ -148,7 +150,7 @@ def aggregates(
             )
         )
     if as_json:
-        typer.echo(render.to_json(rows))
+        typer.echo(cli_common.to_json(rows))
     elif as_csv:
         render.write_aggregates_csv(rows, sys.stdout)
     elif not rows:
@@ -160,18 +162,34 @@ def aggregates(
 @app.command()
 def devices(
     label: Annotated[list[str] | None, typer.Option(help="only devices with this label, k=v (repeatable)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_json: AsJson = False,
     api: Api = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Show the devices the hub has heard from, with their labels."""
+    """Show the devices: labels, online, last seen, applied/desired version, handlers' health, losses."""
     _check_terms(label, "--label")
     with _client(api, token) as hub:
         rows = _call(lambda: hub.devices(labels=label))
     if as_json:
-        typer.echo(render.to_json(rows))
+        typer.echo(cli_common.to_json(rows))
     else:
-        Console().print(render.devices_table(rows))
+        Console().print(render_fleet.devices_table(rows))
+
+
+@device_app.command("show")
+def device_show(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="the device")],
+    as_json: AsJson = False,
+    api: Api = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Show one device: labels, status, desired vs applied version, handlers, counters, losses, alarms."""
+    with _client(api, token) as hub:
+        dev = _call(lambda: hub.device(device_id))
+    if as_json:
+        typer.echo(cli_common.to_json(dev))
+    else:
+        Console().print(render_fleet.device_detail(dev))
 
 
 @device_app.command("label")
@@ -206,15 +224,11 @@ def _check_terms(terms: list[str] | None, option: str) -> None:
 
 
 def _client(api: str, token: str | None) -> HubClient:
-    return HubClient(api, token)
+    return cli_common.client(api, token)
 
 
 def _call(request: Callable[[], T]) -> T:
-    try:
-        return request()
-    except ClientError as exc:
-        typer.echo(f"hub: {exc}", err=True)
-        raise typer.Exit(1) from None
+    return cli_common.call(request)
 
 
 def main() -> None:

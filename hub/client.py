@@ -9,8 +9,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
+from hub.catalog_schemas import ChangeOut, DesiredOut, HandlerOut, SubscriptionOut
 from hub.errors import ClientError
-from hub.schemas import AggregateOut, DeviceOut
+from hub.schemas import AggregateOut, DeviceDetailOut, DeviceOut
 
 DEFAULT_URL = "http://127.0.0.1:8780"
 URL_ENV = "EDGEFLEET_HUB_URL"
@@ -21,6 +22,13 @@ T = TypeVar("T")
 _AGGREGATES = TypeAdapter(list[AggregateOut])
 _DEVICES = TypeAdapter(list[DeviceOut])
 _LABELS = TypeAdapter(dict[str, str])
+_DEVICE = TypeAdapter(DeviceDetailOut)
+_DESIRED = TypeAdapter(DesiredOut)
+_HANDLERS = TypeAdapter(list[HandlerOut])
+_HANDLER = TypeAdapter(HandlerOut)
+_SUBSCRIPTIONS = TypeAdapter(list[SubscriptionOut])
+_SUBSCRIPTION = TypeAdapter(SubscriptionOut)
+_CHANGE = TypeAdapter(ChangeOut)
 
 
 class HubClient:
@@ -87,8 +95,48 @@ class HubClient:
     def update_labels(self, device: str, set_: dict[str, str], remove: list[str]) -> dict[str, str]:
         """Set then remove labels of ``device``; its labels afterwards."""
         body = {"set": set_, "remove": remove}
-        path = f"/v1/devices/{quote(device, safe='')}/labels"
+        path = f"/v1/devices/{_seg(device)}/labels"
         return self._parse(_LABELS, self._request("PUT", path, {}, body))
+
+    def device(self, device: str) -> DeviceDetailOut:
+        """One device in detail: reported counters, loss ledger, alarms, last refusal."""
+        return self._parse(_DEVICE, self._request("GET", f"/v1/devices/{_seg(device)}", {}))
+
+    def desired(self, device: str) -> DesiredOut:
+        """The device's current desired-state document and version."""
+        return self._parse(_DESIRED, self._request("GET", f"/v1/devices/{_seg(device)}/desired", {}))
+
+    def handlers(self) -> list[HandlerOut]:
+        return self._parse(_HANDLERS, self._request("GET", "/v1/handlers", {}))
+
+    def handler(self, name: str) -> HandlerOut:
+        return self._parse(_HANDLER, self._request("GET", f"/v1/handlers/{_seg(name)}", {}))
+
+    def put_handler(self, spec: dict[str, Any], *, replace: bool = False) -> ChangeOut:
+        """Create a handler from a HandlerSpec-shaped ``spec`` (the hub validates it), or replace one."""
+        if replace:
+            return self._parse(_CHANGE, self._request("PUT", f"/v1/handlers/{_seg(str(spec['name']))}", {}, spec))
+        return self._parse(_CHANGE, self._request("POST", "/v1/handlers", {}, spec))
+
+    def remove_handler(self, name: str) -> ChangeOut:
+        return self._parse(_CHANGE, self._request("DELETE", f"/v1/handlers/{_seg(name)}", {}))
+
+    def subscriptions(self) -> list[SubscriptionOut]:
+        return self._parse(_SUBSCRIPTIONS, self._request("GET", "/v1/subscriptions", {}))
+
+    def subscription(self, name: str) -> SubscriptionOut:
+        return self._parse(_SUBSCRIPTION, self._request("GET", f"/v1/subscriptions/{_seg(name)}", {}))
+
+    def put_subscription(self, target: list[str], spec: dict[str, Any], *, replace: bool = False) -> ChangeOut:
+        """Create a subscription for the devices matching ``target`` (k=v terms), or replace one."""
+        body = {"target": target, "spec": spec}
+        if replace:
+            path = f"/v1/subscriptions/{_seg(str(spec['name']))}"
+            return self._parse(_CHANGE, self._request("PUT", path, {}, body))
+        return self._parse(_CHANGE, self._request("POST", "/v1/subscriptions", {}, body))
+
+    def remove_subscription(self, name: str) -> ChangeOut:
+        return self._parse(_CHANGE, self._request("DELETE", f"/v1/subscriptions/{_seg(name)}", {}))
 
     def _request(self, method: str, path: str, params: dict[str, Any], body: Any = None) -> Any:
         query = {key: value for key, value in params.items() if value is not None}
@@ -105,8 +153,11 @@ class HubClient:
                 raise ClientError("the hub refused the token", status=401)
             raise ClientError(f"the hub needs a token: pass --token or set {TOKEN_ENV}", status=401)
         if response.is_error:
+            details = _details(response)
             raise ClientError(
-                f"the hub answered {response.status_code}: {_detail(response)}", status=response.status_code
+                f"the hub answered {response.status_code}: {'; '.join(details)}",
+                status=response.status_code,
+                details=details,
             )
         try:
             return response.json()
@@ -120,16 +171,20 @@ class HubClient:
             raise ClientError(f"unexpected answer from the hub at {self.base_url}: {exc.errors()[0]['msg']}") from exc
 
 
-def _detail(response: httpx.Response) -> str:
-    """FastAPI's ``detail`` (a string, or a list of validation errors), else the start of the body."""
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _details(response: httpx.Response) -> list[str]:
+    """FastAPI's ``detail``: one line per validation error (``spec.window: ...``), else the text or body."""
     try:
         detail = response.json().get("detail")
     except (ValueError, AttributeError):
-        return response.text[:200] or response.reason_phrase
+        return [response.text[:200] or response.reason_phrase]
     if isinstance(detail, list):
-        parts = []
+        lines = []
         for err in detail:
-            loc = ".".join(str(p) for p in err.get("loc", []) if p != "query")
-            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        return "; ".join(parts)
-    return str(detail)
+            loc = ".".join(str(p) for p in err.get("loc", []) if p not in ("query", "body"))
+            lines.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return lines
+    return [str(detail)]

@@ -69,6 +69,17 @@ class ApiConfig(_Section):
         return value
 
 
+class SigningConfig(_Section):
+    """The key that signs each device's desired state (``hub keys init`` makes one)."""
+
+    private_key: Path | None = Field(
+        default=None,
+        description="PEM (PKCS8) Ed25519 private key; relative paths are from the working directory. Without "
+        "it the hub ingests and serves queries but publishes no desired state and refuses handler and "
+        "subscription changes (409).",
+    )
+
+
 class HubConfig(BaseSettings):
     """Everything ``hub serve`` needs. Build it with :meth:`load`."""
 
@@ -82,6 +93,7 @@ class HubConfig(BaseSettings):
     broker: BrokerConfig = BrokerConfig()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
+    signing: SigningConfig = SigningConfig()
 
     @classmethod
     def settings_customise_sources(

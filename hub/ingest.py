@@ -1,11 +1,13 @@
-"""Ingest: aggregates and status from the broker into the store, and acks back to the agents.
+"""Ingest: aggregates, status and reported state from the broker into the store, and acks back to the agents.
 
 Per aggregates message: parse, check it fits (topic device == message device, every window id belongs to that
 device, numbers finite), store the batch in one transaction, then ack exactly the sequences now durable as
 ranges. Acking ranges rather than "the highest sequence" matters: if an earlier batch was lost on the way, a
 highest-sequence ack would let the agent delete records the hub never stored.
 
-Anything that does not parse or fit is counted by reason and logged; nothing a device sends stops the loop.
+Status and reported state go to the fleet registry; a device seen for the first time gets its first desired
+state compiled (when the hub signs desired state). Anything that does not parse or fit is counted by reason
+and logged; nothing a device sends stops the loop.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_protocol.messages import CLOUD_MESSAGE, Ack, AggregateBatch, SequencedResult, Status, ranges_of
+from edge_protocol.messages import CLOUD_MESSAGE, Ack, AggregateBatch, Reported, SequencedResult, Status, ranges_of
 from edge_protocol.topics import Topics
 from hub import metrics
 from hub.broker import Inbound, MessageBus
 from hub.errors import BrokerError, StoreError
+from hub.fleet import Fleet
+from hub.publisher import DesiredPublisher
 from hub.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,7 @@ SHUTDOWN_GRACE = 5.0
 
 
 class Ingest:
-    """Consumes ``$share/hub/{prefix}/devices/+/aggregates`` and ``{prefix}/devices/+/status``."""
+    """Consumes ``$share/hub/{prefix}/devices/+/aggregates``, ``{prefix}/devices/+/status`` and ``.../reported``."""
 
     def __init__(
         self,
@@ -44,19 +48,24 @@ class Ingest:
         *,
         clock: Callable[[], float] = time.time,
         grace: float = SHUTDOWN_GRACE,
+        desired: DesiredPublisher | None = None,
     ) -> None:
         self._store = store
+        self._fleet = Fleet(store)
+        self._desired = desired
         self._broker = broker
         self._topics = topics
         self._clock = clock
         self._grace = grace
         self.ready = asyncio.Event()
-        """Set once both subscriptions are active on the broker."""
+        """Set once every subscription is active on the broker."""
 
     async def run(self) -> None:
         """Subscribe and process messages until cancelled."""
         await self._broker.subscribe(self._topics.shared("aggregates"), qos=1)
         await self._broker.subscribe(self._topics.all_devices("status"), qos=1)
+        # Not shared: every replica keeps its view of the fleet and compiles a new device's first document.
+        await self._broker.subscribe(self._topics.all_devices("reported"), qos=1)
         await self._broker.wait_connected()
         self.ready.set()
         async with contextlib.aclosing(self._broker.messages()) as messages:
@@ -96,6 +105,8 @@ class Ingest:
             await self._on_batch(device, msg)
         elif channel == "status" and isinstance(msg, Status):
             await self._on_status(device, msg, retained=message.retain)
+        elif channel == "reported" and isinstance(msg, Reported):
+            await self._on_reported(device, msg, retained=message.retain)
         else:
             self._reject("wrong_kind", message.topic, f"a {msg.kind!r} message does not belong here")
 
@@ -143,6 +154,30 @@ class Ingest:
         except StoreError as exc:
             metrics.FAILURES.labels("status").inc()
             log.error("device %s: status not stored: %s", device, exc)
+            return
+        await self._seen(device)
+
+    async def _on_reported(self, device: str, reported: Reported, *, retained: bool) -> None:
+        now = self._clock()
+        try:
+            await asyncio.to_thread(
+                self._fleet.record_reported, reported, seen_at=reported.ts if retained else now, received_at=now
+            )
+        except StoreError as exc:
+            metrics.FAILURES.labels("reported").inc()
+            log.error("device %s: reported state not stored: %s", device, exc)
+            return
+        await self._seen(device)
+
+    async def _seen(self, device: str) -> None:
+        if self._desired is None:
+            return
+        try:
+            await self._desired.device_seen(device)
+        except StoreError as exc:
+            # The publisher's start-up compile and the next change catch up with this device.
+            metrics.FAILURES.labels("desired").inc()
+            log.error("device %s: first desired state not compiled: %s", device, exc)
 
     def _reject(self, reason: str, topic: str, detail: str, *, level: int = logging.WARNING) -> None:
         metrics.REJECTED.labels(reason).inc()

@@ -29,6 +29,14 @@ RECORDS_REFUSED = Counter(
 ACKS = Counter("edgefleet_hub_acks_published_total", "Acks published to agents")
 FAILURES = Counter(
     "edgefleet_hub_failures_total",
-    "Store writes or ack publishes that failed (the agent sends the batch again), by operation",
+    "Store writes, ack or desired-state publishes that failed (each is retried), by operation",
     ["operation"],
+)
+DESIRED_VERSIONS = Counter(
+    "edgefleet_hub_desired_versions_total",
+    "New desired-state versions compiled (one per device whose document changed)",
+)
+DESIRED_PUBLISHED = Counter(
+    "edgefleet_hub_desired_published_total",
+    "Signed desired-state messages published (retained) and acknowledged by the broker",
 )

@@ -1,15 +1,14 @@
-"""How the CLI shows what the API answers: rich tables for people, CSV and JSON for scripts."""
+"""How the CLI shows aggregates: rich tables for people, CSV for scripts (devices: :mod:`hub.render_fleet`)."""
 
 from __future__ import annotations
 
 import csv
-import json
 from datetime import datetime
 from typing import TextIO
 
 from rich.table import Table
 
-from hub.schemas import AggregateOut, DeviceOut, FieldSummary
+from hub.schemas import AggregateOut, FieldSummary
 
 DEFAULT_STATS = ("count", "mean", "min", "max", "sum")
 CSV_COLUMNS = (
@@ -94,23 +93,6 @@ def _plain(name: str, value: float | None) -> str:
     if value is None:
         return ""
     return str(int(value)) if name == "count" else repr(value)
-
-
-def devices_table(rows: list[DeviceOut]) -> Table:
-    """Devices with their labels (``k=v`` comma-separated)."""
-    table = Table(box=None, header_style="bold")
-    for column in ("device", "online", "agent", "labels", "first seen", "last seen"):
-        table.add_column(column)
-    for dev in rows:
-        online = "yes" if dev.online else "no"
-        labels = ",".join(f"{k}={v}" for k, v in sorted(dev.labels.items()))
-        table.add_row(dev.id, online, dev.agent_version, labels, local(dev.first_seen), local(dev.last_seen))
-    return table
-
-
-def to_json(rows: list[AggregateOut] | list[DeviceOut]) -> str:
-    """The rows as the API answered them, indented."""
-    return json.dumps([row.model_dump(mode="json") for row in rows], indent=2)
 
 
 def local(epoch: float) -> str:

@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge_protocol.aggregate import FieldState
 from edge_protocol.durations import parse_duration
+from edge_protocol.messages import HandlerReport, SubscriptionReport
 from edge_protocol.specs import parse_statistic
+from hub.fleet import DeviceView
 from hub.records import DeviceInfo, StoredAggregate
 
 
@@ -84,7 +86,7 @@ class AggregateOut(_Out):
 
 
 class DeviceOut(_Out):
-    """A device the hub has heard from. Times are epoch seconds."""
+    """A device the hub has heard from, with a summary of what it reported. Times are epoch seconds."""
 
     id: str
     first_seen: float
@@ -92,17 +94,68 @@ class DeviceOut(_Out):
     online: bool
     agent_version: str
     labels: dict[str, str] = Field(default_factory=dict)
+    applied_version: int | None = Field(default=None, description="the desired-state version the device runs")
+    desired_version: int | None = Field(default=None, description="the newest version the hub compiled for it")
+    handlers: list[HandlerReport] = Field(default_factory=list, description="as last reported")
+    losses_total: int = Field(default=0, description="records its outbox gave up, all subscriptions and reasons")
+    reported_at: float | None = Field(default=None, description="the device's time of its last reported state")
 
     @classmethod
     def of(cls, dev: DeviceInfo) -> DeviceOut:
+        return cls(**_info(dev))
+
+    @classmethod
+    def of_view(cls, view: DeviceView) -> DeviceOut:
+        return cls(**_summary(view))
+
+
+class DeviceDetailOut(DeviceOut):
+    """One device in detail: its reported counters, loss ledger, alarms and last refusal."""
+
+    subscriptions: dict[str, SubscriptionReport] = Field(default_factory=dict)
+    losses: dict[str, dict[str, int]] = Field(default_factory=dict, description="subscription -> reason -> records")
+    outbox_pending: int = 0
+    alarms: list[str] = Field(default_factory=list)
+    last_refusal: str | None = Field(default=None, description="why the device last refused a desired state")
+    received_at: float | None = Field(default=None, description="when the hub received the reported state")
+
+    @classmethod
+    def of_view(cls, view: DeviceView) -> DeviceDetailOut:
+        rep = view.reported
+        if rep is None:
+            return cls(**_summary(view))
         return cls(
-            id=dev.id,
-            first_seen=dev.first_seen,
-            last_seen=dev.last_seen,
-            online=dev.online,
-            agent_version=dev.agent_version,
-            labels=dict(dev.labels),
+            **_summary(view),
+            subscriptions=dict(rep.subscriptions),
+            losses={sub: dict(reasons) for sub, reasons in rep.losses.items()},
+            outbox_pending=rep.outbox_pending,
+            alarms=list(rep.alarms),
+            last_refusal=rep.last_refusal,
+            received_at=view.received_at,
         )
+
+
+def _info(dev: DeviceInfo) -> dict[str, object]:
+    return {
+        "id": dev.id,
+        "first_seen": dev.first_seen,
+        "last_seen": dev.last_seen,
+        "online": dev.online,
+        "agent_version": dev.agent_version,
+        "labels": dict(dev.labels),
+    }
+
+
+def _summary(view: DeviceView) -> dict[str, object]:
+    rep = view.reported
+    return {
+        **_info(view.info),
+        "applied_version": view.applied_version,
+        "desired_version": view.desired_version,
+        "handlers": list(rep.handlers) if rep else [],
+        "losses_total": view.losses_total,
+        "reported_at": rep.ts if rep else None,
+    }
 
 
 class LabelsUpdate(BaseModel):

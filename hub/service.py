@@ -17,8 +17,11 @@ from edge_protocol.topics import Topics
 from hub.api import create_app
 from hub.broker import Broker
 from hub.config import HubConfig
+from hub.desired import DesiredStore
 from hub.errors import HubError
 from hub.ingest import Ingest
+from hub.keys import load_signing_key
+from hub.publisher import DesiredPublisher
 from hub.store import Store
 
 log = logging.getLogger(__name__)
@@ -91,20 +94,23 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     """Run the hub until cancelled; ``ready`` is set once the API listens and ingest is subscribed."""
     topics = Topics(config.broker.prefix)
     token = config.api.token.get_secret_value() if config.api.token else None
+    key_path = config.signing.private_key
+    key = load_signing_key(key_path) if key_path is not None else None
     async with Store(config.store.url) as store, Broker(config.broker) as broker:
+        publisher = DesiredPublisher(DesiredStore(store, key), broker, topics) if key is not None else None
         sock = _bind(config.api.host, config.api.port)
         host, port = sock.getsockname()[:2]
         address = f"http://{host}:{port}"
         server = _ApiServer(
             uvicorn.Config(
-                create_app(store, token),
+                create_app(store, token, desired=publisher),
                 lifespan="off",
                 log_config=None,  # keep the process's logging setup; uvicorn's would replace it
                 access_log=False,
                 timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
             )
         )
-        ingest = Ingest(store, broker, topics)
+        ingest = Ingest(store, broker, topics, desired=publisher)
         log.info(
             "hub starting: broker mqtt://%s:%d, prefix %r, store %s",
             config.broker.host,
@@ -112,7 +118,13 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
             config.broker.prefix,
             store.display_url,
         )
+        if publisher is None:
+            log.warning("no [signing] private_key: no desired state is published, spec changes are refused")
+        else:
+            log.info("signing desired state with key %s (%s)", publisher.desired.key_id, key_path)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(ingest.run(), name="hub.ingest")
+            if publisher is not None:
+                tasks.create_task(publisher.run(), name="hub.desired")
             tasks.create_task(_run_api(server, sock), name="hub.api")
             tasks.create_task(_announce_ready(server, ingest, ready, address), name="hub.ready")

@@ -108,13 +108,6 @@ class Store:
         except SQLAlchemyError:
             return "<unparsable store url>"
 
-    @property
-    def dialect(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-        if self._engine is None:
-            raise StoreError("dialect", f"the store is {self._state.value}")
-        return self._engine.dialect.name
-
     @contextmanager
     def transaction(self, operation: str) -> Iterator[Session]:
         """A session in one transaction, committed on exit, for the hub's SQL modules (catalog, fleet, desired).

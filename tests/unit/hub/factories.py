@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from edge_protocol.aggregate import FieldAccumulator, FieldState, WindowResult, window_id
-from edge_protocol.messages import AggregateBatch, SequencedResult, Status
+from edge_protocol.messages import (
+    AggregateBatch,
+    HandlerReport,
+    Reported,
+    SequencedResult,
+    Status,
+    SubscriptionReport,
+)
 
 
 def field_state(*values: float, start: float = 0.0, sketch: bool = False) -> FieldState:
@@ -45,3 +52,26 @@ def batch(device: str, *records: SequencedResult) -> AggregateBatch:
 
 def status(device: str, *, online: bool = True, version: str = "0.1.0", ts: float = 1500.0) -> Status:
     return Status(device=device, online=online, agent_version=version, ts=ts)
+
+
+def reported(
+    device: str,
+    *,
+    applied: int | None = None,
+    ts: float = 1600.0,
+    healthy: bool = True,
+    losses: dict[str, dict[str, int]] | None = None,
+    refusal: str | None = None,
+) -> Reported:
+    return Reported(
+        device=device,
+        agent_version="0.2.0",
+        applied_version=applied,
+        handlers=[HandlerReport(name="temp-c", image="edgefleet/temp-c:dev", healthy=healthy, restarts=2)],
+        subscriptions={"temp": SubscriptionReport(received=10, processed=9, dead_lettered={"late": 1}, backlog=3)},
+        losses=losses or {},
+        outbox_pending=4,
+        alarms=["outbox-write-failed"] if not healthy else [],
+        last_refusal=refusal,
+        ts=ts,
+    )

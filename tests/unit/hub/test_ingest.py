@@ -158,7 +158,11 @@ async def test_run_subscribes_processes_and_stops_on_cancel(ingest: Ingest, bus:
     async with asyncio.timeout(10):
         task = asyncio.create_task(ingest.run(), name="test.ingest")
         await ingest.ready.wait()
-        assert bus.filters == {"$share/hub/unit/devices/+/aggregates": 1, "unit/devices/+/status": 1}
+        assert bus.filters == {
+            "$share/hub/unit/devices/+/aggregates": 1,
+            "unit/devices/+/status": 1,
+            "unit/devices/+/reported": 1,
+        }
         bus.inject(AGG, b"garbage")  # does not stop the loop
         bus.inject(AGG, batch("dev-a", record(9)).model_dump_json())
         await bus.new_publish.wait()
