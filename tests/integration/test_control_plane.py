@@ -144,8 +144,9 @@ async def test_hub_manages_three_agents_by_label(
                                                   capture_output=True, text=True, env=env, timeout=60, check=False)
                     assert cli.returncode != 0
                     assert said in cli.stderr, cli.stderr
-                cli = await asyncio.to_thread(subprocess.run, [*HUB, "devices", "--api", api, "--token", TOKEN, "--json"],
-                                              capture_output=True, text=True, env=env, timeout=60, check=True)
+                argv = [*HUB, "devices", "--api", api, "--token", TOKEN, "--json"]
+                cli = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, env=env,
+                                              timeout=60, check=True)
                 assert {d["id"] for d in orjson.loads(cli.stdout)} >= set(labels)
 
             # The hub is down: a lab agent restarted now runs what it applied last.
