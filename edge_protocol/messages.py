@@ -52,7 +52,15 @@ class Status(WireModel):
 
 
 class HandlerReport(WireModel):
-    """One handler as the device runs it."""
+    """One handler as the device runs it, with what a rollout gates on.
+
+    ``image`` is the reference from the desired state the handler runs (a registry digest ``repo@sha256:...``,
+    a local image id, or in standalone mode a tag). ``processed`` and ``errors`` are cumulative since the
+    runtime started (errors: events its handler failed -- error replies, exits, hangs, invalid replies), so the
+    hub gates on their deltas over a soak window; ``lag_ms`` is the largest arrival-to-result time of the last
+    report interval. ``update_error`` says why the last switch to another image was refused (the old one kept
+    running): the image and the reason.
+    """
 
     name: str
     image: str
@@ -60,6 +68,11 @@ class HandlerReport(WireModel):
     state: Literal["running", "restarting", "failed", "stopped"] = "running"
     restarts: int = Field(default=0, ge=0)
     container: str | None = None
+    processed: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    lag_ms: float | None = Field(default=None, ge=0)
+    update_error: str | None = None
+    update_failed_image: str | None = None
 
 
 class SubscriptionReport(WireModel):
