@@ -58,6 +58,10 @@ class AgentState:
     def runtimes(self) -> dict[str, HandlerRuntime]:
         return self.pipeline.runtimes if self.pipeline is not None else {}
 
+    @property
+    def update_errors(self) -> dict[str, tuple[str, str]]:
+        return self.pipeline.update_errors if self.pipeline is not None else {}
+
     def counters(self) -> dict[str, Any]:
         return {name: d.counters.as_dict() for name, d in self.dispatchers.items()}
 
@@ -77,6 +81,11 @@ class AgentState:
                 state=runtime.state,
                 restarts=int(getattr(runtime, "restarts", 0)),
                 container=getattr(runtime, "container_id", None),
+                processed=runtime.stats.processed,
+                errors=runtime.stats.errors,
+                lag_ms=runtime.stats.take_lag_ms(),
+                update_failed_image=self.update_errors.get(name, (None, None))[0],
+                update_error=self.update_errors.get(name, (None, None))[1],
             )
             for name, runtime in self.runtimes.items()
         ]
@@ -254,6 +263,8 @@ async def _run(
             alarm=state.alarm,
             task_group=tg,
             on_image=engine.on_image,
+            health_timeout=config.runtime.health_timeout,
+            probation=config.runtime.probation,
         )
         try:
             if config.managed:

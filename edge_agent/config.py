@@ -60,6 +60,12 @@ class RuntimeConfig(_Section):
     restart_backoff: Duration = Field(default=10.0, gt=0, description="first restart delay, doubled each time")
     restart_max: Duration = Field(default=300.0, gt=0, description="cap of the restart delay")
     max_failures: int = Field(default=5, ge=1, description="consecutive failures before a handler is marked failed")
+    health_timeout: Duration = Field(
+        default=30.0, gt=0, description="an updated handler must answer a health ping within this to take over"
+    )
+    probation: Duration = Field(
+        default=30.0, ge=0, description="the replaced version stays up this long, back in service on a crash-loop"
+    )
     image_grace: Duration = Field(
         default=3600.0, ge=0, description="unused handler images are removed this long after their last use"
     )

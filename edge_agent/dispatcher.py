@@ -202,12 +202,18 @@ class Dispatcher:
         self, waits: list[Awaitable[None]], msg: Incoming, topic: str, payload: Any, ts: float, outcome: Outcome
     ) -> None:
         """One handler outcome: into its window (and its local publications out), or to the dead letters."""
+        stats = self.runtime.stats
+        lag = self._clock() - msg.arrived
+        stats.lag_max = max(stats.lag_max, lag)
         if isinstance(outcome, Failure):
+            stats.errors += 1
             self._deadletter(waits, msg, outcome.reason, outcome.detail)  # type: ignore[arg-type]
             return
         if outcome.kind == "error":
+            stats.errors += 1
             self._deadletter(waits, msg, "handler-error", outcome.error)
             return
+        stats.processed += 1
         values = numeric_values(outcome.values, self.spec.fields)
         group = self._group(topic, payload, outcome.values)
         if not self.windows.add(group, values, ts):

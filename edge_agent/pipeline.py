@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from edge_agent.aggregation.windows import WindowSet
 from edge_agent.broker import LocalBroker
@@ -51,6 +52,8 @@ class Pipeline:
         alarm: Callable[[str, bool], None],
         task_group: asyncio.TaskGroup,
         on_image: Callable[[str, str | None], Awaitable[None]] | None = None,
+        health_timeout: float = 30.0,
+        probation: float = 30.0,
     ) -> None:
         self._device = device_id
         self._topics = topics
@@ -67,6 +70,12 @@ class Pipeline:
         self.dispatchers: dict[str, Dispatcher] = {}
         self._tasks: dict[Dispatcher, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
+        self._health_timeout = health_timeout
+        self._probation_time = probation
+        self._probation: dict[str, Probation] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self.update_errors: dict[str, tuple[str, str]] = {}
+        """handler -> (image, reason) of the last update that was refused; the previous image kept running."""
 
     async def apply(self, handlers: list[HandlerSpec], subscriptions: list[SubscriptionSpec]) -> None:
         """Run exactly ``handlers`` and ``subscriptions`` from now on."""
@@ -87,33 +96,96 @@ class Pipeline:
             for name in [n for n in self.runtimes if n not in wanted_handlers]:
                 replaced.append(self.runtimes.pop(name))
                 del self.handler_specs[name]
+                self.update_errors.pop(name, None)
+                if name in self._probation:
+                    replaced.append(self._probation.pop(name).old)
                 if self._on_image is not None:
                     await self._on_image(name, None)
             for runtime in replaced:
                 await runtime.aclose()
 
     async def _start_handlers(self, wanted: dict[str, HandlerSpec]) -> list[HandlerRuntime]:
-        """Start new and changed handlers; switch dispatchers to them; return the runtimes they replace."""
+        """Start new and changed handlers; switch dispatchers to them; return the runtimes to close now.
+
+        An update (a handler that already runs) must pull, start and answer a health ping before it takes the
+        stream; otherwise the running version stays and the refusal is reported. After the switch the old
+        version stays up for the probation time, and takes the stream back if the new one crash-loops.
+        """
         replaced: list[HandlerRuntime] = []
         for name, spec in wanted.items():
             if self.handler_specs.get(name) == spec:
                 continue
-            runtime = self._factory(spec)
-            try:
-                await runtime.start()
-            except Exception as exc:
-                log.error("handler %s did not start (%s); its events are retried and dead-lettered", name, exc)
+            if name in self._probation:
+                replaced.append(self._probation.pop(name).old)
             old = self.runtimes.get(name)
-            if old is not None:
-                replaced.append(old)
-            self.runtimes[name] = runtime
-            self.handler_specs[name] = spec
+            runtime = self._factory(spec)
+            problem = await self._start_checked(runtime)
+            if problem is not None and old is not None:
+                log.error("handler %s: update to %s refused (%s); the running version stays", name, spec.image, problem)
+                replaced.append(runtime)
+                self.update_errors[name] = (spec.image, problem)
+                continue
+            if problem is not None:
+                log.error("handler %s did not start (%s); its events are retried and dead-lettered", name, problem)
+            self.update_errors.pop(name, None)
+            self._switch(name, spec, runtime)
             if self._on_image is not None:
                 await self._on_image(name, spec.image)
-            for d in self.dispatchers.values():
-                if d.spec.handler == name:
-                    d.runtime = runtime
+            if old is not None and problem is None and self._probation_time > 0:
+                loop = asyncio.get_running_loop()
+                self._probation[name] = Probation(old, loop.time() + self._probation_time, _restarts(runtime))
+                if self._watcher is None:
+                    self._watcher = self._tg.create_task(self._watch_probation(), name="agent.probation")
+            elif old is not None:
+                replaced.append(old)
         return replaced
+
+    async def _start_checked(self, runtime: HandlerRuntime) -> str | None:
+        """None when ``runtime`` started and answered a health ping in time, else why not."""
+        try:
+            await runtime.start()
+        except Exception as exc:  # any start failure refuses the update; its text is the reported reason
+            return f"start failed: {exc}"
+        try:
+            async with asyncio.timeout(self._health_timeout):
+                if await runtime.ping():
+                    return None
+        except TimeoutError:
+            pass
+        return f"no answer to the health ping within {self._health_timeout:g}s"
+
+    def _switch(self, name: str, spec: HandlerSpec, runtime: HandlerRuntime) -> None:
+        """Dispatchers take their next batch to ``runtime``; the batch in flight finishes where it is."""
+        self.runtimes[name] = runtime
+        self.handler_specs[name] = spec
+        for d in self.dispatchers.values():
+            if d.spec.handler == name:
+                d.runtime = runtime
+
+    async def _watch_probation(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            async with self._lock:
+                now = asyncio.get_running_loop().time()
+                for name, probation in list(self._probation.items()):
+                    new = self.runtimes.get(name)
+                    if new is not None and (_restarts(new) > probation.restarts or new.state == "failed"):
+                        await self._revert(name, probation, new)
+                    elif now >= probation.until:
+                        del self._probation[name]
+                        await probation.old.aclose()
+
+    async def _revert(self, name: str, probation: Probation, new: HandlerRuntime) -> None:
+        bad = self.handler_specs[name]
+        log.error("handler %s: %s crash-loops after the switch; back to the previous version", name, bad.image)
+        restarts = _restarts(new) - probation.restarts
+        self.update_errors[name] = (bad.image, f"crash-loop: {restarts} restarts within the probation time")
+        old_spec = getattr(probation.old, "spec", bad)
+        self._switch(name, old_spec, probation.old)
+        del self._probation[name]
+        if self._on_image is not None:
+            await self._on_image(name, old_spec.image)
+        await new.aclose()
 
     async def _add_dispatchers(self, specs: list[SubscriptionSpec]) -> None:
         if not specs:
@@ -159,7 +231,23 @@ class Pipeline:
     async def aclose(self) -> None:
         for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*(r.aclose() for r in self.runtimes.values()), return_exceptions=True)
+        if self._watcher is not None:
+            self._watcher.cancel()
+        runtimes = [*self.runtimes.values(), *(p.old for p in self._probation.values())]
+        await asyncio.gather(*(r.aclose() for r in runtimes), return_exceptions=True)
+
+
+@dataclass(slots=True)
+class Probation:
+    """The version a switch replaced, kept running until ``until`` in case the new one crash-loops."""
+
+    old: HandlerRuntime
+    until: float
+    restarts: int
+
+
+def _restarts(runtime: HandlerRuntime) -> int:
+    return int(getattr(runtime, "restarts", 0))
 
 
 def checkpoint_key(spec: SubscriptionSpec) -> str:

@@ -24,10 +24,27 @@ class Failure:
 Outcome = Reply | Failure
 
 
+class RuntimeStats:
+    """What a rollout gates on, per runtime: results, handler failures, and the worst lag since last read."""
+
+    __slots__ = ("errors", "lag_max", "processed")
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.errors = 0
+        self.lag_max = 0.0
+
+    def take_lag_ms(self) -> float | None:
+        """The worst arrival-to-outcome time since the last call, in ms (None when nothing was processed)."""
+        lag, self.lag_max = self.lag_max, 0.0
+        return round(lag * 1000, 3) if lag else None
+
+
 class HandlerRuntime(abc.ABC):
     """One running handler. ``process`` never raises for a single bad event: it returns a Failure for it."""
 
     name: str
+    stats: RuntimeStats
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -61,6 +78,7 @@ class FunctionRuntime(HandlerRuntime):
 
     def __init__(self, name: str, func: Callable[[str, Any, float], dict[str, Any]]) -> None:
         self.name = name
+        self.stats = RuntimeStats()
         self._func = func
         self._started = False
         self.calls = 0

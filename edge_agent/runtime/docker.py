@@ -20,7 +20,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from edge_agent.errors import HandlerStartError
-from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome
+from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome, RuntimeStats
 from edge_agent.runtime.jsonlines import STDERR, STDOUT, FrameError, LineSplitter, StreamDemuxer
 from edge_protocol.handler_io import ReplyError, decode_reply, encode_event, encode_ping
 from edge_protocol.specs import HandlerSpec
@@ -90,6 +90,7 @@ class DockerHandler(HandlerRuntime):
     ) -> None:
         self.name = spec.name
         self.spec = spec
+        self.stats = RuntimeStats()
         self._client = client
         self._device = device_id
         self._replica = replica

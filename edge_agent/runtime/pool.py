@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 
-from edge_agent.runtime.base import EventTuple, HandlerRuntime, Outcome
+from edge_agent.runtime.base import EventTuple, HandlerRuntime, Outcome, RuntimeStats
 from edge_protocol.specs import HandlerSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class ReplicaPool(HandlerRuntime):
     ) -> None:
         self.name = spec.name
         self.spec = spec
+        self.stats = RuntimeStats()
         self._make = make
         self._min = spec.replicas
         self._max = max(spec.max_replicas or spec.replicas, spec.replicas)
