@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.broker import CloudBroker, LocalBroker
+from edge_agent.broker import CloudBroker, LocalBroker, client_tls
 from edge_agent.config import AgentConfig
 from edge_agent.dispatcher import Dispatcher
 from edge_agent.errors import OutboxError
@@ -195,6 +196,13 @@ def _local_broker(config: AgentConfig) -> LocalBroker:
     )
 
 
+def _cloud_tls(config: AgentConfig) -> ssl.SSLContext | None:
+    c = config.cloud
+    if c.tls_ca is None:
+        return None
+    return client_tls(str(c.tls_ca), str(c.tls_cert) if c.tls_cert else None, str(c.tls_key) if c.tls_key else None)
+
+
 def _uplink(config: AgentConfig, topics: Topics, outbox: Outbox, state: AgentState) -> Uplink:
     cloud = CloudBroker(
         host=config.cloud.host,
@@ -205,6 +213,7 @@ def _uplink(config: AgentConfig, topics: Topics, outbox: Outbox, state: AgentSta
         keepalive=config.cloud.keepalive,
         will=(topics.status(config.device_id), status_payload(config.device_id, False)),
         reconnect_max=config.cloud.reconnect_max,
+        tls=_cloud_tls(config),
     )
 
     async def report() -> bytes:
@@ -274,6 +283,7 @@ async def _run(
                     store_path=config.data_dir / "desired.json",
                     pipeline=pipeline,
                     on_change=uplink.report_soon if uplink is not None else lambda: None,
+                    admit_tags=config.admits_tags,
                 )
                 await state.reconciler.load_stored()
             else:

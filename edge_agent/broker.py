@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -266,6 +267,15 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def client_tls(ca: str, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """TLS that verifies the broker against ``ca`` and, with ``cert``/``key``, identifies this client."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
 class CloudBroker:
     """Cloud-broker session with aiomqtt: reconnects with capped, jittered exponential backoff."""
 
@@ -280,6 +290,7 @@ class CloudBroker:
         keepalive: int = 30,
         will: tuple[str, bytes] | None = None,
         reconnect_max: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._kwargs: dict[str, Any] = {
@@ -291,6 +302,8 @@ class CloudBroker:
         }
         if will is not None:
             self._kwargs["will"] = aiomqtt.Will(will[0], will[1], qos=1, retain=True)
+        if tls is not None:
+            self._kwargs["tls_context"] = tls
         self._reconnect_max = reconnect_max
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()

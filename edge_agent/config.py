@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from edge_agent.errors import ConfigError
 from edge_agent.metrics import parse_listen
-from edge_protocol.desired import load_public_key
+from edge_protocol.desired import is_pinned, load_public_key
 from edge_protocol.durations import Duration
 from edge_protocol.specs import NAME_PATTERN, HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import DEFAULT_PREFIX
@@ -46,6 +46,9 @@ class CloudConfig(_Section):
     prefix: str = DEFAULT_PREFIX
     username: str | None = None
     password: str | None = None
+    tls_ca: Path | None = Field(default=None, description="CA that signed the cloud broker's certificate: use TLS")
+    tls_cert: Path | None = Field(default=None, description="this device's certificate (TLS client auth)")
+    tls_key: Path | None = Field(default=None, description="this device's private key")
     keepalive: int = Field(default=30, ge=5)
     batch_records: int = Field(default=200, ge=1, le=10_000)
     max_unacked: int = Field(default=2000, ge=1)
@@ -117,6 +120,11 @@ class AgentConfig(BaseSettings):
         default=None, description="managed mode: the hub's Ed25519 public key (PEM, or base64 of the raw 32 bytes)"
     )
     hub_public_key_file: Path | None = Field(default=None, description="managed mode: the key in a file")
+    admission: Literal["digest", "any"] | None = Field(
+        default=None,
+        description="digest: run only images named by digest (repo@sha256:...) or local image id (sha256:...); "
+        "default digest when managed, any in standalone mode (the operator names images in this file)",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> AgentConfig:
@@ -124,6 +132,12 @@ class AgentConfig(BaseSettings):
             raise ValueError("set hub_public_key or hub_public_key_file, not both")
         if self.managed and (self.handlers or self.subscriptions):
             raise ValueError("a managed agent (hub key set) gets handlers and subscriptions from the hub, not config")
+        if not self.admits_tags:
+            for handler in self.handlers:
+                if not is_pinned(handler.image):
+                    raise ValueError(f"handler {handler.name!r}: image {handler.image!r} is not named by digest")
+        if (self.cloud.tls_cert is None) != (self.cloud.tls_key is None):
+            raise ValueError("cloud.tls_cert and cloud.tls_key go together")
         if self.managed and not self.cloud.enabled:
             raise ValueError("a managed agent needs the cloud link (cloud.enabled = true)")
         names = [h.name for h in self.handlers]
@@ -152,6 +166,10 @@ class AgentConfig(BaseSettings):
     @property
     def managed(self) -> bool:
         return bool(self.hub_public_key or self.hub_public_key_file)
+
+    @property
+    def admits_tags(self) -> bool:
+        return (self.admission or ("digest" if self.managed else "any")) == "any"
 
     def public_key_text(self) -> str | None:
         if self.hub_public_key_file is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.pipeline import Pipeline
-from edge_protocol.desired import DesiredDocument, DesiredRefused, verify_document
+from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_document
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,14 @@ class Reconciler:
         store_path: Path,
         pipeline: Pipeline,
         on_change: Callable[[], None],
+        admit_tags: bool = False,
     ) -> None:
         self._device = device_id
         self._key = public_key
         self._path = store_path
         self._pipeline = pipeline
         self._on_change = on_change
+        self._admit_tags = admit_tags
         self._lock = asyncio.Lock()
         self.applied_version: int | None = None
         self.last_refusal: str | None = None
@@ -67,6 +69,7 @@ class Reconciler:
         async with self._lock:
             try:
                 document = verify_document(payload, self._key, self._device)
+                self._admit(document)
                 if self.applied_version is not None:
                     if document.version == self.applied_version:
                         return
@@ -88,6 +91,16 @@ class Reconciler:
         await self._pipeline.apply(document.handlers, document.subscriptions)
         await asyncio.to_thread(_write_atomically, self._path, payload)
         self.applied_version = document.version
+
+    def _admit(self, document: DesiredDocument) -> None:
+        """Only images named by content run: a tag could be moved to other code behind the hub's back."""
+        if self._admit_tags:
+            return
+        for handler in document.handlers:
+            if not is_pinned(handler.image):
+                raise DesiredRefused(
+                    "image-not-admitted", f"handler {handler.name}: {handler.image!r} is not named by digest"
+                )
 
     def _refuse(self, exc: DesiredRefused) -> None:
         self.refusals += 1

@@ -70,6 +70,13 @@ class DesiredRefused(ValueError):
         self.detail = detail
 
 
+def is_pinned(image: str) -> bool:
+    """True for an image named by content: a registry digest (``repo@sha256:<64 hex>``) or a local image id."""
+    ref = image.rsplit("@", 1)[1] if "@" in image else image
+    digest = ref.removeprefix("sha256:")
+    return ref.startswith("sha256:") and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+
+
 def key_id(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]

@@ -102,7 +102,9 @@ async def test_hub_manages_three_agents_by_label(
                     resp = await http.put(f"/v1/devices/{dev}/labels", json={"set": {"site": site}})
                     assert resp.status_code == 200, resp.text
 
-                resp = await http.post("/v1/handlers", json={"name": "temp-c", "image": "edgefleet/temp-c:dev"})
+                # Managed agents admit images by content only: a never-pushed image goes by its local id.
+                image = handler_images["edgefleet/temp-c:dev"]
+                resp = await http.post("/v1/handlers", json={"name": "temp-c", "image": image})
                 assert resp.status_code == 201, resp.text
                 sub = {"target": ["site=lab"], "spec": {
                     "name": "temps", "topic": topic, "handler": "temp-c", "window": {"size": "1s"},

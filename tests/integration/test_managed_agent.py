@@ -53,12 +53,15 @@ class Cloud:
         self._client.loop_stop()
 
 
-def _document(device: str, version: int, prefix: str, subscription: str) -> DesiredDocument:
+IMAGE = {"ref": ""}  # the local image id of edgefleet/temp-c:dev, set by the test
+
+
+def _document(device: str, version: int, prefix: str, subscription: str, image: str | None = None) -> DesiredDocument:
     return DesiredDocument(
         device=device,
         version=version,
         issued_at=time.time(),
-        handlers=[{"name": "temp-c", "image": "edgefleet/temp-c:dev"}],
+        handlers=[{"name": "temp-c", "image": image or IMAGE["ref"]}],
         subscriptions=[{
             "name": subscription, "topic": f"{prefix}/sensors/+/temperature", "handler": "temp-c",
             "window": {"size": "1s"},
@@ -76,6 +79,7 @@ async def test_managed_agent_applies_refuses_and_survives_restart_without_cloud(
     tmp_path: Path,
 ) -> None:
     hub_key, rogue_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    IMAGE["ref"] = handler_images["edgefleet/temp-c:dev"]  # a never-pushed image is admitted by its local id
     cloud_broker = fresh_broker()
     topics = Topics(topic_prefix)
     cloud = Cloud(cloud_broker, topics, device_id)
@@ -108,6 +112,8 @@ async def test_managed_agent_applies_refuses_and_survives_restart_without_cloud(
             replay = sign_document(_document(device_id, 1, topic_prefix, "old"), hub_key)
             refusals.append((replay.model_dump_json().encode(), "stale-version"))
             refusals.append((b'{"kind":"desired"}', "malformed"))
+            by_tag = sign_document(_document(device_id, 10, topic_prefix, "tag", "edgefleet/temp-c:dev"), hub_key)
+            refusals.append((by_tag.model_dump_json().encode(), "image-not-admitted"))
             for payload, reason in refusals:
                 before = state.reconciler.refusals if state.reconciler else 0
                 cloud.publish_desired(payload)
@@ -118,7 +124,8 @@ async def test_managed_agent_applies_refuses_and_survives_restart_without_cloud(
                 assert state.reconciler.last_refusal.startswith(reason)
                 assert list(state.dispatchers) == ["temps"]
                 assert state.reconciler.applied_version == 2
-            await wait_for(lambda: (r := cloud.last()) is not None and (r.last_refusal or "").startswith("malformed"),
+            await wait_for(lambda: (r := cloud.last()) is not None
+                           and (r.last_refusal or "").startswith("image-not-admitted"),
                            timeout=15, what="refusal reported to the hub")
             # The same version again (a retained message on reconnection) is a silent no-op.
             before = state.reconciler.refusals
