@@ -1,4 +1,4 @@
-"""Shared fixtures: real mosquitto brokers, the real Docker engine, unique names per test.
+"""Shared fixtures: real mosquitto brokers, the real Docker engine, an image registry, unique names per test.
 
 `--slow` enables tests marked `slow`. Docker fixtures fail (never skip) when no engine answers: CI has one.
 """
@@ -14,10 +14,20 @@ import pytest
 
 from tests.support.brokers import Mosquitto
 from tests.support.engine import (
+    HANDLER_IMAGES,
+    RELEASE_IMAGES,
     EngineUnavailableError,
     connect_engine,
     ensure_handler_images,
     remove_labelled,
+)
+from tests.support.registry import (
+    NO_SUCH_DIGEST,
+    RELEASE_REPOSITORY,
+    Registry,
+    push_releases,
+    remove_local_copies,
+    unreachable_port,
 )
 
 
@@ -82,6 +92,32 @@ def docker_client() -> Iterator[docker.DockerClient]:
 def handler_images(docker_client: docker.DockerClient) -> dict[str, str]:
     """Image name -> id of edgefleet/temp-c:dev and edgefleet/passthrough:dev, built when needed."""
     return ensure_handler_images(docker_client)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    """An image registry on a free loopback port shared by the whole run; isolate tests by repository name."""
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def release_images(docker_client: docker.DockerClient, registry: Registry) -> Iterator[dict[str, str]]:
+    """Version -> `127.0.0.1:PORT/temp-c@sha256:...` for temp-c 1.0, 1.1 (temp-c-v2), 1.2-exit and 1.2-errors.
+
+    Built when needed and pushed to `registry`; no local reference to them is left, so running one means pulling.
+    A test that pulls one and needs it gone again calls `remove_local_copies(docker_client, registry.host_port)`.
+    """
+    ensure_handler_images(docker_client, HANDLER_IMAGES + RELEASE_IMAGES)
+    yield push_releases(docker_client, registry)
+    remove_local_copies(docker_client, registry.host_port)
+
+
+@pytest.fixture
+def unreachable_registry_ref() -> Iterator[str]:
+    """A digest reference to a registry on a loopback port that refuses connections for the whole test."""
+    with unreachable_port() as port:
+        yield f"127.0.0.1:{port}/{RELEASE_REPOSITORY}@{NO_SUCH_DIGEST}"
 
 
 @pytest.fixture

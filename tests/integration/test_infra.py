@@ -116,7 +116,7 @@ def test_temp_c_container_answers_a_batch_like_the_agent_sees_it(
                 assert reply["kind"] == "error"
                 assert str(reply["error"]).startswith("ValueError: expected a number of degrees Fahrenheit")
             else:
-                assert reply == {"kind": "result", "id": i, "values": {"c": pytest.approx(i), "hot": i > 50}}
+                assert reply == {"kind": "result", "id": i, "values": {"c": pytest.approx(i), "hot": i > 50, "v": 1}}
         assert replies[100] == {"kind": "pong", "id": "p1"}
         assert not stderr, stderr.decode()
 

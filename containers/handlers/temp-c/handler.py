@@ -1,7 +1,8 @@
 """temp-c: converts Fahrenheit readings to Celsius and flags hot ones.
 
 Payload: a number of degrees Fahrenheit, or an object whose field "f" is one.
-Values: {"c": <Celsius>, "hot": <c > THRESHOLD_C>}; THRESHOLD_C comes from the environment (default 30).
+Values: {"c": <Celsius>, "hot": <c > THRESHOLD_C>, "v": VERSION}; THRESHOLD_C comes from the environment (default
+30). "v" names the release that made the value (temp-c-v2 is release 2), so rollout tests can tell them apart.
 Anything else raises ValueError, so the agent dead-letters the event with the reason.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from edge_handler import Event, run
 
 THRESHOLD_C = float(os.environ.get("THRESHOLD_C", "30"))
+VERSION = 1
 
 
 def fahrenheit(payload: Any) -> float:
@@ -29,7 +31,7 @@ def fahrenheit(payload: Any) -> float:
 
 def handle(event: Event) -> dict[str, Any]:
     celsius = (fahrenheit(event.payload) - 32.0) * 5.0 / 9.0
-    return {"c": celsius, "hot": celsius > THRESHOLD_C}
+    return {"c": celsius, "hot": celsius > THRESHOLD_C, "v": VERSION}
 
 
 if __name__ == "__main__":
