@@ -473,3 +473,83 @@ def temps_subscription(prefix: str, **extra: Any) -> dict[str, Any]:
 
 
 TEMP_C = {"name": "temp-c", "image": "edgefleet/temp-c:dev"}
+
+
+def scrape(url: str, sample: str, **labels: str) -> float | None:
+    """One sample of a Prometheus endpoint (e.g. the agent's ``[status] listen``); None when absent or down."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+class AckBlackhole:
+    """A TCP proxy in front of a broker whose client-to-broker direction the test can black-hole, then cut.
+
+    With the agent's side black-holed, the broker keeps delivering events and the agent keeps committing them,
+    but its PUBACKs never arrive: killing the agent then leaves committed events unacknowledged, which the broker
+    delivers again (DUP) to the next agent process. That is the window between commit and acknowledgement
+    where a crash makes duplicates, held open for as long as the test wants.
+    """
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self._target = (broker.host, broker.port)
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.blackholed = False
+        self.dropped_bytes = 0
+        self.port = 0
+
+    async def __aenter__(self) -> AckBlackhole:
+        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self.cut()
+        await self._server.wait_closed()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._conns |= {writer, up_writer}
+        for task in (self._pump(reader, up_writer, upstream=True), self._pump(up_reader, writer, upstream=False)):
+            t = asyncio.create_task(task, name="test.proxy.pump")
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if upstream and self.blackholed:
+                    self.dropped_bytes += len(data)
+                    continue
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def cut(self) -> None:
+        """Close every connection (both sides) now; new ones are accepted."""
+        for writer in list(self._conns):
+            writer.close()
+        self._conns.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
