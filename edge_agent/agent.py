@@ -308,10 +308,10 @@ async def _run(
             except TimeoutError:
                 log.warning("grace period over after %.1fs; unacknowledged events stay in the broker session",
                             time.monotonic() - started)
-            for task in side:
-                task.cancel()
             if uplink is not None:
                 await uplink.announce_offline()
+            for task in side:
+                task.cancel()
         finally:
             await pipeline.aclose()
             if metrics is not None:

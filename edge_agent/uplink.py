@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from edge_agent import __version__
 from edge_agent.broker import CloudBroker
-from edge_agent.errors import BrokerError
+from edge_agent.errors import BrokerError, OutboxError
 from edge_agent.outbox import Outbox
 from edge_protocol.aggregate import WindowResult
 from edge_protocol.messages import CLOUD_MESSAGE, Ack, AggregateBatch, SequencedResult, Status
@@ -111,10 +111,12 @@ class Uplink:
         self._report_now.set()
 
     async def announce_offline(self) -> None:
-        """Retained offline status on a clean shutdown (the MQTT will covers the unclean one)."""
-        with contextlib.suppress(BrokerError):
-            payload = status_payload(self._device, False)
-            await self._cloud.publish(self._topics.status(self._device), payload, retain=True)
+        """Retained offline status on a clean shutdown (the MQTT will covers the unclean one); a broker that
+        does not answer within 2 s must not hold up the shutdown."""
+        with contextlib.suppress(BrokerError, TimeoutError):
+            async with asyncio.timeout(2):
+                payload = status_payload(self._device, False)
+                await self._cloud.publish(self._topics.status(self._device), payload, retain=True)
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if self._on_desired is not None and topic == self._topics.desired(self._device):
@@ -130,7 +132,11 @@ class Uplink:
             self.invalid_messages += 1
             log.warning("ignored unexpected %s message on %s", msg.kind, topic)
             return
-        deleted = await self._outbox.delete(msg.ranges)
+        try:
+            deleted = await self._outbox.delete(msg.ranges)
+        except OutboxError as exc:
+            log.error("acked records not deleted (they will be sent again): %s", exc)
+            return
         self.acked += deleted
         for lo, hi in msg.ranges:
             if hi - lo < len(self._unacked):

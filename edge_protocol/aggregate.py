@@ -22,7 +22,7 @@ class FieldState(WireModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    count: int = Field(ge=1)
+    count: int = Field(ge=1, le=2**63 - 1)
     sum: float
     mean: float
     m2: float = Field(ge=0, description="sum of squared deviations from the mean")
@@ -160,7 +160,7 @@ class WindowResult(WireModel):
     group: str = ""
     window_start: float
     window_end: float
-    part: int = Field(default=0, ge=0)
-    events: int = Field(ge=0, description="handler results that fell in this window")
+    part: int = Field(default=0, ge=0, le=2**31)
+    events: int = Field(ge=0, le=2**63 - 1, description="handler results that fell in this window")
     fields: dict[str, FieldState] = Field(default_factory=dict)
     stats: list[str] = Field(default_factory=list, description="statistics the subscription asked for")

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, field_validator
 
 from edge_protocol import PROTOCOL_VERSION
 from edge_protocol.aggregate import WindowResult
 from edge_protocol.base import WireModel
 
+MAX_SEQ = 2**63 - 1
+"""Sequences are SQLite integers: anything larger is not a sequence we could have sent."""
+
 
 class SequencedResult(WireModel):
     """A window result with the agent's outbox sequence number."""
 
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=MAX_SEQ)
     result: WindowResult
 
 
@@ -34,7 +37,15 @@ class Ack(WireModel):
     kind: Literal["ack"] = "ack"
     v: int = PROTOCOL_VERSION
     device: str
-    ranges: list[tuple[int, int]] = Field(min_length=1)
+    ranges: list[tuple[int, int]] = Field(min_length=1, max_length=100_000)
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for lo, hi in value:
+            if not 1 <= lo <= hi <= MAX_SEQ:
+                raise ValueError(f"range ({lo}, {hi}) is not 1 <= lo <= hi <= 2**63-1")
+        return value
 
     def covers(self, seq: int) -> bool:
         return any(lo <= seq <= hi for lo, hi in self.ranges)

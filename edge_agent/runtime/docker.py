@@ -111,6 +111,7 @@ class DockerHandler(HandlerRuntime):
         self._gone = asyncio.Event()
         self._healthy = False
         self._closed = False
+        self._poisoned = False
         self._failures = 0
         self._pongs: dict[int, asyncio.Future[Any]] = {}
         self.restarts = 0
@@ -131,6 +132,7 @@ class DockerHandler(HandlerRuntime):
         self._container = container
         self._reader, self._writer = await asyncio.open_connection(sock=raw)
         self._gone = asyncio.Event()
+        self._poisoned = False
         self._read_task = asyncio.create_task(self._read_loop(), name=f"agent.handler-read[{self.name}]")
         try:
             await asyncio.to_thread(container.start)
@@ -167,6 +169,9 @@ class DockerHandler(HandlerRuntime):
         dup = raw.dup()
         dup.setblocking(False)
         sock_io.close()
+        # Close the SDK's descriptor now: left to garbage collection, the engine keeps the attach open and a
+        # later stop/remove of this container hangs until it is collected.
+        raw.close()
         return container, dup
 
     async def aclose(self) -> None:
@@ -278,6 +283,11 @@ class DockerHandler(HandlerRuntime):
                 reason = f"reply for unknown id {reply.id}"
             self._outcomes[slot] = Failure("handler-invalid-reply", reason)
             self._failures = 0
+            if not line:
+                # An overlong line: the container is still streaming it, and whatever it writes next cannot be
+                # trusted to be framed right. Replace it; the other waiting events go to the new container.
+                self._poisoned = True
+                self._gone.set()
             self._progress.set()
             return
         else:
@@ -309,12 +319,17 @@ class DockerHandler(HandlerRuntime):
         self._order = []
         parts = []
         for slot in todo:
-            eid = self._next_id
-            self._next_id += 1
-            self._pending[eid] = slot
-            self._order.append(eid)
             topic, payload, ts = events[slot]
-            parts.append(encode_event(eid, topic, payload, ts))
+            try:
+                line = encode_event(self._next_id, topic, payload, ts)
+            except TypeError as exc:
+                # orjson reads deeper nesting than it writes: such a payload cannot reach the handler.
+                self._outcomes[slot] = Failure("invalid-json", f"cannot be passed to the handler: {exc}")
+                continue
+            self._pending[self._next_id] = slot
+            self._order.append(self._next_id)
+            self._next_id += 1
+            parts.append(line)
         try:
             self._writer.write(b"".join(parts))
             await self._writer.drain()
@@ -324,6 +339,12 @@ class DockerHandler(HandlerRuntime):
         while self._pending:
             self._progress.clear()
             if self._gone.is_set():
+                if self._poisoned:
+                    self._poisoned = False
+                    self._healthy = False
+                    retry = [self._pending[i] for i in self._order if i in self._pending]
+                    self._pending.clear()
+                    return retry
                 return self._charge_oldest("handler-exited", "the handler's container exited")
             try:
                 async with asyncio.timeout(timeout):

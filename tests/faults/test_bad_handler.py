@@ -174,14 +174,6 @@ async def test_endless_line_is_rejected_and_memory_stays_bounded(
         assert hwm < RSS_LIMIT_KIB, f"agent peak RSS {hwm} KiB"
 
 
-@pytest.mark.xfail(
-    strict=False,  # the stall depends on when (if ever) the SDK's socket object is collected
-    reason="stall: DockerHandler._create_and_attach (edge_agent/runtime/docker.py) dups the attach socket and "
-    "calls sock_io.close(), which does not close the SDK's socket: the attach connection stays open until a GC "
-    "cycle collects it, so while a chatty container is replaced the engine blocks writing its output and "
-    "container.stop/remove in _discard() hang (10-40 s, or until the socket is collected; gc.collect() releases "
-    "them) while the subscription stalls; closing `raw` after the dup fixes it",
-)
 async def test_events_flow_again_soon_after_an_endless_line(
     device_broker: Mosquitto,
     docker_client: docker.DockerClient,

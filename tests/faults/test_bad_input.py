@@ -91,13 +91,6 @@ async def test_bad_input_is_dead_lettered_and_counted(
             assert not agent_task.done()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent crash: orjson.loads (Dispatcher._process) accepts nesting up to 1024, but encode_event's "
-    "orjson.dumps (edge_protocol/handler_io.py:65) refuses more than ~254 levels and raises TypeError in "
-    "DockerHandler._send_and_wait, which nothing catches: the dispatcher task fails and takes the agent down; "
-    "the event was never acknowledged, so it comes back after every restart (a poison message)",
-)
 @pytest.mark.parametrize("depth", [300, 1000])
 async def test_nesting_orjson_parses_but_cannot_encode_is_dead_lettered(
     device_broker: Mosquitto,

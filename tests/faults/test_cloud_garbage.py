@@ -117,13 +117,6 @@ async def test_garbage_on_the_agents_acks_topic(
         assert not hub_task.done()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent crash: Ack.ranges (edge_protocol/messages.py) are unbounded ints; Outbox._delete "
-    "(edge_agent/outbox.py) passes them to SQLite, which raises OverflowError (not sqlite3.Error, so "
-    "Outbox._run does not wrap it); nothing in Uplink._on_message / CloudBroker.run catches it and the "
-    "uplink's TaskGroup takes the agent down",
-)
 async def test_ack_with_sequences_beyond_64_bits_does_not_stop_the_agent(
     fresh_broker: Any,
     device_broker: Mosquitto,

@@ -19,13 +19,6 @@ pytestmark = pytest.mark.integration
 GRACE = 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge_agent/agent.py _run(): the uplink task is cancelled (not awaited) and then announce_offline() "
-    "publishes at QoS 1 through the aiomqtt client that task is tearing down; the PUBACK is never processed, "
-    "so the publish waits out its 10 s timeout (CloudBroker.publish) and every clean stop takes >10 s, "
-    "past the configured grace period",
-)
 async def test_sigterm_stops_an_idle_agent_within_its_grace_period(
     fresh_broker: Any,
     handler_images: dict[str, str],
