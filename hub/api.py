@@ -1,7 +1,9 @@
 """The hub's HTTP API (FastAPI). The CLI and, later, the web console use it; nothing else reads the store.
 
 ``/healthz`` and ``/metrics`` are open (for probes and scrapers; they reveal no fleet data); everything under
-``/v1`` needs ``Authorization: Bearer <token>`` when the hub has a token.
+``/v1`` needs ``Authorization: Bearer <token>``: a token stored with ``hub token create`` (production) or the
+config's ``[api] token`` (development). With neither, the API is open (``hub serve`` allows that on loopback
+only).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime, and the
@@ -23,11 +25,14 @@ from hub import __version__
 from hub import metrics as _metrics  # noqa: F401 - registers the hub's counters even before ingest runs
 from hub.api_catalog import catalog_router
 from hub.api_fleet import fleet_router, selector_of
-from hub.errors import Conflict, HubError, NotFound, StoreError, Unprocessable
+from hub.api_releases import releases_router
+from hub.errors import Conflict, HubError, NotFound, RegistryError, StoreError, Unprocessable
 from hub.publisher import DesiredPublisher
+from hub.registry import DigestResolver
 from hub.rollup import RollupError, rollup
 from hub.schemas import AggregateOut, parse_statistics, parse_time
 from hub.store import Store
+from hub.tokens import Tokens
 
 MAX_LIMIT = 10_000
 _STATUS: dict[type[HubError], int] = {NotFound: 404, Conflict: 409, Unprocessable: 422}
@@ -42,23 +47,31 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     desired: DesiredPublisher | None = None,
+    resolver: DigestResolver | None = None,
 ) -> FastAPI:
-    """The API over ``store``; with a ``token``, every /v1 endpoint requires it as a bearer token.
+    """The API over ``store``; every /v1 endpoint requires a bearer token, ``token`` or one of the store's,
+    unless there is none at all.
 
-    ``desired`` compiles and publishes desired state after changes; without it (no signing key) handler and
-    subscription changes are refused with 409."""
+    ``desired`` compiles and publishes desired state after changes; without it (no signing key) handler,
+    subscription and rollout changes are refused with 409. ``resolver`` resolves image tags to registry
+    digests (tests give it a fake transport)."""
+    resolver = resolver or DigestResolver()
     app = FastAPI(title="edgefleet hub", version=__version__)
-    bearer = HTTPBearer(auto_error=False, description="the hub's api.token")
+    bearer = HTTPBearer(auto_error=False, description="a token from `hub token create` (or the api.token)")
     expected = token.encode() if token else None
+    tokens = Tokens(store)
 
     async def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
-        if expected is None:
-            return
+        presented = credentials.credentials if credentials is not None else None
         # compare_digest: the time taken must not reveal how much of a guessed token was right.
-        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if presented is not None and expected is not None and hmac.compare_digest(presented.encode(), expected):
+            return
+        stored = await asyncio.to_thread(tokens.check, presented)
+        if stored or (stored is None and expected is None):
+            return
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     def to_time(value: str | None, name: str) -> float | None:
         if value is None:
@@ -71,6 +84,10 @@ def create_app(
     @app.exception_handler(StoreError)
     async def _store_unavailable(_request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": f"the store is unavailable: {exc.reason}"}, status_code=503)
+
+    @app.exception_handler(RegistryError)
+    async def _registry_failed(_request: Request, exc: RegistryError) -> JSONResponse:
+        return JSONResponse({"detail": f"registry: {exc}"}, status_code=502)
 
     @app.exception_handler(NotFound)
     @app.exception_handler(Conflict)
@@ -133,7 +150,8 @@ def create_app(
         return [AggregateOut.of(r.aggregate, stats=chosen, devices=r.devices) for r in rolled[:limit]]
 
     v1.include_router(fleet_router(store, desired))
-    v1.include_router(catalog_router(store, desired, clock))
+    v1.include_router(catalog_router(store, desired, clock, resolver))
+    v1.include_router(releases_router(store, desired, clock, resolver))
     app.include_router(v1)
     return app
 

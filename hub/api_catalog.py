@@ -9,9 +9,9 @@ are refused (409) rather than stored to no effect; reads work either way.
 
 import asyncio
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 
 from edge_protocol.specs import HandlerSpec
 from hub.catalog import Catalog
@@ -19,15 +19,20 @@ from hub.catalog_schemas import ChangeOut, HandlerOut, SubscriptionIn, Subscript
 from hub.errors import Conflict
 from hub.labels import Selector
 from hub.publisher import DesiredPublisher
+from hub.registry import DigestResolver, needs_resolution
+from hub.releases import check_version
 from hub.store import Store
 
+_Version = Annotated[str | None, Query(description="the release name of the handler's image (default: initial)")]
 NO_KEY = (
     "the hub has no signing key, so it cannot send desired state: set [signing] private_key in its config "
     "(`hub keys init` makes one) and restart it"
 )
 
 
-def catalog_router(store: Store, desired: DesiredPublisher | None, clock: Callable[[], float]) -> APIRouter:
+def catalog_router(
+    store: Store, desired: DesiredPublisher | None, clock: Callable[[], float], resolver: DigestResolver
+) -> APIRouter:
     router = APIRouter()
     catalog = Catalog(store, clock=clock)
 
@@ -50,9 +55,16 @@ def catalog_router(store: Store, desired: DesiredPublisher | None, clock: Callab
     async def get_handler(name: str) -> HandlerOut:
         return HandlerOut.of(await asyncio.to_thread(catalog.handler, name))
 
-    async def put_handler(spec: HandlerSpec, *, replace: bool) -> ChangeOut:
+    async def put_handler(spec: HandlerSpec, *, replace: bool, version: str | None) -> ChangeOut:
         publisher()
-        handler, previous = await asyncio.to_thread(catalog.put_handler, spec, replace=replace)
+        if version is not None:
+            try:
+                check_version(version)
+            except ValueError as exc:
+                raise HTTPException(422, f"version: {exc}") from exc
+        if needs_resolution(spec.image):  # a registry tag: devices are told the digest it names now
+            spec = spec.model_copy(update={"image": await resolver.resolve(spec.image)})
+        handler, previous = await asyncio.to_thread(catalog.put_handler, spec, replace=replace, version=version)
         selectors = []
         if previous is not None and handler.used_by:
             subs = await asyncio.to_thread(catalog.subscriptions)
@@ -61,15 +73,17 @@ def catalog_router(store: Store, desired: DesiredPublisher | None, clock: Callab
         return ChangeOut(action=action, handler=HandlerOut.of(handler), desired=await recompile(selectors))
 
     @router.post("/handlers", tags=["handlers"], status_code=201)
-    async def create_handler(spec: HandlerSpec) -> ChangeOut:
-        """Declare a handler (409 if the name is taken: PUT replaces)."""
-        return await put_handler(spec, replace=False)
+    async def create_handler(spec: HandlerSpec, version: _Version = None) -> ChangeOut:
+        """Declare a handler (409 if the name is taken: PUT replaces). Its image is its first release
+        (``initial`` unless ``version`` names it); a registry tag is resolved to its digest (502 if it cannot)."""
+        return await put_handler(spec, replace=False, version=version)
 
     @router.put("/handlers/{name}", tags=["handlers"])
-    async def replace_handler(name: str, spec: HandlerSpec) -> ChangeOut:
-        """Create or replace a handler; the devices running it get a new desired-state version."""
+    async def replace_handler(name: str, spec: HandlerSpec, version: _Version = None) -> ChangeOut:
+        """Create or replace a handler; the devices running it get a new desired-state version. A new image is
+        a new release, made stable at once (409 while a rollout of the handler is in progress)."""
         _same_name(name, spec.name)
-        return await put_handler(spec, replace=True)
+        return await put_handler(spec, replace=True, version=version)
 
     @router.delete("/handlers/{name}", tags=["handlers"])
     async def remove_handler(name: str) -> ChangeOut:

@@ -86,6 +86,8 @@ class Broker:
         self._state = _State.NEW
         self._tasks: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+        """Why the last connection attempt failed or ended (None before the first failure)."""
 
     @property
     def connected(self) -> bool:
@@ -186,6 +188,7 @@ class Broker:
             finally:
                 self._connected.clear()
                 self._client = None
+            self.last_error = reason
             delay = self._backoff.next_delay()
             log.warning("broker mqtt://%s:%d: %s; reconnecting in %.1fs", cfg.host, cfg.port, reason, delay)
             await asyncio.sleep(delay)

@@ -16,6 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
+from hub import releases
 from hub.errors import Conflict, NotFound, StoreConflict, Unprocessable
 from hub.labels import Selector
 from hub.store import Store
@@ -82,8 +83,13 @@ class Catalog:
                 raise NotFound(f"no handler named {name!r}")
             return _handler(row, _users(session).get(name, ()))
 
-    def put_handler(self, spec: HandlerSpec, *, replace: bool) -> tuple[ManagedHandler, ManagedHandler | None]:
-        """Create (or, with ``replace``, create or replace) a handler; returns it and what it replaced."""
+    def put_handler(
+        self, spec: HandlerSpec, *, replace: bool, version: str | None = None
+    ) -> tuple[ManagedHandler, ManagedHandler | None]:
+        """Create (or, with ``replace``, create or replace) a handler; returns it and what it replaced.
+
+        Its image becomes its stable release (``version``, ``initial`` for a new handler; a new image without a
+        version gets the next free name), in the same transaction."""
         try:
             with self._store.transaction("put handler") as session:
                 row = session.get(HandlerRow, spec.name, with_for_update=True)
@@ -96,6 +102,8 @@ class Catalog:
                     session.add(row)
                 row.spec = spec.model_dump(mode="json")
                 row.updated_at = self._clock()
+                session.flush()
+                releases.adopt_image(session, spec.name, spec.image, version, row.updated_at)
                 return _handler(row, users), previous
         except StoreConflict as exc:
             raise Conflict(f"handler {spec.name!r} was changed at the same time; try again ({exc.reason})") from exc

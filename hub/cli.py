@@ -19,6 +19,9 @@ from hub import cli_common, render, render_fleet
 from hub.cli_catalog import handlers_app, subscriptions_app
 from hub.cli_common import DEFAULT_URL, Api, AsJson, Token
 from hub.cli_keys import keys_app
+from hub.cli_provision import register as register_provisioning
+from hub.cli_rollouts import release_app, rollout_app
+from hub.cli_security import broker_app, ca_app, token_app
 from hub.client import HubClient
 from hub.config import HubConfig
 from hub.errors import ConfigError, HubError
@@ -33,6 +36,12 @@ app.add_typer(device_app, name="device")
 app.add_typer(handlers_app, name="handlers")
 app.add_typer(subscriptions_app, name="subscriptions")
 app.add_typer(keys_app, name="keys")
+app.add_typer(ca_app, name="ca")
+app.add_typer(broker_app, name="broker")
+app.add_typer(token_app, name="token")
+register_provisioning(device_app)
+app.add_typer(release_app, name="release")
+app.add_typer(rollout_app, name="rollout")
 
 T = TypeVar("T")
 

@@ -83,12 +83,15 @@ def handlers_add(
     env: Annotated[list[str] | None, typer.Option(help="K=V environment variable (repeatable)")] = None,
     event_timeout: Annotated[str | None, typer.Option(help="reply deadline per event (5s)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="events per write to the handler")] = None,
+    version: Annotated[str | None, typer.Option(help="release name of this image (default: initial)")] = None,
     replace: Replace = False,
     as_json: AsJson = False,
     api: Api = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Declare a handler: hub handlers add temp-c --image edgefleet/temp-c:1 --memory 64m."""
+    """Declare a handler: hub handlers add temp-c --image edgefleet/temp-c:1 --memory 64m.
+
+    The image is the handler's first release; a registry tag (host:port/repo:tag) is resolved to its digest."""
     environment = _environment(env)
     limits = _given(memory=memory, cpus=cpus, pids=pids)
     spec = _given(
@@ -103,7 +106,7 @@ def handlers_add(
         batch_size=batch_size,
     )
     with cli_common.client(api, token) as hub:
-        change = call(lambda: hub.put_handler(spec, replace=replace))
+        change = call(lambda: hub.put_handler(spec, replace=replace, version=version))
     _show_change(change, as_json)
 
 

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from hub.catalog_schemas import ChangeOut, DesiredOut, HandlerOut, SubscriptionOut
 from hub.errors import ClientError
+from hub.rollout_schemas import ReleaseOut, RolloutOut
 from hub.schemas import AggregateOut, DeviceDetailOut, DeviceOut
 
 DEFAULT_URL = "http://127.0.0.1:8780"
@@ -29,6 +30,10 @@ _HANDLER = TypeAdapter(HandlerOut)
 _SUBSCRIPTIONS = TypeAdapter(list[SubscriptionOut])
 _SUBSCRIPTION = TypeAdapter(SubscriptionOut)
 _CHANGE = TypeAdapter(ChangeOut)
+_RELEASES = TypeAdapter(list[ReleaseOut])
+_RELEASE = TypeAdapter(ReleaseOut)
+_ROLLOUTS = TypeAdapter(list[RolloutOut])
+_ROLLOUT = TypeAdapter(RolloutOut)
 
 
 class HubClient:
@@ -112,11 +117,14 @@ class HubClient:
     def handler(self, name: str) -> HandlerOut:
         return self._parse(_HANDLER, self._request("GET", f"/v1/handlers/{_seg(name)}", {}))
 
-    def put_handler(self, spec: dict[str, Any], *, replace: bool = False) -> ChangeOut:
-        """Create a handler from a HandlerSpec-shaped ``spec`` (the hub validates it), or replace one."""
+    def put_handler(self, spec: dict[str, Any], *, replace: bool = False, version: str | None = None) -> ChangeOut:
+        """Create a handler from a HandlerSpec-shaped ``spec`` (the hub validates it), or replace one; its image
+        is the release ``version`` (default: ``initial`` for a new handler)."""
+        params = {"version": version}
         if replace:
-            return self._parse(_CHANGE, self._request("PUT", f"/v1/handlers/{_seg(str(spec['name']))}", {}, spec))
-        return self._parse(_CHANGE, self._request("POST", "/v1/handlers", {}, spec))
+            path = f"/v1/handlers/{_seg(str(spec['name']))}"
+            return self._parse(_CHANGE, self._request("PUT", path, params, spec))
+        return self._parse(_CHANGE, self._request("POST", "/v1/handlers", params, spec))
 
     def remove_handler(self, name: str) -> ChangeOut:
         return self._parse(_CHANGE, self._request("DELETE", f"/v1/handlers/{_seg(name)}", {}))
@@ -137,6 +145,31 @@ class HubClient:
 
     def remove_subscription(self, name: str) -> ChangeOut:
         return self._parse(_CHANGE, self._request("DELETE", f"/v1/subscriptions/{_seg(name)}", {}))
+
+    def releases(self, handler: str) -> list[ReleaseOut]:
+        return self._parse(_RELEASES, self._request("GET", f"/v1/handlers/{_seg(handler)}/releases", {}))
+
+    def add_release(
+        self, handler: str, version: str, *, image: str | None = None, local_id: str | None = None
+    ) -> ReleaseOut:
+        """Record a release: ``image`` (a registry tag is resolved to its digest by the hub) or ``local_id``."""
+        body = {"version": version, "image": image, "local_id": local_id}
+        path = f"/v1/handlers/{_seg(handler)}/releases"
+        return self._parse(_RELEASE, self._request("POST", path, {}, {k: v for k, v in body.items() if v is not None}))
+
+    def rollouts(self, handler: str | None = None) -> list[RolloutOut]:
+        return self._parse(_ROLLOUTS, self._request("GET", "/v1/rollouts", {"handler": handler}))
+
+    def rollout(self, rollout_id: int) -> RolloutOut:
+        return self._parse(_ROLLOUT, self._request("GET", f"/v1/rollouts/{rollout_id}", {}))
+
+    def start_rollout(self, body: dict[str, Any]) -> RolloutOut:
+        """Start a rollout from a RolloutIn-shaped ``body`` (the hub validates it)."""
+        return self._parse(_ROLLOUT, self._request("POST", "/v1/rollouts", {}, body))
+
+    def control_rollout(self, rollout_id: int, command: str) -> RolloutOut:
+        """``pause``, ``resume``, ``abort`` or ``undo``."""
+        return self._parse(_ROLLOUT, self._request("POST", f"/v1/rollouts/{rollout_id}/{_seg(command)}", {}))
 
     def _request(self, method: str, path: str, params: dict[str, Any], body: Any = None) -> Any:
         query = {key: value for key, value in params.items() if value is not None}

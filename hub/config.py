@@ -80,6 +80,16 @@ class SigningConfig(_Section):
     )
 
 
+class ProvisioningConfig(_Section):
+    """``hub ca``, ``hub device provision|revoke``: where the CA lives and how devices reach the cloud broker."""
+
+    ca_dir: Path = Field(default=Path("./ca"), description="ca.key/ca.crt/crl.pem (hub ca init)")
+    broker_host: str = Field(default="127.0.0.1", description="the cloud broker's address as devices see it")
+    broker_port: int = Field(default=8883, ge=1, le=65535, description="TLS listener with client certificates")
+    password_port: int = Field(default=8884, ge=1, le=65535, description="TLS listener with passwords (--password)")
+    agent_data_dir: Path = Field(default=Path("/var/lib/edgefleet"), description="data_dir in the agent configs")
+
+
 class HubConfig(BaseSettings):
     """Everything ``hub serve`` needs. Build it with :meth:`load`."""
 
@@ -94,6 +104,7 @@ class HubConfig(BaseSettings):
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
     signing: SigningConfig = SigningConfig()
+    provisioning: ProvisioningConfig = ProvisioningConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -1,6 +1,7 @@
 """Desired state: compile each device's document from the catalog and its labels, version it, sign it.
 
-A device's document holds the subscriptions whose target matches its labels and the handlers they use. Its
+A device's document holds the subscriptions whose target matches its labels and the handlers they use, each
+with the image of the release the device is assigned (``hub.releases``; by default the stable one). Its
 version is a per-device integer in the ``desired`` table: a new version (previous + 1) only when the
 document's ``content_hash()`` changed, so recompiling is idempotent and the version never decreases, across
 restarts and replicas alike.
@@ -28,6 +29,7 @@ from edge_protocol.desired import DesiredDocument, key_id, sign_document
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from hub.catalog import Snapshot, read_snapshot
 from hub.errors import StoreConflict, StoreError
+from hub.releases import assigned_images
 from hub.store import Store
 from hub.tables import DesiredRow, DeviceRow
 
@@ -63,9 +65,10 @@ class DesiredRecord:
 
 
 def compile_content(
-    device: str, labels: Mapping[str, str], snapshot: Snapshot
+    device: str, labels: Mapping[str, str], snapshot: Snapshot, images: Mapping[str, str] | None = None
 ) -> tuple[list[HandlerSpec], list[SubscriptionSpec]]:
-    """The handlers and subscriptions for a device with ``labels``, sorted by name."""
+    """The handlers and subscriptions for a device with ``labels``, sorted by name; ``images`` (handler ->
+    image of the release the device is assigned) overrides the handler's stable image."""
     subscriptions = []
     for sub in snapshot.subscriptions:
         if not sub.target.matches(labels):
@@ -75,7 +78,10 @@ def compile_content(
             continue
         subscriptions.append(sub.spec)
     names = sorted({sub.handler for sub in subscriptions})
-    return [snapshot.handlers[name] for name in names], sorted(subscriptions, key=lambda s: s.name)
+    images = images or {}
+    handlers = [snapshot.handlers[name] for name in names]
+    handlers = [h.model_copy(update={"image": images[h.name]}) if h.name in images else h for h in handlers]
+    return handlers, sorted(subscriptions, key=lambda s: s.name)
 
 
 class DesiredStore:
@@ -113,13 +119,14 @@ class DesiredStore:
         rows = session.execute(select(DeviceRow.id, DeviceRow.labels).where(DeviceRow.id.in_(ids)))
         labels: dict[str, dict[str, str]] = {device: dict(row_labels or {}) for device, row_labels in rows}
         snapshot = read_snapshot(session)
+        assigned = assigned_images(session, ids)
         current = _current(session, ids)
         now = self._clock()
         out = []
         for device in ids:
             if device not in labels:
                 continue
-            handlers, subscriptions = compile_content(device, labels[device], snapshot)
+            handlers, subscriptions = compile_content(device, labels[device], snapshot, assigned.get(device))
             version, content_hash = current.get(device, (0, ""))
             candidate = DesiredDocument(
                 device=device, version=version + 1, issued_at=now, handlers=handlers, subscriptions=subscriptions

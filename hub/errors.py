@@ -8,6 +8,7 @@
     │   └── StoreConflict       a uniqueness or foreign-key constraint refused a write
     ├── BrokerError             the MQTT broker refused, timed out or is not connected (.topic when known)
     ├── ClientError             the hub API answered with an error or cannot be reached (.status when known)
+    ├── RegistryError           an image registry cannot be reached or has no such image (API: 502)
     ├── NotFound                a named handler, subscription, device or document does not exist (API: 404)
     ├── Conflict                the request contradicts the current state, e.g. a handler in use (API: 409)
     └── Unprocessable           the request is well-formed but refers to something invalid (API: 422)
@@ -60,6 +61,15 @@ class ClientError(HubError):
         self.details = list(details)
         """One line per problem when the API listed several (validation errors), else empty."""
         super().__init__(message)
+
+
+class RegistryError(HubError):
+    """An image registry could not resolve a reference: unreachable, unknown repository or tag, refused."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        self.reference = reference
+        self.reason = reason
+        super().__init__(f"{reference}: {reason}")
 
 
 class NotFound(HubError):

@@ -77,6 +77,11 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, chmod ``mode`` and rename it over ``path``."""
+    _write_atomically(path, data, mode)
+
+
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
     try:

@@ -62,13 +62,17 @@ class DesiredPublisher:
 
     async def changed(self, devices: Iterable[str] | None = None) -> list[DesiredVersion]:
         """Recompile ``devices`` (None: all) after a change; returns the versions made by this compile."""
+        return [r for r in await self.compile(devices) if r.changed]
+
+    async def compile(self, devices: Iterable[str] | None = None) -> list[DesiredVersion]:
+        """Recompile ``devices`` (None: all); every device's current version, made now or not."""
         results = await asyncio.to_thread(self.desired.recompile, None if devices is None else list(devices))
         made = [r for r in results if r.changed]
         if made:
             metrics.DESIRED_VERSIONS.inc(len(made))
             log.info("desired state: %s", ", ".join(f"{r.device} v{r.version}" for r in made))
             self._wake.set()
-        return made
+        return results
 
     async def targets_changed(self, selectors: Iterable[Selector]) -> list[DesiredVersion]:
         """Recompile the devices matching any of ``selectors`` (a subscription's old and new target)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ from hub.errors import HubError
 from hub.ingest import Ingest
 from hub.keys import load_signing_key
 from hub.publisher import DesiredPublisher
+from hub.rollout_controller import RolloutController
 from hub.store import Store
+from hub.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,20 @@ async def _announce_ready(server: _ApiServer, ingest: Ingest, ready: asyncio.Eve
         ready.set()
 
 
+async def _check_api_auth(config: HubConfig, store: Store, token: str | None) -> None:
+    # An API without any token is for development on one machine: refuse to offer it to the network.
+    if token is not None or await asyncio.to_thread(Tokens(store).check, None) is not None:
+        return
+    host = config.api.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise HubError(f"the API on {host} would be open to anyone: `hub token create NAME` first")
+    log.warning("the API is open: no stored token and no [api] token (`hub token create NAME` locks it)")
+
+
 async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run the hub until cancelled; ``ready`` is set once the API listens and ingest is subscribed."""
     topics = Topics(config.broker.prefix)
@@ -97,6 +114,7 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     key_path = config.signing.private_key
     key = load_signing_key(key_path) if key_path is not None else None
     async with Store(config.store.url) as store, Broker(config.broker) as broker:
+        await _check_api_auth(config, store, token)
         publisher = DesiredPublisher(DesiredStore(store, key), broker, topics) if key is not None else None
         sock = _bind(config.api.host, config.api.port)
         host, port = sock.getsockname()[:2]
@@ -126,5 +144,6 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
             tasks.create_task(ingest.run(), name="hub.ingest")
             if publisher is not None:
                 tasks.create_task(publisher.run(), name="hub.desired")
+                tasks.create_task(RolloutController(store, publisher).run(), name="hub.rollouts")
             tasks.create_task(_run_api(server, sock), name="hub.api")
             tasks.create_task(_announce_ready(server, ingest, ready, address), name="hub.ready")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Double, ForeignKey, Index, Integer, Text
+from sqlalchemy import JSON, Boolean, Double, ForeignKey, Index, Integer, Text, UniqueConstraint
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -103,3 +103,111 @@ class DesiredRow(Base):
     envelope: Mapped[str] = mapped_column(Text, doc="the SignedDesired JSON published on the desired topic")
     created_at: Mapped[float] = mapped_column(Double)
     published_at: Mapped[float | None] = mapped_column(Double, nullable=True, doc="None until the broker acked it")
+
+
+class ReleaseRow(Base):
+    """One release of a handler: a version name and the image it runs, by digest (or a local image id)."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    handler: Mapped[str] = mapped_column(Text, ForeignKey("handlers.name", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(Text)
+    image: Mapped[str] = mapped_column(Text, doc="repo@sha256:..., a local image id, or a local tag as given")
+    source: Mapped[str] = mapped_column(Text, doc="what the operator named: repo:tag, 'local', ...")
+    created_at: Mapped[float] = mapped_column(Double)
+
+    __table_args__ = (UniqueConstraint("handler", "version"),)
+
+
+class StableReleaseRow(Base):
+    """The release a handler's devices run unless assigned another; its image is also the handler spec's."""
+
+    __tablename__ = "stable_releases"
+
+    handler: Mapped[str] = mapped_column(Text, ForeignKey("handlers.name", ondelete="CASCADE"), primary_key=True)
+    release_id: Mapped[int] = mapped_column(Integer, ForeignKey("releases.id", ondelete="CASCADE"))
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class AssignmentRow(Base):
+    """A device pinned to a release of a handler other than (or regardless of) the stable one."""
+
+    __tablename__ = "release_assignments"
+
+    device: Mapped[str] = mapped_column(Text, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    handler: Mapped[str] = mapped_column(Text, ForeignKey("handlers.name", ondelete="CASCADE"), primary_key=True)
+    release_id: Mapped[int] = mapped_column(Integer, ForeignKey("releases.id", ondelete="CASCADE"))
+    assigned_at: Mapped[float] = mapped_column(Double)
+
+
+class RolloutRow(Base):
+    """A staged rollout of a release; ``row_version`` is the compare-and-set token of every transition."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    handler: Mapped[str] = mapped_column(Text, ForeignKey("handlers.name", ondelete="CASCADE"), index=True)
+    release_id: Mapped[int] = mapped_column(Integer, ForeignKey("releases.id", ondelete="CASCADE"))
+    previous_release_id: Mapped[int] = mapped_column(Integer, ForeignKey("releases.id", ondelete="CASCADE"))
+    target: Mapped[list[str]] = mapped_column(_Json)
+    params: Mapped[dict[str, Any]] = mapped_column(_Json, doc="canary, batch, soak, limits, health_timeout")
+    steps: Mapped[list[list[str]]] = mapped_column(_Json, doc="device ids per step: the canary first, then batches")
+    state: Mapped[str] = mapped_column(Text, index=True)
+    step: Mapped[int] = mapped_column(Integer, doc="index of the current step")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    row_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+    finished_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class RolloutDeviceRow(Base):
+    """One device's progress in a rollout (step -1: a device outside the plan, held on its release)."""
+
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[int] = mapped_column(Integer, ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True)
+    device: Mapped[str] = mapped_column(Text, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text)
+    previous_release_id: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="None: followed stable")
+    desired_version: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="compiled after the last change")
+    change_seq: Mapped[int] = mapped_column(Integer, default=0, doc="bumped by every assignment change")
+    compile_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    assigned_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    healthy_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    soak_started_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    soak_processed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    soak_errors: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    soak_reports: Mapped[int] = mapped_column(Integer, default=0)
+    soak_seen_at: Mapped[float | None] = mapped_column(Double, nullable=True, doc="received_at of the last report")
+    max_lag_ms: Mapped[float | None] = mapped_column(Double, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class CredentialRow(Base):
+    """A credential issued to a device by ``hub device provision``: a certificate (serial, expiry) or a broker
+    password (whose hash only the broker's dynamic-security plugin keeps). ``revoked_at`` is set by revoke."""
+
+    __tablename__ = "device_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(Text, index=True)
+    kind: Mapped[str] = mapped_column(Text, doc="certificate or password")
+    serial: Mapped[str | None] = mapped_column(Text, unique=True, nullable=True, doc="certificate serial, hex")
+    not_after: Mapped[float | None] = mapped_column(Double, nullable=True, doc="certificate expiry")
+    issued_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class ApiTokenRow(Base):
+    """An API token: only the SHA-256 of the token is stored (``hub token create`` prints it once)."""
+
+    __tablename__ = "api_tokens"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    digest: Mapped[str] = mapped_column(Text, unique=True, doc="SHA-256 of the token, hex")
+    hint: Mapped[str] = mapped_column(Text, doc="the token's first characters, to tell tokens apart")
+    created_at: Mapped[float] = mapped_column(Double)

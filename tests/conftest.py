@@ -11,6 +11,7 @@ from typing import Any
 
 import docker
 import pytest
+from hypothesis import settings
 
 from tests.support.brokers import Mosquitto
 from tests.support.engine import (
@@ -29,6 +30,12 @@ from tests.support.registry import (
     remove_local_copies,
     unreachable_port,
 )
+from tests.support.secure_broker import SecureCloud
+
+# No per-example deadline: a loaded CI machine (2 cores, engine and brokers running) makes timing
+# flaky, and speed is measured by bench/, not by tests.
+settings.register_profile("edgefleet", deadline=None, print_blob=True)
+settings.load_profile("edgefleet")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -131,3 +138,14 @@ def device_id(request: pytest.FixtureRequest) -> Iterator[str]:
     # Only tests that reach the engine can have created containers; others must not need one.
     if "docker_client" in request.fixturenames:
         remove_labelled(request.getfixturevalue("docker_client"), device)
+
+
+@pytest.fixture(scope="module")
+def secure_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCloud]:
+    """A cloud broker secured with the hub's CA and dynamic-security plugin, for one test module.
+
+    Built with `hub keys init`, `hub ca init`, `hub ca server-cert` and `hub broker init-dynsec`; isolate
+    tests by device id (the prefix is the module's).
+    """
+    with SecureCloud(tmp_path_factory.mktemp("secure-cloud"), f"s{uuid.uuid4().hex[:8]}") as cloud:
+        yield cloud
