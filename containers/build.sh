@@ -32,7 +32,7 @@ for name in "${names[@]}"; do
     [[ -f "$src/Dockerfile" ]] || { log "no Dockerfile in $src"; exit 1; }
     ctx="$CTX_ROOT/$name"
     mkdir -p "$ctx"
-    cp -R "$src/." "$ctx/"
+    cp -RL "$src/." "$ctx/"  # -L: a handler may link to another one's code (temp-c-v2)
     cp "$HERE/sdk/edge_handler.py" "$ctx/"
     image="edgefleet/$name:dev"
     log "building $image"

@@ -1,8 +1,9 @@
 """temp-c: converts Fahrenheit readings to Celsius and flags hot ones.
 
 Payload: a number of degrees Fahrenheit, or an object whose field "f" is one.
-Values: {"c": <Celsius>, "hot": <c > THRESHOLD_C>, "v": VERSION}; THRESHOLD_C comes from the environment (default
-30). "v" names the release that made the value (temp-c-v2 is release 2), so rollout tests can tell them apart.
+Values: {"c": <Celsius>, "hot": <c > THRESHOLD_C>, "v": HANDLER_VERSION}, with THRESHOLD_C (default 30) and
+HANDLER_VERSION (default 1) from the environment. "v" names the release that made the value (temp-c-v2 sets 2),
+so rollout tests can tell the releases apart in the aggregates.
 Anything else raises ValueError, so the agent dead-letters the event with the reason.
 """
 
@@ -15,7 +16,8 @@ from typing import Any
 from edge_handler import Event, run
 
 THRESHOLD_C = float(os.environ.get("THRESHOLD_C", "30"))
-VERSION = 1
+# The release number in every result, so that a rollout shows in the aggregates (temp-c-v2 sets 2).
+VERSION = int(os.environ.get("HANDLER_VERSION", "1"))
 
 
 def fahrenheit(payload: Any) -> float:
