@@ -1,0 +1,134 @@
+"""``python -m bench [--quick] [--soak] [--profile]``: the agent's figures beside this machine's raw ceilings.
+
+Phases, each with fresh brokers and every process it starts stopped at its end:
+1. ceilings: bare paho (MQTT 5) and aiomqtt subscribers on a burst from the C publisher, the latency probe
+   without the agent, the container JSON-lines echo;
+2. one agent process (passthrough + echo handlers, 1 s windows): RSS idle; throughput at QoS 0 and 1, each
+   run paired with a bare paho (MQTT 3.1.1) run right before it, best of 2 (1 in --quick); latency at 1,000
+   and 5,000 events/s; RSS under that load; with --soak 10 minutes at 5,000/s; with --profile py-spy runs;
+3. a second agent with a cloud broker and 10 s windows: upstream bytes over raw event bytes.
+Prints the table and writes ``bench/results/latest.json`` (every run, the machine's other load beside each).
+Reports, never gates: the exit status is 0 unless the benchmark itself could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import report, upstream
+from bench.agentproc import remove_labelled
+from bench.procs import REPO, loadavg, machine_busy_seconds
+from bench.runner import FULL, QUICK, RESULTS, console, phase, run_agent, run_ceilings
+
+PRIVATE_SOCKET = "/run/edgefleet/docker.sock"
+
+
+def docker_client() -> Any:
+    import docker
+
+    if not os.environ.get("DOCKER_HOST") and Path(PRIVATE_SOCKET).is_socket():
+        os.environ["DOCKER_HOST"] = f"unix://{PRIVATE_SOCKET}"
+    client = docker.from_env(timeout=60)
+    client.ping()
+    subprocess.run(
+        [str(REPO / "containers" / "build.sh"), "passthrough", "echo"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=600,
+    )
+    return client
+
+
+def meta(args: argparse.Namespace) -> dict[str, Any]:
+    def out(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=10, cwd=REPO).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    import paho.mqtt
+
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "mode": "quick" if args.quick else "full",
+        "commit": out(["git", "rev-parse", "--short", "HEAD"]),
+        "dirty": bool(out(["git", "status", "--porcelain", "--", "edge_agent", "edge_protocol"])),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "paho_mqtt": paho.mqtt.__version__,
+        "mosquitto": out(["mosquitto_pub", "--help"]).splitlines()[1:2],
+        "loadavg_before": loadavg(),
+        "background_busy_cores_before": background_busy(),
+    }
+
+
+def background_busy(seconds: float = 2.0) -> float:
+    """Cores kept busy by other work while the benchmark itself does nothing (a shared machine's noise)."""
+    busy0 = machine_busy_seconds()
+    time.sleep(seconds)
+    return round((machine_busy_seconds() - busy0) / seconds, 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small version (about 1-2 minutes), for CI")
+    parser.add_argument("--soak", action="store_true", help="also a 10-minute soak at 5,000 events/s")
+    parser.add_argument("--profile", action="store_true", help="py-spy the agent during extra bursts")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    device_id = f"bench-{uuid.uuid4().hex[:8]}"
+    results: dict[str, Any] = {"meta": meta(args), "device_id": device_id}
+    started = time.monotonic()
+    client = None
+    try:
+        try:
+            client = docker_client()
+        except Exception as exc:
+            console.log(f'[red]no Docker engine ({exc}); run `eval "$(scripts/engine.sh start)"`[/]')
+            results["docker_error"] = str(exc)
+        run_ceilings(results, plan, client, device_id)
+        if client is not None:
+            phase(results, "agent", "agent phases", lambda: run_agent(results, plan, client, device_id, args))
+            phase(
+                results,
+                "upstream",
+                "upstream reduction",
+                lambda: upstream.upstream(client, f"{device_id}-up", plan.upstream_seconds),
+            )
+    finally:
+        if client is not None:
+            for dev in (device_id, f"{device_id}-up"):
+                remove_labelled(client, dev)
+        results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+        results["meta"]["loadavg_after"] = loadavg()
+        results["meta"]["background_busy_cores_after"] = background_busy()
+        rows = report.build_rows(results)
+        report.write_json(results, rows, args.output)
+    title = (
+        f"edgefleet bench ({results['meta']['mode']}, {results['meta']['seconds']:.0f} s, commit "
+        f"{results['meta']['commit']}; other load before/after: "
+        f"{results['meta']['background_busy_cores_before']:.2f}/{results['meta']['background_busy_cores_after']:.2f}"
+        f" of {results['meta']['cpus']} cores)"
+    )
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=170)  # CI logs and pipes: keep one row per line
+    report.render(rows, title, out)
+    report.render_profiles(results, out)
+    console.log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The agent under test as its own process (``edge-agent run``), so its CPU time and RSS are its alone.
+
+Progress comes from the agent's outbox, read-only: every batch the agent processes ends in one SQLite
+transaction that adds the windows it closed and replaces the checkpoint of its open windows, so the ``events``
+of a subscription's records plus those of its checkpointed open windows is exactly the number of events the
+agent has processed and made durable, consistent in one read transaction and at most one batch behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from bench.procs import VENV_BIN, cpu_seconds
+
+LABEL_DEVICE = "edgefleet.device"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML for {type(value).__name__}")
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    """Enough TOML for an agent config: scalars, tables, arrays of tables (inline tables below them)."""
+    head = [f"{k} = {_toml_value(v)}" for k, v in config.items() if not isinstance(v, dict | list)]
+    body: list[str] = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            body += ["", f"[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items())]
+        elif isinstance(value, list):
+            for item in value:
+                body += ["", f"[[{key}]]", *(f"{k} = {_toml_value(v)}" for k, v in item.items())]
+    return "\n".join(head + body) + "\n"
+
+
+class AgentProcess:
+    """``edge-agent run --config FILE`` with a generated config; ``stop()`` also removes its containers."""
+
+    def __init__(self, config: dict[str, Any], *, docker_client: docker.DockerClient) -> None:
+        self.config = config
+        self.device_id = str(config["device_id"])
+        self.data_dir = Path(config["data_dir"])
+        self.outbox = self.data_dir / "outbox.sqlite"
+        self.log_path = self.data_dir / "agent.log"
+        self._docker = docker_client
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Start and return once the agent says it is running (handlers started, broker connected)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "agent.toml"
+        path.write_text(to_toml(self.config))
+        started = time.monotonic()
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [str(VENV_BIN / "edge-agent"), "run", "--config", str(path), "--log-level", "INFO"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=os.environ.copy(),
+            )
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if f"agent {self.device_id} running" in self.log_path.read_text(errors="replace"):
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise TimeoutError(f"agent not running after {timeout:g}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def handler_pids(self) -> dict[str, int]:
+        """Handler name -> host pid of its container's main process."""
+        out: dict[str, int] = {}
+        for c in self._docker.containers.list(filters={"label": f"{LABEL_DEVICE}={self.device_id}"}):
+            out[c.labels.get("edgefleet.handler", c.name)] = int(c.attrs["State"]["Pid"])
+        return out
+
+    # -- progress from the outbox ------------------------------------------------------------------------
+    def processed(self, subscription: str) -> int:
+        """Events of ``subscription`` durably processed so far (closed windows + checkpointed open ones)."""
+        if self._db is None:
+            self._db = sqlite3.connect(f"file:{self.outbox}?mode=ro", uri=True, isolation_level=None)
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            closed = db.execute(
+                "SELECT COALESCE(SUM(json_extract(CAST(body AS TEXT), '$.events')), 0) FROM records "
+                "WHERE subscription = ?",
+                (subscription,),
+            ).fetchone()[0]
+            row = db.execute("SELECT state FROM checkpoints WHERE subscription = ?", (subscription,)).fetchone()
+        finally:
+            db.execute("COMMIT")
+        open_events = 0
+        if row is not None:
+            state = json.loads(row[0])
+            open_events = sum(int(w["events"]) for w in state.get("windows", []) + state.get("sessions", []))
+        return int(closed) + open_events
+
+    def wait_processed(self, subscription: str, target: int, timeout: float, poll: float = 0.05) -> float | None:
+        """Wall-clock time at which ``processed`` reached ``target``, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processed(subscription) >= target:
+                return time.time()
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
+            time.sleep(poll)
+        return None
+
+    # -- teardown ------------------------------------------------------------------------------------------
+    def stop(self, timeout: float = 20.0) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        remove_labelled(self._docker, self.device_id)
+
+    def __enter__(self) -> AgentProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def remove_labelled(client: docker.DockerClient, device_id: str) -> int:
+    """Force-remove every container labelled edgefleet.device=<device_id>."""
+    containers = client.containers.list(all=True, filters={"label": f"{LABEL_DEVICE}={device_id}"})
+    for container in containers:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.remove(force=True)
+    return len(containers)
+
+
+class DeadLetters:
+    """Counts the agent's dead letters on the device broker (``edgefleet/deadletter/#``) by reason."""
+
+    def __init__(self, host: str, port: int, topic: str = "edgefleet/deadletter/#") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.by_reason: dict[str, int] = {}
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self._client.on_message = self._on_message
+        self._client.on_connect = lambda c, *_a: c.subscribe(topic, 1)
+        self._client.connect(host, port)
+        self._client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            reason = str(json.loads(msg.payload).get("reason", "?"))
+        except ValueError:
+            reason = "?"
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,0 +1,157 @@
+"""Raw ceilings of this machine, measured in the same run as the agent: bare subscribers and the container pipe."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import docker
+
+from bench.procs import Helper, percentile, publish_burst
+from edge_protocol.handler_io import encode_event
+from edge_protocol.specs import HandlerSpec
+from tests.support.brokers import Mosquitto
+
+_HEADER = struct.Struct(">BxxxI")
+
+
+def bare_subscriber(lib: str, qos: int, count: int, mqtt_version: int = 3) -> dict[str, Any]:
+    """A counting subscriber (own process) on a burst from the C publisher into a fresh mosquitto.
+
+    The rate runs from the publisher's start to the subscriber's last message, as for the agent.
+    """
+    topic = f"bench/ceiling/{lib}/q{qos}"
+    args = ["--lib", lib, "--mqtt", str(mqtt_version), "--qos", str(qos), "--count", str(count)]
+    with Mosquitto() as broker, Helper("sub", "--port", str(broker.port), "--topic", topic, *args) as sub:
+        ready = sub.read(timeout=15)
+        start, pub_end, nbytes = publish_burst(broker.host, broker.port, topic, count, qos)
+        done = sub.read(timeout=30 + count / 2000)
+    elapsed = done["last"] - start
+    return {
+        "events": count,
+        "seconds": round(elapsed, 3),
+        "rate": count / elapsed,
+        "cpu_per_event_us": (done["cpu"] - ready["cpu"]) / count * 1e6,
+        "publisher_rate": count / (pub_end - start),
+        "payload_bytes": nbytes,
+    }
+
+
+def _demux_lines(sock: socket.socket, want: int, stop: threading.Event) -> tuple[int, float]:
+    """Read the attach stream until ``want`` stdout lines arrived; (lines, time of the last)."""
+    buf = bytearray()
+    lines = 0
+    last = time.time()
+    while lines < want and not stop.is_set():
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+        pos = 0
+        while len(buf) - pos >= 8:
+            stream, size = _HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - 8 < size:
+                break
+            if stream == 1:
+                lines += buf.count(b"\n", pos + 8, pos + 8 + size)
+            pos += 8 + size
+        del buf[:pos]
+        last = time.time()
+    return lines, last
+
+
+def _hardened(device_id: str, image: str) -> dict[str, Any]:
+    """The hardening every handler gets (DESIGN.md sections 5 and 8), with a HandlerSpec's default limits.
+
+    Spelled out here rather than taken from the agent's runtime, whose signature moves with its features.
+    """
+    limits = HandlerSpec(name="ceiling", image=image).limits
+    return {
+        "image": image,
+        "name": f"edgefleet.{device_id}.ceiling",
+        "stdin_open": True,
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {"/tmp": f"size={limits.tmpfs_size},mode=1777"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "user": "65534:65534",
+        "pids_limit": limits.pids,
+        "mem_limit": limits.memory,
+        "memswap_limit": limits.memory,
+        "nano_cpus": int(limits.cpus * 1e9),
+        "labels": {"edgefleet.device": device_id, "edgefleet.handler": "ceiling"},
+    }
+
+
+def container_echo(client: docker.DockerClient, device_id: str, lines: int, batch: int = 500) -> dict[str, Any]:
+    """edgefleet/passthrough:dev, hardened as the agent runs it: JSON lines written and read back, pipelined."""
+    container = client.containers.create(**_hardened(device_id, "edgefleet/passthrough:dev"))
+    try:
+        attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        sock: socket.socket = getattr(attached, "_sock", attached)
+        container.start()
+        sock.settimeout(30)
+        events = [
+            encode_event(i, "bench/ceiling/t", {"seq": i, "temp": 18.0 + (i % 700) / 100}, time.time())
+            for i in range(lines)
+        ]
+        chunks = [b"".join(events[i : i + batch]) for i in range(0, lines, batch)]
+        # Warm up (the interpreter's start inside the container is not the pipe's speed).
+        sock.sendall(chunks[0])
+        stop = threading.Event()
+        _demux_lines(sock, min(batch, lines), stop)
+
+        def write() -> None:
+            for chunk in chunks:
+                sock.sendall(chunk)
+
+        writer = threading.Thread(target=write, name="bench.echo-writer", daemon=True)
+        start = time.time()
+        writer.start()
+        got, last = _demux_lines(sock, lines, stop)
+        writer.join(10)
+        elapsed = last - start
+        return {"lines": got, "seconds": round(elapsed, 3), "rate": got / elapsed, "batch": batch}
+    finally:
+        container.remove(force=True)
+
+
+def bare_latency(rate: float, seconds: float, warmup: float = 1.0) -> dict[str, Any]:
+    """The latency probe without the agent: paced publisher -> mosquitto -> timing subscriber (one hop)."""
+    total, skip = int(rate * seconds), int(rate * warmup)
+    with (
+        Mosquitto() as broker,
+        Helper(
+            "latsub", "--port", str(broker.port), "--topic", "bench/out/#", "--count", str(total), "--warmup", str(skip)
+        ) as sub,
+    ):
+        sub.read(timeout=15)
+        with Helper(
+            "pace",
+            "--port",
+            str(broker.port),
+            "--topic",
+            "bench/out/lat",
+            "--qos",
+            "1",
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+        ) as pub:
+            pub.read(timeout=15)
+            sent = pub.read(timeout=seconds * 3 + 30)
+        got = sub.read(timeout=30)
+    lat: list[float] = got["latencies_ms"]
+    return {
+        "rate": rate,
+        "sent": sent["sent"],
+        "received": got["received"],
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": max(lat, default=float("nan")),
+    }

@@ -1,0 +1,185 @@
+"""Helper processes (``python -m bench.clients KIND ...``), each printing JSON lines to its parent.
+
+Separate processes so that each one's CPU time is its own and none steals the benchmark's GIL:
+``sub``     a bare counting subscriber (paho-mqtt callback or aiomqtt async iterator) -> first/last/CPU;
+``pace``    a paced paho publisher (events carry their send time in ``t``) -> events and bytes sent;
+``latsub``  a subscriber that times each echoed event against its ``t`` -> latency percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+HOST = "127.0.0.1"
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def connect_props() -> Properties:
+    # Like the agent's intake: mosquitto otherwise holds back QoS 1 deliveries to MQTT 5 clients.
+    props = Properties(PacketTypes.CONNECT)
+    props.ReceiveMaximum = 65535
+    return props
+
+
+def paho_client(version: int = 5) -> mqtt.Client:
+    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if version == 5 else mqtt.MQTTv311)
+
+
+def connect_kwargs(version: int) -> dict[str, Any]:
+    return {"properties": connect_props()} if version == 5 else {}
+
+
+# -- bare subscribers ------------------------------------------------------------------------------------
+def sub_paho(args: argparse.Namespace) -> None:
+    state = {"n": 0, "first": 0.0}
+    client = paho_client(args.mqtt)
+
+    def on_message(_c: mqtt.Client, _u: Any, _msg: mqtt.MQTTMessage) -> None:
+        state["n"] += 1
+        if state["n"] == 1:
+            state["first"] = time.time()
+        if state["n"] == args.count:
+            emit(first=state["first"], last=time.time(), cpu=cpu(), count=state["n"])
+            client.disconnect()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: emit(ready=True, cpu=cpu())
+    client.on_connect = lambda c, *_a: c.subscribe(args.topic, args.qos)
+    client.connect(HOST, args.port, **connect_kwargs(args.mqtt))
+    client.loop_forever()
+
+
+async def _sub_aiomqtt(args: argparse.Namespace) -> None:
+    import aiomqtt
+
+    n, first = 0, 0.0
+    version = aiomqtt.ProtocolVersion.V5 if args.mqtt == 5 else aiomqtt.ProtocolVersion.V311
+    async with aiomqtt.Client(HOST, args.port, protocol=version, **connect_kwargs(args.mqtt)) as client:
+        await client.subscribe(args.topic, qos=args.qos)
+        emit(ready=True, cpu=cpu())
+        async for _message in client.messages:
+            n += 1
+            if n == 1:
+                first = time.time()
+            if n == args.count:
+                emit(first=first, last=time.time(), cpu=cpu(), count=n)
+                return
+
+
+# -- paced publisher -------------------------------------------------------------------------------------
+def pace(args: argparse.Namespace) -> None:
+    """Publish ``rate`` events/s for ``seconds``, each stamped with its send time.
+
+    One thread, no paho network thread: without one, ``publish()`` writes to the socket at once, and the
+    pacing wait is spent in ``client.loop()`` reading PUBACKs, so no GIL hand-off delays a send.
+    """
+    client = paho_client(3)
+    # 0 = no limit. With any limit, paho scans every unacknowledged message after each PUBACK
+    # (Client._update_inflight), which turns a short broker stall into a quadratic collapse at 5,000/s.
+    client.max_inflight_messages_set(0)
+    client.max_queued_messages_set(0)
+    client.connect(HOST, args.port)
+    while not client.is_connected():
+        client.loop(0.05)
+    while time.time() < args.at:
+        client.loop(min(0.05, max(0.0, args.at - time.time())))
+    sent = nbytes = 0
+    total = int(args.rate * args.seconds)
+    start = time.time()
+    emit(started=start)
+    while sent < total:
+        due = min(total, int((time.time() - start) * args.rate) + 1)
+        while sent < due:
+            body = b'{"seq":%d,"temp":%.2f,"t":%.6f}' % (sent, 18.0 + (sent % 700) / 100, time.time())
+            client.publish(args.topic, body, args.qos)
+            sent += 1
+            nbytes += len(body)
+        client.loop(max(0.0, start + sent / args.rate - time.time()))
+    end = time.time()
+    flush = time.monotonic() + 1.0  # the last PUBACKs
+    while time.monotonic() < flush:
+        client.loop(0.05)
+    client.disconnect()
+    emit(sent=sent, bytes=nbytes, start=start, end=end, cpu=cpu())
+
+
+# -- latency subscriber ----------------------------------------------------------------------------------
+def latsub(args: argparse.Namespace) -> None:
+    """Collect now - t for every echoed event with seq >= warmup until ``count`` arrived or ``idle`` s pass."""
+    lat: list[float] = []
+    state = {"n": 0, "last": time.monotonic()}
+    client = paho_client(3)
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        body = json.loads(msg.payload)
+        state["n"] += 1
+        state["last"] = time.monotonic()
+        if body["seq"] >= args.warmup:
+            lat.append(now - body["t"])
+
+    def on_subscribe(*_a: Any) -> None:
+        state["last"] = time.monotonic()
+        emit(ready=True)
+
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    client.on_connect = lambda c, *_a: c.subscribe(args.topic, 0)
+    client.connect(HOST, args.port)
+    while state["n"] < args.count and time.monotonic() - state["last"] < args.idle:
+        client.loop(0.05)
+    client.disconnect()
+    emit(received=state["n"], latencies_ms=[round(x * 1000, 3) for x in lat])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench.clients")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    s = sub.add_parser("sub")
+    s.add_argument("--lib", choices=["paho", "aiomqtt"], required=True)
+    s.add_argument("--mqtt", type=int, choices=[3, 5], default=3, help="protocol: 3.1.1 (both libraries' default) or 5")
+    p = sub.add_parser("pace")
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--at", type=float, default=0.0, help="epoch time to start at (default: once connected)")
+    lat = sub.add_parser("latsub")
+    lat.add_argument("--warmup", type=int, default=0, help="ignore events with a lower seq")
+    lat.add_argument("--idle", type=float, default=3.0)
+    for each in (s, p, lat):
+        each.add_argument("--port", type=int, required=True)
+        each.add_argument("--topic", required=True)
+        each.add_argument("--qos", type=int, default=0)
+    for each in (s, lat):
+        each.add_argument("--count", type=int, required=True)
+    args = parser.parse_args()
+    if args.kind == "sub":
+        if args.lib == "paho":
+            sub_paho(args)
+        else:
+            asyncio.run(_sub_aiomqtt(args))
+    elif args.kind == "pace":
+        pace(args)
+    else:
+        latsub(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Agent throughput: a burst from the C publisher through the agent, passthrough and 1 s windows into the outbox."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.agentproc import AgentProcess
+from bench.procs import RssSampler, cpu_seconds, memory_kib, publish_burst
+
+# One agent serves every phase on its device broker: one subscription per phase, so each phase counts from
+# its own zero in the outbox and the idle ones cost nothing.
+THROUGHPUT_TOPIC = "bench/q{qos}/t"
+LATENCY_TOPIC = "bench/in/lat"
+LATENCY_OUT = "bench/out/#"
+
+
+def agent_config(
+    device_id: str,
+    data_dir: Path,
+    local_port: int,
+    *,
+    cloud_port: int | None = None,
+    subscriptions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """An agent config (as TOML-able dict) with passthrough and echo handlers."""
+    if subscriptions is None:
+        subscriptions = [
+            {"name": "q0", "topic": "bench/q0/#", "handler": "pt", "qos": 0, "window": {"size": "1s"}},
+            {"name": "q1", "topic": "bench/q1/#", "handler": "pt", "qos": 1, "window": {"size": "1s"}},
+            {"name": "lat", "topic": "bench/in/#", "handler": "echo", "qos": 1, "window": {"size": "1s"}},
+        ]
+    return {
+        "device_id": device_id,
+        "data_dir": str(data_dir),
+        "grace_period": "5s",
+        "local_broker": {"port": local_port},
+        "cloud": {"port": cloud_port} if cloud_port else {"enabled": False},
+        "handlers": [
+            {"name": "pt", "image": "edgefleet/passthrough:dev"},
+            {"name": "echo", "image": "edgefleet/echo:dev"},
+        ],
+        "subscriptions": subscriptions,
+    }
+
+
+def _handler_cpu(pids: dict[str, int]) -> float:
+    total = 0.0
+    for pid in pids.values():
+        with contextlib.suppress(OSError):  # the container exited
+            total += cpu_seconds(pid)
+    return total
+
+
+def throughput(
+    agent: AgentProcess, host: str, port: int, qos: int, count: int, rss: RssSampler | None = None
+) -> dict[str, Any]:
+    """Events/s from the publisher's start until the agent has committed the last event's effect."""
+    subscription = f"q{qos}"
+    base = agent.processed(subscription)
+    handlers = {k: v for k, v in agent.handler_pids().items() if k == "pt"}
+    cpu0, hcpu0 = agent.cpu(), _handler_cpu(handlers)
+    sampler = rss or RssSampler(agent.pid)
+    with sampler if rss is None else contextlib.nullcontext():
+        start, pub_end, nbytes = publish_burst(host, port, THROUGHPUT_TOPIC.format(qos=qos), count, qos)
+        done = agent.wait_processed(subscription, base + count, timeout=60 + count / 1000)
+    cpu1, hcpu1 = agent.cpu(), _handler_cpu(handlers)
+    processed = agent.processed(subscription) - base
+    out: dict[str, Any] = {
+        "events": count,
+        "processed": processed,
+        "publisher_rate": count / (pub_end - start),
+        "cpu_per_event_us": (cpu1 - cpu0) / max(processed, 1) * 1e6,
+        "handler_cpu_per_event_us": (hcpu1 - hcpu0) / max(processed, 1) * 1e6,
+        "rss_max_kib": sampler.max_kib,
+        "hwm_kib": memory_kib(agent.pid)["VmHWM"],
+        "payload_bytes": nbytes,
+    }
+    if done is None:
+        out["error"] = f"only {processed} of {count} events processed before the timeout"
+        out["rate"] = processed / (time.time() - start)
+    else:
+        out["seconds"] = round(done - start, 3)
+        out["rate"] = count / (done - start)
+    return out

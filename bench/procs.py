@@ -1,0 +1,171 @@
+"""Process-level helpers: CPU time and memory from /proc, the chunked C publisher, helper subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+TICK = os.sysconf("SC_CLK_TCK")
+CHUNK = 50_000  # lines per mosquitto_pub: QoS 1 message ids wrap at 65,535 (DESIGN.md section 8)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (from /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of ``pid`` in KiB."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+@dataclass
+class RssSampler:
+    """Samples a process's VmRSS in a thread; ``max_kib`` is the highest sample seen."""
+
+    pid: int
+    interval: float = 0.2
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, name="bench.rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                self.samples.append((time.time(), memory_kib(self.pid)["VmRSS"]))
+            self._stop.wait(self.interval)
+
+    @property
+    def max_kib(self) -> int:
+        return max((kib for _, kib in self.samples), default=0)
+
+
+def payload(seq: int) -> bytes:
+    """A sensor-like event: ~30 bytes of JSON with two numeric fields."""
+    return b'{"seq":%d,"temp":%.2f}' % (seq, 18.0 + (seq % 700) / 100)
+
+
+def publish_burst(host: str, port: int, topic: str, count: int, qos: int) -> tuple[float, float, int]:
+    """Publish ``count`` events as fast as the C client can, in chunks; (start, end, payload bytes)."""
+    started = time.time()
+    sent = nbytes = 0
+    while sent < count:
+        n = min(CHUNK, count - sent)
+        body = b"".join(payload(sent + i) + b"\n" for i in range(n))
+        nbytes += len(body) - n
+        subprocess.run(
+            ["mosquitto_pub", "-h", host, "-p", str(port), "-t", topic, "-q", str(qos), "-l", "-M", "65535"],
+            input=body,
+            check=True,
+            timeout=300,
+        )
+        sent += n
+    return started, time.time(), nbytes
+
+
+class Helper:
+    """A ``python -m bench.clients ...`` subprocess that reports JSON lines on stdout."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.clients", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, name="bench.helper-out", daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        """The next JSON line; TimeoutError when none arrives in time (or the helper exited)."""
+        what = " ".join(map(str, self.proc.args[3:]))  # type: ignore[index]
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"helper {what} said nothing within {timeout:g}s") from None
+        if not line:
+            self._lines.put("")  # keep reporting the end to later reads
+            raise TimeoutError(f"helper {what} exited with {self.proc.wait()}")
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Helper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an unsorted list."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine was not ours to use: busy on every core, every process, plus VM steal time."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[list[float]]:
+    box = [time.monotonic()]
+    yield box
+    box.append(time.monotonic() - box[0])

@@ -1,0 +1,205 @@
+"""The table (figure, value, ceiling, ratio, target, pass/fail) and ``bench/results/latest.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class Row:
+    figure: str
+    value: str
+    ceiling: str = ""
+    ratio: str = ""
+    target: str = ""
+    ok: bool | None = None  # None: no target, or not measured
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _num(value: Any, fmt: str = "{:,.0f}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+def build_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    ceil = results.get("ceilings", {})
+    for key, label in (
+        ("paho", "bare paho (MQTT 3.1.1)"),
+        ("paho_v5", "bare paho (MQTT 5)"),
+        ("aiomqtt", "bare aiomqtt"),
+    ):
+        for qos in (0, 1):
+            r = ceil.get(f"{key}_q{qos}")
+            if r is not None:
+                value = f"{_num(r.get('rate'))} msg/s" if "rate" in r else f"error: {r.get('error')}"
+                rows.append(
+                    Row(
+                        f"ceiling: {label} QoS {qos}",
+                        value,
+                        ratio=f"{_num(r.get('cpu_per_event_us'), '{:.1f}')} µs CPU/msg",
+                    )
+                )
+    echo = ceil.get("container_echo")
+    if echo is not None:
+        rows.append(Row("ceiling: container JSON-lines echo", f"{_num(echo.get('rate'))} lines/s"))
+
+    for qos, target in ((0, 0.5), (1, 0.4)):
+        agent = _get(results, "pipeline", f"q{qos}")
+        bare = ceil.get(f"paho_q{qos}") or {}
+        if agent is None:
+            continue
+        if "rate" not in agent:
+            rows.append(Row(f"agent events/s QoS {qos}", f"error: {agent.get('error')}", target=f"≥{target:.0%}"))
+            continue
+        ratio = agent["rate"] / bare["rate"] if bare.get("rate") else None
+        rows.append(
+            Row(
+                f"agent events/s QoS {qos} (passthrough, 1 s windows, outbox)",
+                _num(agent["rate"]),
+                _num(bare.get("rate")),
+                _num(ratio, "{:.0%}"),
+                f"≥{target:.0%} of bare paho",
+                None if ratio is None else ratio >= target and "error" not in agent,
+            )
+        )
+        cpu_ratio = agent["cpu_per_event_us"] / bare["cpu_per_event_us"] if bare.get("cpu_per_event_us") else None
+        rows.append(
+            Row(
+                f"agent CPU per event QoS {qos}",
+                f"{agent['cpu_per_event_us']:.1f} µs",
+                f"{_num(bare.get('cpu_per_event_us'), '{:.1f}')} µs",
+                # Per core of CPU: a steadier comparison than events/s when other work shares the machine.
+                f"{cpu_ratio:.1f}x = {1 / cpu_ratio:.0%} of bare per core" if cpu_ratio else "n/a",
+                f"handler +{agent.get('handler_cpu_per_event_us', 0):.1f} µs",
+            )
+        )
+
+    for key, lat in (results.get("latency") or {}).items():
+        rate = int(key.split("_")[0])
+        if "p99_ms" not in lat:
+            rows.append(Row(f"latency {key}", f"error: {lat.get('error')}"))
+            continue
+        target = "p99 ≤ 10 ms" if rate == 5000 else ""
+        ok = (lat["p99_ms"] <= 10 and "error" not in lat) if rate == 5000 else None
+        floor = ceil.get(f"latency_{rate}") or {}
+        floor_text = (
+            f"{_num(floor.get('p50_ms'), '{:.2f}')} / {_num(floor.get('p99_ms'), '{:.2f}')} ms" if floor else ""
+        )
+        behind = "" if lat["achieved_rate"] >= 0.98 * rate else f", publisher only {lat['achieved_rate']:,.0f}/s"
+        rows.append(
+            Row(
+                f"latency publish→result @ {rate:,}/s (QoS {lat['qos']}) p50 / p99",
+                f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms",
+                floor_text,
+                f"max {lat['max_ms']:.0f} ms, agent {lat['agent_cpu_share']:.2f} core{behind}",
+                target=target,
+                ok=ok,
+            )
+        )
+
+    mem = results.get("memory", {})
+    if "idle" in mem:
+        rss = mem["idle"]["rss_mib"]
+        rows.append(Row("agent RSS idle", f"{rss:.1f} MiB", target="≤ 64 MiB", ok=rss <= 64))
+    if "load" in mem:
+        hwm = mem["load"]["hwm_mib"]
+        rows.append(
+            Row(
+                "agent RSS under load (VmHWM)",
+                f"{hwm:.1f} MiB",
+                ratio=f"sampled max {mem['load']['sampled_max_mib']:.1f}",
+                target="≤ 80 MiB",
+                ok=hwm <= 80,
+            )
+        )
+    if "soak" in mem:
+        soak = mem["soak"]
+        if "growth_pct" in soak:
+            trend = f"{soak['rss_1min_mib']:.1f}→{soak['rss_end_mib']:.1f} MiB"
+            if soak.get("behind_at_publish_end", 0) > soak["rate"]:
+                trend += f", agent {soak['behind_at_publish_end']:,} events behind at the end"
+            rows.append(
+                Row(
+                    f"agent RSS growth, {soak['seconds'] / 60:.0f} min soak @ {soak['rate']:,.0f}/s",
+                    f"{soak['growth_pct']:+.1f}%",
+                    ratio=trend,
+                    target="< 5%",
+                    ok=soak["growth_pct"] < 5,
+                )
+            )
+        else:
+            rows.append(Row("agent RSS soak", f"error: {soak.get('error')}"))
+
+    dead = _get(results, "agent", "dead_letters")
+    if dead is not None:
+        detail = ", ".join(f"{reason} {n:,}" for reason, n in sorted(dead.items())) or "none"
+        rows.append(Row("agent dead letters (all agent phases)", f"{sum(dead.values()):,}", ratio=detail))
+
+    up = results.get("upstream")
+    if up is not None:
+        if "ratio" in up:
+            rows.append(
+                Row(
+                    f"upstream bytes / raw event bytes ({up['window_s']} s windows @ {up['rate']:,.0f}/s)",
+                    f"{up['ratio']:.3%}",
+                    ratio=f"aggregates only {up['ratio_aggregates_only']:.3%}",
+                    target="≤ 1%",
+                    ok=up["ratio"] <= 0.01,
+                )
+            )
+        else:
+            rows.append(Row("upstream reduction", f"error: {up.get('error')}"))
+    return rows
+
+
+def render(rows: list[Row], title: str, console: Console | None = None) -> None:
+    table = Table(title=title)
+    for column in ("figure", "value", "ceiling", "ratio / detail", "target", "pass"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for row in rows:
+        verdict = "" if row.ok is None else "[green]pass[/]" if row.ok else "[red]FAIL[/]"
+        table.add_row(row.figure, row.value, row.ceiling, row.ratio, row.target, verdict)
+    (console or Console()).print(table)
+
+
+def write_json(results: dict[str, Any], rows: list[Row], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {**results, "table": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def render_profiles(results: dict[str, Any], console: Console, top: int = 8) -> None:
+    """The hottest functions of each ``--profile`` run (share of GIL-holding samples)."""
+    for name, prof in (results.get("profile") or {}).items():
+        if "inclusive" not in prof:
+            console.print(f"profile {name}: {prof.get('error')}")
+            continue
+        table = Table(title=f"agent profile {name}: {prof['samples']} GIL samples ({prof['file']})")
+        table.add_column("threads")
+        table.add_column("inclusive")
+        table.add_column("self")
+        threads = [f"{t.split(': ', 1)[-1]} {p}%" for t, p in prof["threads"]]
+        for i in range(top):
+            cells = [threads[i] if i < len(threads) else ""]
+            for key in ("inclusive", "self"):
+                rows = prof[key]
+                cells.append(f"{rows[i][1]:5.1f}% {rows[i][0]}" if i < len(rows) else "")
+            table.add_row(*cells)
+        console.print(table)
