@@ -26,7 +26,9 @@ CA_KEY, CA_CERT, SERVER_KEY, SERVER_CERT, CRL = "ca.key", "ca.crt", "server.key"
 CA_DAYS = 3650
 SERVER_DAYS = 825
 DEVICE_DAYS = 825
-CRL_DAYS = 30
+CRL_DAYS = 365
+"""The CRL's nextUpdate. Once it has passed, OpenSSL (so mosquitto) refuses *every* certificate (verified with
+2.0.11): rewrite it (`hub ca crl`) and reload the broker well before."""
 _BACKDATE = dt.timedelta(minutes=5)  # tolerate a device clock slightly behind the hub's
 
 

@@ -27,19 +27,31 @@ from hub.store import Store
 
 T = TypeVar("T")
 BROKER_TIMEOUT = 10.0
+BrokerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--broker/--no-broker",
+        help="tell the broker's dynamic-security plugin; --no-broker for static password/ACL files",
+    ),
+]
 
 
-def _with_provisioner(cfg: HubConfig, action: Callable[[Provisioner], Awaitable[T]]) -> T:
-    """Run ``action`` with a provisioner on the config's store, CA and broker; exit 1 with the reason on failure."""
+def _with_provisioner(cfg: HubConfig, action: Callable[[Provisioner], Awaitable[T]], *, broker: bool) -> T:
+    """Run ``action`` with a provisioner on the config's store, CA and (when ``broker``) broker; exit 1 with
+    the reason on failure."""
     ca = load_ca(cfg.provisioning.ca_dir)
     broker_cfg = cfg.broker.model_copy(update={"client_id": f"{cfg.broker.client_id}-admin-{secrets.token_hex(3)}"})
 
     async def main() -> T:
-        async with Store(cfg.store.url) as store, Broker(broker_cfg, backoff=Backoff(0.2, 1.0)) as broker:
+        if not broker:
+            async with Store(cfg.store.url) as store:
+                return await action(Provisioner(cfg, store, None, ca))
+        async with Store(cfg.store.url) as store, Broker(broker_cfg, backoff=Backoff(0.2, 1.0)) as connection:
             try:
-                return await action(Provisioner(cfg, store, Dynsec(broker, timeout=BROKER_TIMEOUT), ca))
+                return await action(Provisioner(cfg, store, Dynsec(connection, timeout=BROKER_TIMEOUT), ca))
             except DynsecError as exc:
-                why = f" (last error: {broker.last_error})" if broker.last_error and not broker.connected else ""
+                last = connection.last_error if not connection.connected else None
+                why = f" (last error: {last})" if last else ""
                 raise DynsecError(f"broker {broker_cfg.host}:{broker_cfg.port}: {exc}{why}") from exc
 
     try:
@@ -68,6 +80,7 @@ def provision(
     password: Annotated[
         bool, typer.Option("--password", help="a username/password instead of a certificate (no client-cert auth)")
     ] = False,
+    broker: BrokerOpt = True,
     config: ConfigOpt = None,
 ) -> None:
     """Issue a device's certificate (or password), grant it its own topics at the broker, register it with its
@@ -79,7 +92,7 @@ def provision(
     cfg = load_hub_config(config)
     where = out or Path(device_id)
     done = _with_provisioner(
-        cfg, lambda p: p.provision(device_id, to_set, where, install_dir.absolute(), password=password)
+        cfg, lambda p: p.provision(device_id, to_set, where, install_dir.absolute(), password=password), broker=broker
     )
     cred = done.credential
     what = f"certificate {cred.serial}" if cred.serial else "broker password"
@@ -91,14 +104,16 @@ def provision(
 
 def revoke(
     device_id: Annotated[str, typer.Argument(metavar="ID", help="the device")],
+    broker: BrokerOpt = True,
     config: ConfigOpt = None,
 ) -> None:
     """Cut a device off now: disable it at the broker (its connection drops), delete its rights, mark its
     credentials revoked and rewrite the CRL (then reload the broker with SIGHUP to refuse its certificate)."""
     cfg = load_hub_config(config)
-    done = _with_provisioner(cfg, lambda p: p.revoke(device_id))
+    done = _with_provisioner(cfg, lambda p: p.revoke(device_id), broker=broker)
     serials = [c.serial for c in done.credentials if c.serial]
-    typer.echo(f"revoked {device_id}: disabled at the broker; {len(done.credentials)} credential(s) marked revoked")
+    where = "disabled at the broker" if broker else "the broker was not told (--no-broker)"
+    typer.echo(f"revoked {device_id}: {where}; {len(done.credentials)} credential(s) marked revoked")
     if serials:
         typer.echo(f"CRL {done.crl} now lists {', '.join(serials)}: reload the broker (SIGHUP) to refuse it at TLS")
 

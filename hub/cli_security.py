@@ -16,7 +16,7 @@ import typer
 
 from edge_protocol.topics import Topics
 from hub import credentials, dynsec
-from hub.ca import CaError, CertificateAuthority
+from hub.ca import CRL_DAYS, CaError, CertificateAuthority
 from hub.cli_common import AsJson, fail
 from hub.config import HubConfig
 from hub.errors import ConfigError, HubError
@@ -94,7 +94,7 @@ def ca_crl(directory: DirOpt = None, config: ConfigOpt = None) -> None:
         path = ca.write_crl(listed)
     except (HubError, OSError) as exc:
         raise fail(f"hub: {exc}", 1) from None
-    typer.echo(f"{path}: {len(listed)} revoked certificate(s); reload the broker (SIGHUP) to apply it")
+    typer.echo(f"{path}: {len(listed)} revoked certificate(s), valid {CRL_DAYS} days; reload the broker (SIGHUP)")
 
 
 @broker_app.command("init-dynsec")

@@ -56,13 +56,14 @@ class Revoked:
 
 
 class Provisioner:
-    """Provision and revoke devices with the hub's config, store, CA and a dynsec connection."""
+    """Provision and revoke devices with the hub's config, store, CA and a dynsec connection (None: a broker
+    with static password and ACL files, which the operator edits)."""
 
     def __init__(
         self,
         config: HubConfig,
         store: Store,
-        dynsec: Dynsec,
+        dynsec: Dynsec | None,
         ca: CertificateAuthority,
         *,
         clock: Callable[[], float] = time.time,
@@ -101,7 +102,8 @@ class Provisioner:
 
         secret = secrets.token_urlsafe(24) if password else None
         issued = None if password else self._ca.issue_device(device_id)
-        await self._dynsec.run_checked(provision_commands(self._topics, device_id, secret))
+        if self._dynsec is not None:
+            await self._dynsec.run_checked(provision_commands(self._topics, device_id, secret))
         credential = Credential(
             device_id,
             PASSWORD if password else CERTIFICATE,
@@ -156,7 +158,7 @@ class Provisioner:
 
     async def revoke(self, device_id: str) -> Revoked:
         """Cut the device off at the broker now, mark its credentials revoked, rewrite the CRL."""
-        answers = await self._dynsec.run_checked(revoke_commands(device_id))
+        answers = await self._dynsec.run_checked(revoke_commands(device_id)) if self._dynsec is not None else []
         now = self._clock()
         revoked = await asyncio.to_thread(credentials.revoke, self._store, device_id, now)
         if not revoked and all(a.error is not None for a in answers):

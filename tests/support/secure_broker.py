@@ -46,7 +46,10 @@ class MqttProbe:
     """A paho MQTT 5 client that records the broker's answers; every wait has a deadline."""
 
     def __init__(self, client_id: str, *, tls: ssl.SSLContext | None = None) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        # No reconnection: what the broker did to this connection stays visible (and close() is quick).
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, reconnect_on_failure=False
+        )
         if tls is not None:
             self.client.tls_set_context(tls)
         self.connack: Any = None
@@ -177,8 +180,18 @@ class SecureCloud:
     def provision(self, device_id: str, *extra: str, out: Path | None = None) -> Path:
         """`hub device provision ID` into `out` (default root/devices/ID), installed in place; the directory."""
         out = out or self.root / "devices" / device_id
-        self.hub("device", "provision", device_id, "--out", str(out), "--install-dir", str(out),
-                 "--config", str(self.config_path), *extra)
+        self.hub(
+            "device",
+            "provision",
+            device_id,
+            "--out",
+            str(out),
+            "--install-dir",
+            str(out),
+            "--config",
+            str(self.config_path),
+            *extra,
+        )
         return out
 
     def revoke(self, device_id: str) -> Any:
@@ -186,7 +199,8 @@ class SecureCloud:
 
     def reload(self) -> None:
         """SIGHUP: mosquitto reloads its config, and with it the CRL."""
-        assert self.broker is not None and self.broker.pid is not None
+        assert self.broker is not None
+        assert self.broker.pid is not None
         os.kill(self.broker.pid, signal.SIGHUP)
         time.sleep(0.3)  # the reload is asynchronous; give the broker's loop a turn
 
