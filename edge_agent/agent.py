@@ -193,6 +193,7 @@ def _local_broker(config: AgentConfig) -> LocalBroker:
         keepalive=lb.keepalive,
         session_expiry=lb.session_expiry,
         receive_maximum=lb.receive_maximum,
+        protocol=lb.protocol,
     )
 
 

@@ -64,18 +64,29 @@ class LocalBroker:
         session_expiry: float = 86400.0,
         receive_maximum: int = 65535,
         max_buffered: int = 50_000,
+        protocol: str = "5",
     ) -> None:
         self._host, self._port, self._keepalive = host, port, keepalive
         self._subscriptions = list(subscriptions)
+        self._v5 = protocol == "5"
+        # MQTT 3.1.1 decodes each PUBLISH at half the CPU (paho builds a Properties object per MQTT 5 message);
+        # the session then lives until the broker's persistent_client_expiration, and the broker's
+        # max_inflight_messages (not our Receive Maximum) bounds what it sends us unacknowledged.
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else False,
+            manual_ack=True,
         )
         if username:
             self._client.username_pw_set(username, password)
-        self._connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        self._connect_props.SessionExpiryInterval = int(session_expiry)
-        # mosquitto sends a manual-ack client only Receive Maximum unacknowledged messages (default 20).
-        self._connect_props.ReceiveMaximum = receive_maximum
+        self._connect_props: Properties | None = None
+        if self._v5:
+            self._connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            self._connect_props.SessionExpiryInterval = int(session_expiry)
+            # mosquitto sends a manual-ack client only Receive Maximum unacknowledged messages (default 20).
+            self._connect_props.ReceiveMaximum = receive_maximum
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -104,9 +115,12 @@ class LocalBroker:
         self._wake = asyncio.Event()
         self._connected_async = asyncio.Event()
         try:
-            self._client.connect_async(
-                self._host, self._port, self._keepalive, clean_start=False, properties=self._connect_props
-            )
+            if self._v5:
+                self._client.connect_async(
+                    self._host, self._port, self._keepalive, clean_start=False, properties=self._connect_props
+                )
+            else:
+                self._client.connect_async(self._host, self._port, self._keepalive)
         except (OSError, ValueError) as exc:
             raise BrokerError(f"local broker {self._host}:{self._port}: {exc}") from exc
         self._client.loop_start()
@@ -129,12 +143,12 @@ class LocalBroker:
 
     # -- paho thread ---------------------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if reason.is_failure:
+        if getattr(reason, "is_failure", bool(reason)):
             log.error("local broker refused the connection: %s", reason)
             return
         self.connects += 1
         if self._subscriptions:
-            client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self._subscriptions])
+            client.subscribe(self._subscribe_args(self._subscriptions))
         self._connected.set()
         if self._loop is not None and self._connected_async is not None:
             self._loop.call_soon_threadsafe(self._connected_async.set)
@@ -214,12 +228,17 @@ class LocalBroker:
         self._subscriptions = sorted(new.items())
         if not self._connected.is_set():
             return  # on_connect subscribes to the current list
-        add = [(f, SubscribeOptions(qos=q)) for f, q in new.items() if old.get(f) != q]
+        add = self._subscribe_args([(f, q) for f, q in new.items() if old.get(f) != q])
         remove = [f for f in old if f not in new]
         if add:
             self._client.subscribe(add)
         if remove:
             self._client.unsubscribe(remove)
+
+    def _subscribe_args(self, filters: list[tuple[str, int]]) -> list[tuple[str, Any]]:
+        if self._v5:
+            return [(f, SubscribeOptions(qos=q)) for f, q in filters]
+        return list(filters)
 
     def ack(self, mid: int, qos: int = 1) -> None:
         """Acknowledge one QoS 1 event to the broker (its result is durable)."""

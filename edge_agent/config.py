@@ -37,6 +37,11 @@ class LocalBrokerConfig(_Section):
     keepalive: int = Field(default=30, ge=5)
     session_expiry: Duration = Field(default=86400.0, ge=0, description="how long the broker keeps our session")
     receive_maximum: int = Field(default=65535, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="3.1.1 halves paho's CPU per event; the broker's persistent_client_expiration and "
+        "max_inflight_messages then take the place of session_expiry and receive_maximum",
+    )
 
 
 class CloudConfig(_Section):

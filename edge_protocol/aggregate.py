@@ -9,6 +9,7 @@ values, up to floating-point rounding.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import ConfigDict, Field
 
@@ -119,6 +120,27 @@ class FieldAccumulator:
         if self.sketch is not None:
             self.sketch.add(value)
 
+    def dump(self) -> dict[str, Any]:
+        """The state as plain JSON-able data, for checkpoints (no model construction on the hot path)."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in _SCALARS}
+        if self.sketch is not None:
+            out["sketch"] = {"pos": self.sketch.pos, "neg": self.sketch.neg, "zero": self.sketch.zero}
+        return out
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> FieldAccumulator:
+        """Inverse of :meth:`dump`."""
+        acc = cls()
+        for name in _SCALARS:
+            setattr(acc, name, data[name])
+        sketch = data.get("sketch")
+        if sketch is not None:
+            acc.sketch = SketchAccumulator()
+            acc.sketch.pos = {int(k): v for k, v in sketch["pos"].items()}
+            acc.sketch.neg = {int(k): v for k, v in sketch["neg"].items()}
+            acc.sketch.zero = sketch["zero"]
+        return acc
+
     def freeze(self) -> FieldState:
         return FieldState(
             count=self.count,
@@ -142,6 +164,9 @@ class FieldAccumulator:
                 setattr(acc, name, getattr(state, name))
         acc.sketch = SketchAccumulator.thaw(state.sketch) if state.sketch is not None else None
         return acc
+
+
+_SCALARS = ("count", "sum", "mean", "m2", "min", "max", "first", "first_ts", "last", "last_ts")
 
 
 def window_id(

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_protocol.aggregate import FieldAccumulator, FieldState, WindowResult, window_id
+from edge_protocol.aggregate import FieldAccumulator, WindowResult, window_id
 from edge_protocol.specs import SubscriptionSpec, quantile_of
 
 
@@ -165,7 +165,7 @@ class WindowSet:
                 "start": w.start,
                 "end": w.end,
                 "events": w.events,
-                "fields": {n: a.freeze().model_dump() for n, a in w.fields.items()},
+                "fields": {n: a.dump() for n, a in w.fields.items()},
             }
 
         return {
@@ -187,7 +187,7 @@ class WindowSet:
         def load(item: dict[str, Any]) -> OpenWindow:
             w = OpenWindow(float(item["start"]), float(item["end"]), int(item["events"]), sketches=self._sketches)
             for name, state in item["fields"].items():
-                w.fields[name] = FieldAccumulator.thaw(FieldState.model_validate(state))
+                w.fields[name] = FieldAccumulator.load(state)
             return w
 
         for item in snapshot.get("windows", []):
