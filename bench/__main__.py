@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import report, upstream
+from bench import pipeline, report, upstream
 from bench.agentproc import remove_labelled
 from bench.procs import REPO, loadavg, machine_busy_seconds
 from bench.runner import FULL, QUICK, RESULTS, console, phase, run_agent, run_ceilings
@@ -61,6 +61,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "mode": "quick" if args.quick else "full",
+        "agent_protocol": args.agent_protocol,
         "commit": out(["git", "rev-parse", "--short", "HEAD"]),
         "dirty": bool(out(["git", "status", "--porcelain", "--", "edge_agent", "edge_protocol"])),
         "cpus": os.cpu_count(),
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", action="store_true", help="also a 10-minute soak at 5,000 events/s")
     parser.add_argument("--profile", action="store_true", help="py-spy the agent during extra bursts")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--agent-protocol", choices=["5", "3.1.1"], default="5",
+                        help="the agent's MQTT version toward the device broker ([local_broker] protocol)")
     args = parser.parse_args(argv)
+    pipeline.AGENT_PROTOCOL[0] = args.agent_protocol
     plan = QUICK if args.quick else FULL
     device_id = f"bench-{uuid.uuid4().hex[:8]}"
     results: dict[str, Any] = {"meta": meta(args), "device_id": device_id}

@@ -36,7 +36,7 @@ def agent_config(
         "device_id": device_id,
         "data_dir": str(data_dir),
         "grace_period": "5s",
-        "local_broker": {"port": local_port},
+        "local_broker": {"port": local_port, "protocol": AGENT_PROTOCOL[0]},
         "cloud": {"port": cloud_port} if cloud_port else {"enabled": False},
         "handlers": [
             {"name": "pt", "image": "edgefleet/passthrough:dev"},
@@ -44,6 +44,10 @@ def agent_config(
         ],
         "subscriptions": subscriptions,
     }
+
+
+AGENT_PROTOCOL = ["5"]
+"""The agent's MQTT version toward the device broker, set once by ``--agent-protocol``."""
 
 
 def _handler_cpu(pids: dict[str, int]) -> float:
