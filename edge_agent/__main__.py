@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, required=True)
+    status = sub.add_parser("status", help="show a running agent's handlers, subscriptions and outbox")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the agent's config (its [status] listen address)")
+    where.add_argument("--url", help="the status endpoint, e.g. http://127.0.0.1:9750")
+    status.add_argument("--json", action="store_true", help="the reported state as JSON")
     return parser
 
 
@@ -52,9 +57,30 @@ async def _run_until_signalled(config: object) -> None:
     await serve(config, stop=stop)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from edge_agent.config import load_config
+    from edge_agent.status_cli import show
+
+    if args.url:
+        return show(args.url, args.json)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"edge-agent: invalid config: {line}", file=sys.stderr)
+        return 2
+    if not config.status.listen:
+        print(f"edge-agent: {args.config} sets no [status] listen address", file=sys.stderr)
+        return 2
+    return show(f"http://{config.status.listen}", args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from edge_agent.config import load_config
+
+    if args.command == "status":
+        return _status(args)
 
     try:
         config = load_config(args.config)

@@ -24,12 +24,12 @@ from edge_agent.config import AgentConfig
 from edge_agent.dispatcher import Dispatcher
 from edge_agent.errors import OutboxError
 from edge_agent.intake import Intake
-from edge_agent.metrics import serve_metrics
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline, RuntimeFactory, intake_filters
 from edge_agent.reconciler import Reconciler
 from edge_agent.runtime.base import HandlerRuntime
 from edge_agent.runtime.pool import ReplicaPool
+from edge_agent.status import StatusServer
 from edge_agent.uplink import Uplink, status_payload
 from edge_protocol.desired import load_public_key
 from edge_protocol.messages import HandlerReport, Reported, SubscriptionReport
@@ -260,7 +260,9 @@ async def _run(
             if engine.collect is not None:
                 await engine.collect()
 
-    metrics = serve_metrics(state, config.status.listen) if config.status.listen else None
+    status = None
+    if config.status.listen:
+        status = StatusServer(state, config.device_id, config.status.listen, asyncio.get_running_loop())
     async with local, asyncio.TaskGroup() as tg:
         pipeline = state.pipeline = Pipeline(
             device_id=config.device_id,
@@ -315,5 +317,5 @@ async def _run(
                 task.cancel()
         finally:
             await pipeline.aclose()
-            if metrics is not None:
-                metrics.shutdown()
+            if status is not None:
+                status.shutdown()

@@ -136,6 +136,10 @@ class LocalBroker:
         await asyncio.to_thread(self._client.disconnect)
         await asyncio.to_thread(self._client.loop_stop)
 
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
     async def wait_connected(self) -> None:
         """Return once connected; callers bound the wait with ``asyncio.timeout``."""
         assert self._connected_async is not None

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a running agent, served on a loopback address only (``[status] listen``).
+"""Prometheus metrics of a running agent (served by :mod:`edge_agent.status` on a loopback address only).
 
 A custom collector reads the agent's counters when scraped, so the hot path pays nothing for metrics.
 """
@@ -10,8 +10,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import start_http_server
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -99,12 +98,3 @@ class AgentCollector(Collector):
             alarm.add_metric([name], 1.0)
         yield alarm
 
-
-def serve_metrics(state: AgentState, listen: str) -> Any:
-    """Start the endpoint in prometheus_client's own thread; returns the server (``shutdown()`` to stop)."""
-    host, port = parse_listen(listen)
-    registry = CollectorRegistry()
-    registry.register(AgentCollector(state))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    log.info("metrics on http://%s:%d/metrics", host, port)
-    return server

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import math
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -174,9 +176,19 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
             assert counters.processed == len(celsius)
             assert sum(counters.dead_lettered.values()) == malformed
             assert not agent_task.done(), "the agent must still be running"
-            async with httpx.AsyncClient() as scrape:
-                text = (await scrape.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}") as local:
+                text = (await local.get("/metrics")).text
+                health = await local.get("/healthz")
             assert f'edgefleet_agent_events_processed_total{{subscription="temps"}} {float(len(celsius))}' in text
             assert 'edgefleet_agent_handler_up{handler="temp-c"} 1.0' in text
+            assert health.status_code == 200, health.text
+            status = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "edge_agent", "status", "--url",
+                                 f"http://127.0.0.1:{metrics_port}", "--json"],
+                capture_output=True, text=True, timeout=30, check=True,
+            )
+            report = orjson.loads(status.stdout)
+            assert report["subscriptions"]["temps"]["processed"] == len(celsius)
+            assert report["handlers"][0]["state"] == "running"
     finally:
         deadletters.close()
