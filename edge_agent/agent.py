@@ -87,6 +87,9 @@ class AgentState:
                 lag_ms=runtime.stats.take_lag_ms(),
                 update_failed_image=self.update_errors.get(name, (None, None))[0],
                 update_error=self.update_errors.get(name, (None, None))[1],
+                replicas=len(getattr(runtime, "replicas", [runtime])),
+                arrival_rate=getattr(runtime, "arrival_rate", None),
+                capacity_per_replica=getattr(runtime, "capacity", None),
             )
             for name, runtime in self.runtimes.items()
         ]

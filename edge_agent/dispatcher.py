@@ -69,6 +69,7 @@ class Dispatcher:
         self._alarm = alarm or (lambda _name, _on: None)
         self._checkpoint_key = checkpoint_key or spec.name
         self._group = group_key(spec.group_by)
+        self._key = group_key([spec.key]) if spec.key else None
         self._queue: collections.deque[Incoming] = collections.deque()
         self._has_items = asyncio.Event()
         self._has_room = asyncio.Event()
@@ -183,7 +184,8 @@ class Dispatcher:
                 continue
             events.append((msg.topic, payload, self._event_time(payload, msg.arrived)))
             sources.append((msg, payload))
-        outcomes = await self.runtime.process(events) if events else []
+        keys = [self._key(t, p, {}) for t, p, _ in events] if self._key is not None else None
+        outcomes = await self.runtime.process(events, keys) if events else []
         for (msg, payload), (topic, _p, ts), outcome in zip(sources, events, outcomes, strict=True):
             self._apply(waits, msg, topic, payload, ts, outcome)
         closed = self.windows.close_due(self._watermark())

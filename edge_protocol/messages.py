@@ -84,6 +84,9 @@ class HandlerReport(WireModel):
     lag_ms: float | None = Field(default=None, ge=0)
     update_error: str | None = None
     update_failed_image: str | None = None
+    replicas: int = Field(default=1, ge=0, description="P: replicas running")
+    arrival_rate: float | None = Field(default=None, ge=0, description="E: events/s offered to the handler")
+    capacity_per_replica: float | None = Field(default=None, ge=0, description="m: events/s one replica handles")
 
 
 class SubscriptionReport(WireModel):

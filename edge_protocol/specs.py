@@ -47,8 +47,9 @@ class HandlerSpec(WireModel):
     limits: ResourceLimits = ResourceLimits()
     replicas: int = Field(default=1, ge=1, le=16, description="replicas always running")
     max_replicas: int | None = Field(
-        default=None, ge=1, le=16, description="scale up to this many when the replicas are busy (None: fixed)"
+        default=None, ge=1, le=16, description="up to this many by measured load, P = ceil(E / (m x utilisation))"
     )
+    target_utilization: float = Field(default=0.7, gt=0, le=1, description="the share of m a replica may use")
     network: Literal["none", "host"] = "none"
     env: dict[str, str] = Field(default_factory=dict)
     command: list[str] | None = None
@@ -110,8 +111,11 @@ class SubscriptionSpec(WireModel):
     )
     event_time_field: str | None = Field(default=None, description="payload field with epoch seconds; else arrival")
     lateness: Duration = Field(default=0.0, ge=0)
+    key: str | None = Field(
+        default=None, description="'topic[N]' or a payload field: events of one key stay in order across replicas"
+    )
     overflow: Literal["block", "drop-oldest"] = "block"
-    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    queue_size: int = Field(default=2_000, ge=1, le=1_000_000)
     qos: Literal[0, 1] = 1
 
     @field_validator("topic")

@@ -15,7 +15,8 @@ Wire protocol, one UTF-8 JSON object per line (docs: DESIGN.md section 4):
                     {"kind":"ping","id":N}
   handler -> agent  {"kind":"result","id":N,"values":{...},"publish":[{"topic":"...","payload":...}]}
                     {"kind":"error","id":N,"error":"<reason>"}  {"kind":"pong","id":N}
-"publish" is omitted when empty. A raising `handle`, a value that is not JSON (NaN included), a line that is
+"publish" is omitted when empty; a publish entry carries "qos" (0 or 1) and "retain" only when they differ from
+the defaults (0, false). A raising `handle`, a value that is not JSON (NaN included), a line that is
 not JSON or not a known kind all produce an error reply (id null when none can be read): one bad event never
 stops the handler. stderr is the handler's log; stdout belongs to the protocol, so never print() to it.
 One-time set-up (loading a model, reading env vars) simply goes at module level, before run().
@@ -30,6 +31,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,10 +54,16 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """A message the agent publishes on the device's local broker on the handler's behalf."""
+    """A message the agent publishes on the device's local broker on the handler's behalf.
+
+    ``qos=1`` makes the agent wait for the broker's PUBACK before it acknowledges the event that caused it;
+    ``retain=True`` leaves the message as the topic's last known value for later subscribers.
+    """
 
     topic: str
     payload: Any
+    qos: int = 0
+    retain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +93,20 @@ def _result(msg_id: Any, out: object) -> bytes:
         return _error(msg_id, f"handle returned {type(out).__name__}; expected dict, HandlerResult or None")
     reply: dict[str, Any] = {"kind": "result", "id": msg_id, "values": values}
     if publish:
-        reply["publish"] = [{"topic": p.topic, "payload": p.payload} for p in publish]
+        reply["publish"] = [_publish_entry(p) for p in publish]
     try:
         return (_encode(reply) + "\n").encode()
     except (TypeError, ValueError) as exc:
         return _error(msg_id, f"result is not JSON-serialisable: {type(exc).__name__}: {exc}")
+
+
+def _publish_entry(p: Publish) -> dict[str, Any]:
+    entry: dict[str, Any] = {"topic": p.topic, "payload": p.payload}
+    if p.qos:
+        entry["qos"] = p.qos
+    if p.retain:
+        entry["retain"] = True
+    return entry
 
 
 def _on_event(msg_id: Any, msg: dict[str, Any], handle: Handler) -> bytes:
@@ -139,7 +156,18 @@ def run(handle: Handler, *, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
                 continue
             *lines, rest = pending.split(b"\n")
             pending = bytearray(rest)
-            _write_all(stdout_fd, b"".join(_reply(line, handle) for line in lines if line.strip()))
+            # One write per chunk is what makes fast handlers fast; a slow one flushes every 50 ms as well, so
+            # the agent sees progress and its per-event timeout measures one event, not a whole batch.
+            out: list[bytes] = []
+            flushed = time.monotonic()
+            for line in lines:
+                if line.strip():
+                    out.append(_reply(line, handle))
+                    if time.monotonic() - flushed > 0.05:
+                        _write_all(stdout_fd, b"".join(out))
+                        out.clear()
+                        flushed = time.monotonic()
+            _write_all(stdout_fd, b"".join(out))
         if pending.strip():  # a last line without its newline still deserves an answer
             _write_all(stdout_fd, _reply(pending, handle))
     except BrokenPipeError:

@@ -51,8 +51,9 @@ class HandlerRuntime(abc.ABC):
         """Start (or adopt) the handler; raise HandlerStartError when it cannot run."""
 
     @abc.abstractmethod
-    async def process(self, events: list[EventTuple]) -> list[Outcome]:
-        """Outcomes in the order of ``events``."""
+    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
+        """Outcomes in the order of ``events``; ``keys`` (one per event) keep each key's events in order when
+        the runtime spreads a batch over replicas."""
 
     @abc.abstractmethod
     async def ping(self) -> bool:
@@ -86,7 +87,7 @@ class FunctionRuntime(HandlerRuntime):
     async def start(self) -> None:
         self._started = True
 
-    async def process(self, events: list[EventTuple]) -> list[Outcome]:
+    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
         out: list[Outcome] = []
         for i, (topic, payload, ts) in enumerate(events):
             self.calls += 1

@@ -297,7 +297,7 @@ class DockerHandler(HandlerRuntime):
         self._failures = 0
         self._progress.set()
 
-    async def process(self, events: list[EventTuple]) -> list[Outcome]:
+    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
         async with self._lock:
             self._outcomes = [None] * len(events)
             todo = list(range(len(events)))

@@ -1,10 +1,11 @@
-"""Replicas of one handler, sized by measured load.
+"""Replicas of one handler, as many as its measured capacity needs (E = m x P).
 
-A batch is split into contiguous parts, one per replica, processed concurrently and put back in order. The
-pool measures each replica's busy time; every ``scale_every`` seconds it adds a replica (up to
-``max_replicas``) when the replicas were busy more than ``scale_up_at`` of the time, and removes one (down to
-``replicas``) when they were busy less than ``scale_down_at``. Event order is kept within a batch's parts, not
-across replicas: a handler that keeps state across events should run one replica.
+Every ``scale_every`` seconds the pool measures the arrival rate E (events offered per second) and each
+replica's capacity m (events per busy second) and runs P = ceil(E / (m x target_utilization)) replicas within
+[replicas, max_replicas]. It grows at once and shrinks only after two evaluations in a row asked for fewer, so
+P does not flap. A batch is split across replicas -- by a hash of the subscription's key when it names one, so
+that events of one key stay in order on one replica, else in contiguous parts -- and the outcomes are put
+back in the batch's order.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable
 
 from edge_agent.runtime.base import EventTuple, HandlerRuntime, Outcome, RuntimeStats
@@ -30,8 +32,6 @@ class ReplicaPool(HandlerRuntime):
         make: Callable[[int], HandlerRuntime],
         *,
         scale_every: float = 10.0,
-        scale_up_at: float = 0.8,
-        scale_down_at: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = spec.name
@@ -40,12 +40,19 @@ class ReplicaPool(HandlerRuntime):
         self._make = make
         self._min = spec.replicas
         self._max = max(spec.max_replicas or spec.replicas, spec.replicas)
-        self._every, self._up, self._down = scale_every, scale_up_at, scale_down_at
+        self._utilization = spec.target_utilization
+        self._every = scale_every
         self._clock = clock
         self.replicas: list[HandlerRuntime] = []
         self._busy = 0.0
+        self._offered = 0
+        self._below = 0
         self._window_start = clock()
         self._lock = asyncio.Lock()
+        self.arrival_rate: float | None = None
+        """E: events per second offered in the last evaluation window."""
+        self.capacity: float | None = None
+        """m: events per busy second of one replica in the last evaluation window."""
 
     @property
     def healthy(self) -> bool:
@@ -76,39 +83,75 @@ class ReplicaPool(HandlerRuntime):
         for err in errors:
             log.error("handler %s: a replica did not start: %s", self.name, err)
 
-    async def process(self, events: list[EventTuple]) -> list[Outcome]:
+    def _parts(self, count: int, keys: list[str] | None) -> list[list[int]]:
+        n = len(self.replicas)
+        if keys is not None:
+            parts: list[list[int]] = [[] for _ in range(n)]
+            for i, key in enumerate(keys):
+                parts[zlib.crc32(key.encode()) % n].append(i)
+            return parts
+        size = math.ceil(count / n)
+        return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+
+    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
         async with self._lock:
             started = self._clock()
-            n = len(self.replicas)
-            size = math.ceil(len(events) / n)
-            parts = [events[i : i + size] for i in range(0, len(events), size)]
-            results = await asyncio.gather(*(r.process(p) for r, p in zip(self.replicas, parts, strict=False)))
-            # Busy time of all replicas together: each part kept one replica busy for the whole call at most.
-            self._busy += (self._clock() - started) * len(parts) / n
+            parts = [p for p in self._parts(len(events), keys) if p]
+            results = await asyncio.gather(
+                *(r.process([events[i] for i in part]) for r, part in zip(self.replicas, parts, strict=False))
+            )
+            # Each part kept one replica busy for at most the whole call: an upper bound of busy time, so m is
+            # if anything underestimated and the pool errs towards one replica more.
+            self._busy += (self._clock() - started) * len(parts)
+            self._offered += len(events)
             await self._maybe_scale()
-        return [outcome for part in results for outcome in part]
+        outcomes: list[Outcome | None] = [None] * len(events)
+        for part, part_outcomes in zip(parts, results, strict=False):
+            for i, outcome in zip(part, part_outcomes, strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+    def wanted(self, arrival_rate: float, capacity: float | None) -> int:
+        """P = ceil(E / (m x utilisation)) within [replicas, max_replicas]."""
+        if not capacity:
+            return self._min
+        p = math.ceil(arrival_rate / (capacity * self._utilization))
+        return max(self._min, min(self._max, p))
 
     async def _maybe_scale(self) -> None:
         now = self._clock()
         span = now - self._window_start
         if span < self._every:
             return
-        utilization = self._busy / span
-        self._busy, self._window_start = 0.0, now
-        n = len(self.replicas)
-        if utilization > self._up and n < self._max:
-            replica = self._make(n)
+        self.arrival_rate = self._offered / span
+        self.capacity = self._offered / self._busy if self._busy > 0 else None
+        self._busy, self._offered, self._window_start = 0.0, 0, now
+        want, n = self.wanted(self.arrival_rate, self.capacity), len(self.replicas)
+        if want > n:
+            self._below = 0
+            await self._grow(want)
+        elif want < n:
+            self._below += 1
+            if self._below >= 2:
+                self._below = 0
+                replica = self.replicas.pop()
+                await replica.aclose()
+                log.info("handler %s: %d replicas (E=%.0f/s, m=%.0f/s)", self.name, n - 1, self.arrival_rate,
+                         self.capacity or 0)
+        else:
+            self._below = 0
+
+    async def _grow(self, want: int) -> None:
+        for i in range(len(self.replicas), want):
+            replica = self._make(i)
             try:
                 await replica.start()
-            except Exception as exc:
+            except Exception as exc:  # scaling up is best effort: the pool keeps what runs
                 log.error("handler %s: scale-up replica did not start: %s", self.name, exc)
                 return
             self.replicas.append(replica)
-            log.info("handler %s: %d replicas (busy %.0f%%)", self.name, n + 1, utilization * 100)
-        elif utilization < self._down and n > self._min:
-            replica = self.replicas.pop()
-            await replica.aclose()
-            log.info("handler %s: %d replicas (busy %.0f%%)", self.name, n - 1, utilization * 100)
+        log.info("handler %s: %d replicas (E=%.0f/s, m=%.0f/s)", self.name, len(self.replicas),
+                 self.arrival_rate or 0, self.capacity or 0)
 
     async def ping(self) -> bool:
         results = await asyncio.gather(*(r.ping() for r in self.replicas))

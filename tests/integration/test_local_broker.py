@@ -32,7 +32,7 @@ async def test_many_confirmed_publishes_race_their_pubacks_without_deadlock(
                 if i % 500 == 0:
                     await asyncio.sleep(0)  # let confirmations interleave with new publishes
             await asyncio.gather(*waits)
-        assert not local._confirms  # every registered confirmation was resolved and removed
+        assert not local._publisher._confirms  # every registered confirmation was resolved and removed
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

@@ -42,6 +42,8 @@ HANDLER = textwrap.dedent(
             return [1]
         if p == "publish":
             return HandlerResult({"n": 1}, publish=[Publish("alerts/" + event.topic, {"ts": event.ts})])
+        if p == "publish-durable":
+            return HandlerResult(None, publish=[Publish("a", 1, qos=1), Publish("b", 2, retain=True)])
         print("log line for", event.id, file=sys.stderr)
         return {"double": p * 2, "topic": event.topic, "ts": event.ts}
 
@@ -103,6 +105,14 @@ def test_none_publish_and_pong(handler: Path) -> None:
         {"kind": "result", "id": 2, "values": {"n": 1}, "publish": [{"topic": "alerts/x", "payload": {"ts": 10.5}}]},
         {"kind": "pong", "id": 3},
     ]
+
+
+def test_publish_qos_and_retain_only_when_asked(handler: Path) -> None:
+    replies, _ = _talk(handler, [_event(1, "publish-durable")])
+    assert replies == [{"kind": "result", "id": 1, "values": {}, "publish": [
+        {"topic": "a", "payload": 1, "qos": 1},
+        {"topic": "b", "payload": 2, "retain": True},
+    ]}]
 
 
 def test_raising_handler_gives_error_reply_and_keeps_serving(handler: Path) -> None:
@@ -176,11 +186,11 @@ def test_sigterm_exits_promptly(handler: Path) -> None:
 def test_temp_c_handler_converts_and_rejects() -> None:
     lines = [_event(1, 212), _event(2, {"f": 32}), _event(3, {"f": "hot"}), _event(4, True), _event(5, 86.0)]
     replies, _ = _talk(HANDLERS_DIR / "temp-c" / "handler.py", lines, env={"THRESHOLD_C": "29.5"})
-    assert replies[0]["values"] == {"c": 100.0, "hot": True}
-    assert replies[1]["values"] == {"c": 0.0, "hot": False}
+    assert replies[0]["values"] == {"c": 100.0, "hot": True, "v": 1}
+    assert replies[1]["values"] == {"c": 0.0, "hot": False, "v": 1}
     assert replies[2]["kind"] == replies[3]["kind"] == "error"
     assert replies[2]["error"].startswith("ValueError: expected a number of degrees Fahrenheit")
-    assert replies[4]["values"] == {"c": 30.0, "hot": True}
+    assert replies[4]["values"] == {"c": 30.0, "hot": True, "v": 1}
 
 
 def test_passthrough_handler_keeps_numbers_only() -> None:

@@ -1,30 +1,28 @@
-"""The agent's only contact with MQTT libraries.
+"""Intake from the device broker: paho-mqtt's own network thread, batches handed to asyncio.
 
-``LocalBroker`` takes events from the device broker with paho-mqtt's own network thread and hands them to
-asyncio in batches: paho's callback costs half of aiomqtt's per message (DESIGN.md §2), and paho 2 has the
-manual acknowledgement that at-least-once intake needs (aiomqtt 2.5 does not). ``CloudBroker`` speaks to the
-cloud broker with aiomqtt, where the message rate is low and asyncio ergonomics win.
+paho's callback costs half of aiomqtt's per message (DESIGN.md §2), and paho 2 has the manual acknowledgement
+that at-least-once intake needs (aiomqtt 2.5 does not). When the hand-off list is full the callback holds
+paho's thread, which stops reads from the socket: the backlog stays in the broker's session, and memory stays
+bounded by ``max_buffered`` plus one batch in hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_agent.broker.publisher import ConfirmedPublisher
 from edge_agent.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,7 @@ class LocalBroker:
         keepalive: int = 30,
         session_expiry: float = 86400.0,
         receive_maximum: int = 65535,
-        max_buffered: int = 50_000,
+        max_buffered: int = 5_000,
         protocol: str = "5",
     ) -> None:
         self._host, self._port, self._keepalive = host, port, keepalive
@@ -91,7 +89,6 @@ class LocalBroker:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._client.on_publish = self._on_publish
         self._buffer: list[Incoming] = []
         self._max_buffered = max_buffered
         self._room = threading.Condition()
@@ -100,13 +97,15 @@ class LocalBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = threading.Event()
         self._connected_async: asyncio.Event | None = None
-        self._confirms: dict[int, asyncio.Future[None]] = {}
-        self._confirm_lock = threading.Lock()
-        self._registering = 0
-        self._early: set[int] = set()
+        # Publishes (dead letters, handler outputs) go over a connection of their own: intake backpressure holds
+        # this client's network thread, and a publish waiting for its PUBACK must never wait on that.
+        self._publisher = ConfirmedPublisher(
+            host=host, port=port, client_id=f"{client_id}-pub", username=username, password=password,
+            keepalive=keepalive, v5=self._v5,
+        )
         self._closing = False
         self._in_hand = False
-        self._taken_at = 0.0
+        self._hand_first = 0.0
         self.connects = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -124,6 +123,7 @@ class LocalBroker:
         except (OSError, ValueError) as exc:
             raise BrokerError(f"local broker {self._host}:{self._port}: {exc}") from exc
         self._client.loop_start()
+        await self._publisher.start(self._loop)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -135,6 +135,7 @@ class LocalBroker:
             self._room.notify_all()
         await asyncio.to_thread(self._client.disconnect)
         await asyncio.to_thread(self._client.loop_stop)
+        await self._publisher.aclose()
 
     @property
     def connected(self) -> bool:
@@ -179,17 +180,6 @@ class LocalBroker:
             assert self._wake is not None
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, _reason: Any, _props: Any) -> None:
-        # paho calls this holding its out-message lock, which publish() also takes: never wait on a lock here
-        # that is held around client.publish, or the two threads deadlock.
-        with self._confirm_lock:
-            fut = self._confirms.pop(mid, None)
-            if fut is None and self._registering:
-                # The PUBACK beat publish() registering its future; publish() picks it up from here.
-                self._early.add(mid)
-        if fut is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(_resolve, fut)
-
     # -- asyncio side --------------------------------------------------------------------------------
     async def batches(self) -> AsyncIterator[list[Incoming]]:
         """Everything that arrived since the last batch, as soon as anything did."""
@@ -199,12 +189,12 @@ class LocalBroker:
             self._wake.clear()
             # Clear the flag before taking the buffer: a message appended after the swap then wakes us again.
             self._wake_pending = False
-            self._taken_at = time.time()
             batch, self._buffer = self._buffer, []
             if len(batch) >= self._max_buffered:
                 with self._room:
                     self._room.notify_all()
             if batch:
+                self._hand_first = batch[0].arrived
                 self._in_hand = True
                 try:
                     yield batch
@@ -217,8 +207,13 @@ class LocalBroker:
         Arrival-time windows may close only behind it: an event stamped just before a window's end may still be
         on its way from paho's thread to a dispatcher's queue.
         """
-        if self._buffer or self._in_hand:
-            return self._taken_at - _HANDOFF_MARGIN
+        if self._in_hand:
+            # The batch in hand may wait long in a full dispatcher queue (overflow = block): its oldest event
+            # bounds the watermark, not the time the batch was taken.
+            return self._hand_first - _HANDOFF_MARGIN
+        buffer = self._buffer
+        if buffer:
+            return buffer[0].arrived - _HANDOFF_MARGIN
         return time.time() - _HANDOFF_MARGIN
 
     def set_filters(self, filters: list[tuple[str, int]]) -> None:
@@ -244,130 +239,11 @@ class LocalBroker:
             return [(f, SubscribeOptions(qos=q)) for f, q in filters]
         return list(filters)
 
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Awaitable[None] | None:
+        """Publish on the device broker; for QoS 1, an awaitable that resolves on the broker's PUBACK."""
+        return self._publisher.publish(topic, payload, qos, retain)
+
     def ack(self, mid: int, qos: int = 1) -> None:
         """Acknowledge one QoS 1 event to the broker (its result is durable)."""
         if mid:
             self._client.ack(mid, qos)
-
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Awaitable[None] | None:
-        """Publish on the device broker; for QoS 1, an awaitable that resolves on the broker's PUBACK."""
-        assert self._loop is not None
-        if qos == 0:
-            self._client.publish(topic, payload, 0, retain)
-            return None
-        fut: asyncio.Future[None] = self._loop.create_future()
-        with self._confirm_lock:
-            self._registering += 1
-        try:
-            info = self._client.publish(topic, payload, qos, retain)
-        except BaseException:
-            self._done_registering(None)
-            raise
-        ok = info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
-        if self._done_registering(info.mid if ok else None, fut):
-            fut.set_result(None)
-        if not ok:
-            raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-        return fut
-
-    def _done_registering(self, mid: int | None, fut: asyncio.Future[None] | None = None) -> bool:
-        """Register ``fut`` for ``mid``'s PUBACK; True when that PUBACK already came."""
-        with self._confirm_lock:
-            self._registering -= 1
-            early = mid is not None and mid in self._early
-            if mid is not None and fut is not None and not early:
-                self._confirms[mid] = fut
-            if not self._registering:
-                # Only mids seen while someone registers are kept; QoS 0 ones among them must not pile up.
-                self._early.clear()
-            else:
-                self._early.discard(mid or 0)
-        return early
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def client_tls(ca: str, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
-    """TLS that verifies the broker against ``ca`` and, with ``cert``/``key``, identifies this client."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        context.load_cert_chain(cert, key)
-    return context
-
-
-class CloudBroker:
-    """Cloud-broker session with aiomqtt: reconnects with capped, jittered exponential backoff."""
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        client_id: str,
-        username: str | None = None,
-        password: str | None = None,
-        keepalive: int = 30,
-        will: tuple[str, bytes] | None = None,
-        reconnect_max: float = 30.0,
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
-        self._host, self._port = host, port
-        self._kwargs: dict[str, Any] = {
-            "identifier": client_id,
-            "username": username,
-            "password": password,
-            "keepalive": keepalive,
-            "protocol": aiomqtt.ProtocolVersion.V5,
-        }
-        if will is not None:
-            self._kwargs["will"] = aiomqtt.Will(will[0], will[1], qos=1, retain=True)
-        if tls is not None:
-            self._kwargs["tls_context"] = tls
-        self._reconnect_max = reconnect_max
-        self._client: aiomqtt.Client | None = None
-        self.connected = asyncio.Event()
-
-    async def run(
-        self,
-        subscribe: list[str],
-        on_connect: Callable[[], Awaitable[None]],
-        on_message: Callable[[str, bytes], Awaitable[None]],
-    ) -> None:
-        """Stay connected until cancelled, calling ``on_connect`` after each (re)connection."""
-        attempt = 0
-        while True:
-            try:
-                async with aiomqtt.Client(self._host, self._port, **self._kwargs) as client:
-                    self._client = client
-                    attempt = 0
-                    for topic in subscribe:
-                        await client.subscribe(topic, qos=1)
-                    self.connected.set()
-                    await on_connect()
-                    async for message in client.messages:
-                        payload = message.payload if isinstance(message.payload, bytes) else b""
-                        await on_message(str(message.topic), payload)
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                self._client = None
-                delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
-                attempt += 1
-                log.warning("cloud broker %s:%s: %s; retrying in %.1fs", self._host, self._port, exc, delay)
-                await asyncio.sleep(delay)
-            finally:
-                self.connected.clear()
-                self._client = None
-
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish now; raise :class:`BrokerError` when not connected or the publish fails."""
-        client = self._client
-        if client is None:
-            raise BrokerError("cloud broker not connected")
-        try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
-        except aiomqtt.MqttError as exc:
-            raise BrokerError(f"cloud publish to {topic}: {exc}") from exc
