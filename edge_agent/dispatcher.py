@@ -77,6 +77,10 @@ class Dispatcher:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # Batches whose local publications still wait for their PUBACK: acknowledged when those come, while the
+        # next batch already goes to the handler. Bounded, so a broker that stops confirming stops the intake.
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._finish_room = asyncio.Semaphore(16)
         # Packet id -> digest of the event whose effect is committed under it (see put()).
         self.delivered: dict[int, bytes] = {}
 
@@ -116,6 +120,8 @@ class Dispatcher:
         self._closing = True
         self._has_items.set()
         await self._idle.wait()
+        if self._finishing:
+            await asyncio.gather(*self._finishing)
 
     async def retire(self) -> None:
         """The subscription is removed or replaced: drain, then emit every open window and drop the checkpoint."""
@@ -195,10 +201,23 @@ class Dispatcher:
         for _, mid, digest in delivered:
             self.delivered[mid] = digest
         self.counters.windows_closed += len(closed)
-        if waits:
+        if not waits:
+            for msg in batch:
+                self._ack(msg)
+            return
+        await self._finish_room.acquire()
+        task = asyncio.create_task(self._finish(waits, batch), name=f"agent.finish[{self.spec.name}]")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, waits: list[Awaitable[None]], batch: list[Incoming]) -> None:
+        """Acknowledge ``batch`` once its dead letters and local publications are confirmed."""
+        try:
             await asyncio.gather(*waits)
-        for msg in batch:
-            self._ack(msg)
+            for msg in batch:
+                self._ack(msg)
+        finally:
+            self._finish_room.release()
 
     def _apply(
         self, waits: list[Awaitable[None]], msg: Incoming, topic: str, payload: Any, ts: float, outcome: Outcome
