@@ -124,7 +124,13 @@ class FieldAccumulator:
         """The state as plain JSON-able data, for checkpoints (no model construction on the hot path)."""
         out: dict[str, Any] = {name: getattr(self, name) for name in _SCALARS}
         if self.sketch is not None:
-            out["sketch"] = {"pos": self.sketch.pos, "neg": self.sketch.neg, "zero": self.sketch.zero}
+            # JSON object keys are strings (orjson refuses int keys); load() turns them back into ints.
+            sketch = self.sketch
+            out["sketch"] = {
+                "pos": {str(k): v for k, v in sketch.pos.items()},
+                "neg": {str(k): v for k, v in sketch.neg.items()},
+                "zero": sketch.zero,
+            }
         return out
 
     @classmethod

@@ -62,14 +62,13 @@ class WindowSet:
         self._window = spec.window
         self._lateness = spec.lateness
         self._open: dict[tuple[str, float], OpenWindow] = {}
-        self._sessions: dict[str, OpenWindow] = {}
-        self._emit_later: list[tuple[str, OpenWindow]] = []
+        self._sessions: dict[str, list[OpenWindow]] = {}
         self._closed_to = -math.inf
         self._sketches = any(quantile_of(stat) is not None for stat in spec.stats)
         self.late = 0
 
     def __len__(self) -> int:
-        return len(self._open) + len(self._sessions)
+        return len(self._open) + sum(len(s) for s in self._sessions.values())
 
     def add(self, group: str, values: dict[str, float], ts: float) -> bool:
         """Add one result at event time ``ts``; False when it is late (its window already closed)."""
@@ -78,10 +77,14 @@ class WindowSet:
         if win.kind == "session":
             return self._add_session(group, values, ts, watermark)
         hop = win.hop if win.kind == "hopping" and win.hop else win.size
-        last_start = math.floor(ts / hop) * hop
+        # Starts are whole multiples of the hop, computed from an integer: repeated subtraction would give one
+        # window two float starts (0.6 and 0.5999999999999999), i.e. two ids.
+        k = math.floor(ts / hop)
         added = False
-        start = last_start
-        while start > ts - win.size:
+        for j in range(math.ceil(win.size / hop) + 1):
+            start = (k - j) * hop
+            if start <= ts - win.size:
+                break
             end = start + win.size
             if end > watermark:
                 key = (group, start)
@@ -90,26 +93,28 @@ class WindowSet:
                     w = self._open[key] = OpenWindow(start, end, sketches=self._sketches)
                 w.add(values, ts)
                 added = True
-            start -= hop
         if not added:
             self.late += 1
         return added
 
     def _add_session(self, group: str, values: dict[str, float], ts: float, watermark: float) -> bool:
+        """An event joins every open session of its group that it is less than ``gap`` from (merging them, as
+        an out-of-order event can bridge two); otherwise it starts one. A session ends once ``gap`` passes
+        after its last event, so an event exactly ``gap`` after it starts the next."""
         gap = self._window.gap or 0.0
-        w = self._sessions.get(group)
-        # Late only when the session the event lands in is due: an out-of-order event inside an open session
-        # still belongs to it (the session closes at its own end + gap, not at the event's).
-        end = max(ts, w.end) if w is not None and w.start - gap <= ts <= w.end + gap else ts
-        if end + gap <= watermark:
+        sessions = self._sessions.setdefault(group, [])
+        joined = [w for w in sessions if w.start - gap < ts < w.end + gap]
+        if max([ts] + [w.end for w in joined]) + gap <= watermark:
             self.late += 1
             return False
-        if w is not None and ts - w.end > gap:
-            # A gap ended the previous session: it is complete even if the watermark has not passed it yet.
-            self._emit_later.append((group, w))
-            w = None
-        if w is None:
-            w = self._sessions[group] = OpenWindow(ts, ts, sketches=self._sketches)
+        if joined:
+            w = joined[0]
+            for other in joined[1:]:
+                _merge_into(w, other)
+                sessions.remove(other)
+        else:
+            w = OpenWindow(ts, ts, sketches=self._sketches)
+            sessions.append(w)
         w.start = min(w.start, ts)
         w.end = max(w.end, ts)
         w.add(values, ts)
@@ -125,10 +130,11 @@ class WindowSet:
             closed.extend((k[0], self._open.pop(k)) for k in due)
         if self._window.kind == "session":
             gap = self._window.gap or 0.0
-            closed.extend(self._emit_later)
-            self._emit_later = []
-            for group in [g for g, w in self._sessions.items() if w.end + gap <= watermark]:
-                closed.append((group, self._sessions.pop(group)))
+            for group, sessions in list(self._sessions.items()):
+                closed.extend((group, w) for w in sessions if w.end + gap <= watermark)
+                sessions[:] = [w for w in sessions if w.end + gap > watermark]
+                if not sessions:
+                    del self._sessions[group]
         closed.sort(key=lambda gw: (gw[1].start, gw[0]))
         return [self._result(group, w) for group, w in closed]
 
@@ -136,9 +142,8 @@ class WindowSet:
         """Wall-clock time at which the next window closes, or None when nothing is open."""
         ends = [w.end for w in self._open.values()]
         if self._window.kind == "session":
-            ends += [w.end + (self._window.gap or 0.0) for w in self._sessions.values()]
-            if self._emit_later:
-                return 0.0
+            gap = self._window.gap or 0.0
+            ends += [w.end + gap for sessions in self._sessions.values() for w in sessions]
         return min(ends) + self._lateness if ends else None
 
     def _result(self, group: str, w: OpenWindow) -> WindowResult:
@@ -172,9 +177,7 @@ class WindowSet:
             "revision": self._revision,
             "closed_to": self._closed_to if math.isfinite(self._closed_to) else None,
             "windows": [dump(g, w) for (g, _), w in self._open.items()],
-            "sessions": [dump(g, w) for g, w in self._sessions.items()],
-            # Sessions a gap already ended but close_due has not emitted yet: lost otherwise.
-            "ended": [dump(g, w) for g, w in self._emit_later],
+            "sessions": [dump(g, w) for g, sessions in self._sessions.items() for w in sessions],
         }
 
     def restore(self, snapshot: dict[str, Any]) -> bool:
@@ -193,6 +196,18 @@ class WindowSet:
         for item in snapshot.get("windows", []):
             self._open[(item["group"], float(item["start"]))] = load(item)
         for item in snapshot.get("sessions", []):
-            self._sessions[item["group"]] = load(item)
-        self._emit_later.extend((item["group"], load(item)) for item in snapshot.get("ended", []))
+            self._sessions.setdefault(item["group"], []).append(load(item))
+        # Checkpoints from before several sessions per group kept ended ones apart.
+        for item in snapshot.get("ended", []):
+            self._sessions.setdefault(item["group"], []).append(load(item))
         return True
+
+
+def _merge_into(w: OpenWindow, other: OpenWindow) -> None:
+    """Fold ``other`` into ``w`` (an out-of-order event bridged two sessions)."""
+    w.start = min(w.start, other.start)
+    w.end = max(w.end, other.end)
+    w.events += other.events
+    for name, acc in other.fields.items():
+        mine = w.fields.get(name)
+        w.fields[name] = acc if mine is None else FieldAccumulator.thaw(mine.freeze().merge(acc.freeze()))

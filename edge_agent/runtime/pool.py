@@ -49,6 +49,7 @@ class ReplicaPool(HandlerRuntime):
         self._below = 0
         self._window_start = clock()
         self._lock = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
         self.arrival_rate: float | None = None
         """E: events per second offered in the last evaluation window."""
         self.capacity: float | None = None
@@ -82,6 +83,14 @@ class ReplicaPool(HandlerRuntime):
             raise errors[0]
         for err in errors:
             log.error("handler %s: a replica did not start: %s", self.name, err)
+        # Evaluated on a timer too, not only per batch: with no events at all, E = 0 must still shrink the pool.
+        self._ticker = asyncio.create_task(self._tick(), name=f"agent.replicas[{self.name}]")
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            async with self._lock:
+                await self._maybe_scale()
 
     def _parts(self, count: int, keys: list[str] | None) -> list[list[int]]:
         n = len(self.replicas)
@@ -158,5 +167,7 @@ class ReplicaPool(HandlerRuntime):
         return all(results) and bool(results)
 
     async def aclose(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         async with self._lock:
             await asyncio.gather(*(r.aclose() for r in self.replicas), return_exceptions=True)

@@ -135,14 +135,14 @@ def test_session_closes_after_gap() -> None:
 
 def test_session_gap_splits_sessions() -> None:
     ws = session(5)
-    for ts in (0.0, 2.0, 4.0, 9.0):  # 9 - 4 = 5: not more than the gap, same session
+    for ts in (0.0, 2.0, 4.0, 8.0):  # 8 - 4 = 4: less than the gap, same session
         assert ws.add("", {"v": 1.0}, ts)
-    assert ws.add("", {"v": 1.0}, 20.0)  # 20 - 9 > 5: a new session
-    assert ws.next_close() == 0.0  # the ended session is due at once
-    (first,) = ws.close_due(20.0)
-    assert (first.window_start, first.window_end, first.events) == (0.0, 14.0, 4)
+    assert ws.add("", {"v": 1.0}, 13.0)  # 13 - 8 = 5: the gap has passed (the first session ends at 13)
+    assert ws.next_close() == 13.0
+    (first,) = ws.close_due(13.0)
+    assert (first.window_start, first.window_end, first.events) == (0.0, 13.0, 4)
     (second,) = ws.close_due(FAR)
-    assert (second.window_start, second.window_end, second.events) == (20.0, 25.0, 1)
+    assert (second.window_start, second.window_end, second.events) == (13.0, 18.0, 1)
 
 
 def test_session_groups_are_independent() -> None:
@@ -164,14 +164,14 @@ def test_session_late_event() -> None:
 
 def test_session_out_of_order_event_inside_open_session_is_not_late() -> None:
     ws = session(5)
-    for ts in (10.0, 15.0, 20.0):
+    for ts in (10.0, 14.0, 20.0):
         ws.add("", {"v": 1.0}, ts)
-    assert ws.close_due(24.0) == []  # the session [10, 20] closes at 25
-    # Event time 18 + gap is behind the last close, but the session it belongs to is still open.
+    assert [r.window_start for r in ws.close_due(24.0)] == [10.0]  # [10, 14] ends at 19; [20] at 25
+    # Event time 18 + gap is behind the last close, but it bridges into the session [20], still open.
     assert ws.add("", {"v": 5.0}, 18.0)
     assert ws.late == 0
     (r,) = ws.close_due(25.0)
-    assert (r.window_start, r.events, r.fields["v"].max) == (10.0, 4, 5.0)
+    assert (r.window_start, r.events, r.fields["v"].max) == (18.0, 2, 5.0)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ def test_subscriptions_add_list_show_remove() -> None:
         "group_by": ["topic[1]"],
         "event_time_field": "ts",
         "lateness": "2s",
+        "key": None,
         "overflow": "drop-oldest",
         "queue_size": 500,
         "qos": 0,

@@ -1,0 +1,555 @@
+"""Supervised, hardened handler containers on the real Docker engine (issue 5).
+
+Supervision: a handler killed with SIGKILL again and again is restarted on the backoff schedule and marked
+failed; an agent killed with kill -9 and started again leaves no orphan and never touches another device's
+containers; a pool of replicas grows under load and shrinks once the load is gone. Hardening: what the engine
+says about a running handler container (inspect), a root user inside that still cannot write its root
+filesystem, no route from a handler to the device broker on the host's loopback, a fork bomb held at the pids
+limit while the agent keeps serving.
+
+Every Docker call of a test that runs an agent in-process goes through a thread: a blocking call on the event
+loop would stall the agent under test (and skew the restart timings measured here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+from docker.models.containers import Container
+
+from edge_agent.runtime.docker import LABEL_DEVICE, LABEL_HANDLER, LABEL_REPLICA, hardened_create_args
+from edge_protocol.specs import HandlerSpec
+from tests.faults.support import (
+    TEMP_C,
+    agent_config,
+    agent_process,
+    agent_toml,
+    dead_letters,
+    outbox_results,
+    publish_all,
+    temperature_events,
+    temps_subscription,
+)
+from tests.support.brokers import Mosquitto
+from tests.support.engine import HANDLER_IMAGES, ensure_handler_images, remove_labelled
+from tests.support.running import running_agent, wait_for
+
+pytestmark = pytest.mark.integration
+
+SLOW_IMAGE = "edgefleet/slow:dev"
+FORKBOMB_IMAGE = "edgefleet/forkbomb:dev"
+BASE_IMAGE = "edgefleet/base:bookworm"
+IMAGES = (*HANDLER_IMAGES, SLOW_IMAGE, FORKBOMB_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def images(docker_client: docker.DockerClient) -> dict[str, str]:
+    """The example handlers plus slow and forkbomb (containers/build.sh builds every handler folder)."""
+    return ensure_handler_images(docker_client, IMAGES)
+
+
+def containers_of(
+    client: docker.DockerClient, device: str, handler: str | None = None, *, running: bool = True
+) -> list[Container]:
+    labels = [f"{LABEL_DEVICE}={device}"] + ([f"{LABEL_HANDLER}={handler}"] if handler else [])
+    return client.containers.list(all=not running, filters={"label": labels})
+
+
+def started_at(container: Container) -> float:
+    """State.StartedAt of ``inspect`` as epoch seconds (the engine writes nanoseconds; keep microseconds)."""
+    stamp = container.attrs["State"]["StartedAt"]
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
+
+
+@contextlib.contextmanager
+def hardened_container(
+    client: docker.DockerClient, spec: HandlerSpec, device: str, **override: Any
+) -> Iterator[Container]:
+    """A container created exactly as the agent creates a handler's (plus ``override``); removed at exit."""
+    args = hardened_create_args(spec, device_id=device, replica=0, generation=secrets.token_hex(3))
+    args.update(override)
+    container = client.containers.create(**args)
+    try:
+        yield container
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+# -- 1. supervision: SIGKILL again and again --------------------------------------------------------------
+
+BACKOFF = {"restart_backoff": "0.5s", "restart_max": "4s", "max_failures": 3}
+EXPECTED_DELAYS = (0.5, 1.0, 2.0)  # restart_backoff x 2^n for failures 1..3
+# Slack for what a restart costs beyond its delay (remove the dead container, create, attach, start) on a
+# shared 2-core machine.
+RESTART_SLACK = 2.0
+SLOW_EVENT_MS = 3000  # each event keeps the handler busy for 3 s: every kill hits a container with work in flight
+
+
+async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
+    device_broker: Mosquitto,
+    docker_client: docker.DockerClient,
+    images: dict[str, str],
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """Four kills, each of the container the agent just started, are four consecutive failures: no reply ever
+    comes back (a reply resets the count, hence a handler that takes 3 s per event and a kill within ~0.1 s of
+    each start). The restart happens on the next batch, which is always there: six events were published.
+
+    Failures 1-3 are restarted after 0.5, 1 and 2 s; the third marks the handler failed (next attempt no sooner
+    than restart_max = 4 s later), so the fourth kill, about 2 s after it, is not restarted: the events left are
+    dead-lettered ``handler-unavailable`` at once and the runtime reports ``failed``.
+    """
+    config = agent_config(
+        device_id=device_id,
+        data_dir=tmp_path / "agent",
+        device_port=device_broker.port,
+        cloud_port=None,
+        prefix=topic_prefix,
+        handlers=[{"name": "slow", "image": SLOW_IMAGE, "env": {"DELAY_MS": str(SLOW_EVENT_MS)},
+                   "event_timeout": "60s"}],
+        subscriptions=[{"name": "slow", "topic": f"{topic_prefix}/slow/+", "handler": "slow",
+                        "window": {"size": "1s"}, "stats": ["count"]}],
+        runtime=BACKOFF,
+    )
+    events = [(f"{topic_prefix}/slow/e{i}", json.dumps({"n": i}).encode()) for i in range(6)]
+    kills: list[tuple[str, float, float]] = []  # container id, its StartedAt, when the kill returned
+    states: list[str] = []
+
+    def newest_unkilled() -> Container | None:
+        seen = {k[0] for k in kills}
+        fresh = [c for c in containers_of(docker_client, device_id, "slow") if c.id not in seen]
+        return fresh[0] if fresh else None
+
+    def kill(container: Container) -> None:
+        container.reload()
+        start = started_at(container)
+        with contextlib.suppress(docker.errors.APIError):  # 409 / 404: it died already, which is as good
+            container.kill()  # SIGKILL
+        kills.append((str(container.id), start, time.time()))
+
+    with dead_letters(device_broker, topic_prefix) as letters:
+        async with running_agent(config) as (state, agent_task):
+            runtime: Any = state.runtimes["slow"]
+
+            async def watch_state() -> None:
+                while True:
+                    if not states or states[-1] != runtime.state:
+                        states.append(runtime.state)
+                    await asyncio.sleep(0.02)
+
+            watcher = asyncio.create_task(watch_state(), name="test.state-watch")
+            try:
+                await asyncio.to_thread(publish_all, device_broker, events)
+                for n in range(4):
+                    found: list[Container] = []
+
+                    async def started(into: list[Container] = found) -> bool:
+                        container = await asyncio.to_thread(newest_unkilled)
+                        if container is not None:
+                            into.append(container)
+                        return bool(into)
+
+                    await wait_for(started, timeout=30, interval=0.02, what=f"handler container #{n} running",
+                                   detail=lambda: (states, letters.reasons()))
+                    await asyncio.to_thread(kill, found[0])
+                await wait_for(lambda: len(letters.records) >= len(events), timeout=20,
+                               what="every event dead-lettered", detail=lambda: (states, letters.reasons()))
+                last_kill = kills[-1][2]
+                after = time.time() - last_kill
+                report = await state.reported(device_id)
+                running_now = await asyncio.to_thread(containers_of, docker_client, device_id, "slow")
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+            gaps = [kills[i + 1][1] - kills[i][2] for i in range(3)]
+            starts = [kills[i + 1][1] - kills[i][1] for i in range(3)]
+            reasons = [letters.reasons()[payload] for _topic, payload in events]
+            print(f"\nrestart delays (kill -> next StartedAt): {[f'{g:.2f}' for g in gaps]} s "
+                  f"(start -> start {[f'{s:.2f}' for s in starts]} s; backoff {EXPECTED_DELAYS}); "
+                  f"states {states}; reasons {reasons}; all dead-lettered {after:.2f}s after the 4th kill")
+            for gap, delay in zip(gaps, EXPECTED_DELAYS, strict=True):
+                assert delay - 0.05 <= gap <= delay + RESTART_SLACK, (gaps, EXPECTED_DELAYS)
+            assert gaps[2] > gaps[0], gaps  # grows: 0.5 -> 2 s, far beyond the noise of a restart's cost
+            assert reasons == ["handler-exited"] * 4 + ["handler-unavailable"] * 2
+            assert "failed" in letters.records[-1].detail
+            assert runtime.restarts == 3
+            assert runtime.state == "failed"
+            assert "restarting" in states
+            assert [(h.name, h.state, h.restarts, h.healthy) for h in report.handlers] == [("slow", "failed", 3, False)]
+            assert running_now == [], "a failed handler is not restarted before restart_max"
+            assert not agent_task.done()
+
+
+# -- 2. hardening, as the engine sees it ------------------------------------------------------------------
+
+LIMITS = {"memory": "96m", "cpus": 0.5, "pids": 48, "tmpfs_size": "8m"}
+STATUS_PROBE = """
+import os, json
+status = dict(line.split(":", 1) for line in open("/proc/1/status"))
+print(json.dumps({
+    "uid": status["Uid"].split(), "gid": status["Gid"].split(),
+    "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(),
+    "no_new_privs": status["NoNewPrivs"].strip(),
+    "sockets": [p for p in ("/var/run/docker.sock", "/run/docker.sock", "/run/edgefleet/docker.sock")
+                if os.path.exists(p)],
+    "interfaces": sorted(os.listdir("/sys/class/net")),
+}))
+"""
+
+
+async def test_running_handler_container_is_hardened(
+    device_broker: Mosquitto,
+    docker_client: docker.DockerClient,
+    images: dict[str, str],
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    config = agent_config(
+        device_id=device_id,
+        data_dir=tmp_path / "agent",
+        device_port=device_broker.port,
+        cloud_port=None,
+        prefix=topic_prefix,
+        handlers=[{**TEMP_C, "limits": LIMITS}],
+        subscriptions=[temps_subscription(topic_prefix)],
+    )
+    async with running_agent(config) as (state, agent_task):
+        found = await asyncio.to_thread(containers_of, docker_client, device_id, "temp-c")
+        assert [c.id for c in found] == [state.runtimes["temp-c"].container_id]  # type: ignore[attr-defined]
+        container = found[0]
+        probe = await asyncio.to_thread(container.exec_run, ["python3", "-c", STATUS_PROBE])
+        assert not agent_task.done()
+    attrs, host = container.attrs, container.attrs["HostConfig"]
+    inside = json.loads(probe.output)
+    mib = 1024 * 1024
+    print(f"\ninspect: ReadonlyRootfs={host['ReadonlyRootfs']} CapDrop={host['CapDrop']} "
+          f"SecurityOpt={host['SecurityOpt']} Memory={host['Memory'] // mib}m PidsLimit={host['PidsLimit']} "
+          f"NanoCpus={host['NanoCpus']} NetworkMode={host['NetworkMode']} User={attrs['Config']['User']} "
+          f"Privileged={host['Privileged']} Mounts={attrs['Mounts']} Tmpfs={host['Tmpfs']}; inside: {inside}")
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert not host["CapAdd"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["Memory"] == 96 * mib
+    assert host["MemorySwap"] == 96 * mib  # no swap on top of the memory limit
+    assert host["PidsLimit"] == 48
+    assert host["NanoCpus"] == 500_000_000
+    assert host["NetworkMode"] == "none"
+    assert attrs["Config"]["User"] == "65534:65534"
+    assert host["Privileged"] is False
+    assert not host["Devices"]
+    assert host["Tmpfs"] == {"/tmp": "size=8m,mode=1777"}
+    # No Docker socket, nor anything else, is mounted: neither a bind nor a volume.
+    assert not host["Binds"]
+    assert attrs["Mounts"] == []
+    assert not any("docker.sock" in json.dumps(m) for m in attrs["Mounts"])
+    # What the kernel says about the handler process itself (PID 1 of the container).
+    assert probe.exit_code == 0, probe.output
+    assert inside["uid"] == ["65534"] * 4
+    assert inside["gid"] == ["65534"] * 4
+    assert int(inside["cap_eff"], 16) == 0
+    assert int(inside["cap_bnd"], 16) == 0
+    assert inside["no_new_privs"] == "1"
+    assert inside["sockets"] == []
+    assert inside["interfaces"] == ["lo"]
+
+
+# -- 3. root inside, still a read-only root filesystem ----------------------------------------------------
+
+
+def test_root_inside_a_hardened_container_cannot_write_its_root_filesystem(
+    docker_client: docker.DockerClient, images: dict[str, str], device_id: str
+) -> None:
+    spec = HandlerSpec(name="as-root", image=BASE_IMAGE, command=["sleep", "300"])
+    with hardened_container(docker_client, spec, device_id, user="0:0") as container:
+        container.start()
+        whoami = container.exec_run(["id", "-u"])
+        root_fs = container.exec_run(["touch", "/x"])
+        etc = container.exec_run(["sh", "-c", "echo evil >> /etc/passwd"])
+        remount = container.exec_run(["mount", "-o", "remount,rw", "/"])
+        after_remount = container.exec_run(["touch", "/x"])
+        tmp = container.exec_run(["sh", "-c", "touch /tmp/x && echo ok > /tmp/y && cat /tmp/y"])
+        print(f"\nas uid {whoami.output.decode().strip()}: touch /x -> {root_fs.exit_code} "
+              f"{root_fs.output.decode().strip()!r}; /etc/passwd -> {etc.exit_code}; remount rw -> "
+              f"{remount.exit_code} {remount.output.decode().strip()!r}; /tmp -> {tmp.exit_code}")
+        assert whoami.exit_code == 0
+        assert whoami.output.decode().strip() == "0", "the test needs root inside"
+        assert root_fs.exit_code != 0
+        assert b"Read-only file system" in root_fs.output
+        assert etc.exit_code != 0
+        assert b"Read-only file system" in etc.output
+        assert remount.exit_code != 0, "no CAP_SYS_ADMIN: the root filesystem cannot be remounted"
+        assert after_remount.exit_code != 0
+        assert tmp.exit_code == 0, tmp.output
+        assert tmp.output.strip() == b"ok"
+
+
+# -- 4. no route to the device broker ---------------------------------------------------------------------
+
+CONNECT_PROBE = """
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2).close()
+except OSError as exc:
+    print(f"failed: {type(exc).__name__}: {exc}")
+    sys.exit(1)
+print("connected")
+"""
+
+
+def test_handler_cannot_reach_the_device_broker_on_the_host_loopback(
+    device_broker: Mosquitto, docker_client: docker.DockerClient, images: dict[str, str], device_id: str
+) -> None:
+    """With network none (the default), the broker on the host's 127.0.0.1 is out of reach; the same probe in
+    a container that asks for the host's network connects, so the probe itself is sound."""
+    assert device_broker.host == "127.0.0.1"
+    outcome: dict[str, tuple[int, str]] = {}
+    for network in ("none", "host"):
+        spec = HandlerSpec(name=f"probe-{network}", image=BASE_IMAGE, network=network,
+                           command=["python3", "-c", CONNECT_PROBE, str(device_broker.port)])
+        with hardened_container(docker_client, spec, device_id) as container:
+            container.start()
+            status = container.wait(timeout=30)["StatusCode"]
+            outcome[network] = (status, container.logs().decode().strip())
+    print(f"\nconnect to 127.0.0.1:{device_broker.port}: {outcome}")
+    assert outcome["none"][0] == 1
+    assert outcome["none"][1].startswith("failed: ")
+    assert outcome["host"] == (0, "connected")
+
+
+# -- 5. a fork bomb stops at the pids limit ---------------------------------------------------------------
+
+PIDS = 32
+
+
+async def test_fork_bomb_stops_at_the_pids_limit_and_the_agent_keeps_serving(
+    device_broker: Mosquitto,
+    docker_client: docker.DockerClient,
+    images: dict[str, str],
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "agent"
+    config = agent_config(
+        device_id=device_id,
+        data_dir=data_dir,
+        device_port=device_broker.port,
+        cloud_port=None,
+        prefix=topic_prefix,
+        handlers=[{"name": "forkbomb", "image": FORKBOMB_IMAGE, "limits": {"pids": PIDS}, "event_timeout": "30s"},
+                  TEMP_C],
+        subscriptions=[
+            {"name": "bomb", "topic": f"{topic_prefix}/bomb/+", "handler": "forkbomb", "window": {"size": "1s"},
+             "stats": ["count", "min", "max"]},
+            temps_subscription(topic_prefix),
+        ],
+    )
+    bomb = (f"{topic_prefix}/bomb/1", b"{}")
+    temps, _celsius = temperature_events(topic_prefix, 50, seed=5)
+
+    def bomb_results() -> dict[str, Any]:
+        """The forks/errno/reaped FieldStates summed over the bomb subscription's closed windows."""
+        rows = [r for r in outbox_results(data_dir / "outbox.sqlite") if r["subscription"] == "bomb"]
+        merged: dict[str, Any] = {}
+        for row in rows:
+            for name, field in row["fields"].items():
+                m = merged.setdefault(name, {"count": 0, "min": field["min"], "max": field["max"]})
+                m["count"] += field["count"]
+                m["min"], m["max"] = min(m["min"], field["min"]), max(m["max"], field["max"])
+        return merged
+
+    def bombs_answered() -> int:
+        return int(bomb_results().get("forks", {}).get("count", 0))
+
+    async with running_agent(config) as (state, agent_task):
+        bomber: Any = state.runtimes["forkbomb"]
+        first_container = bomber.container_id
+        started = time.monotonic()
+        await asyncio.to_thread(publish_all, device_broker, [bomb])
+        await wait_for(lambda: bombs_answered() >= 1, timeout=30, what="the fork bomb's answer committed",
+                       detail=state.counters)
+        bomb_seconds = time.monotonic() - started
+        # Afterwards: another subscription's events, and a second bomb on the same (reaped) container.
+        await asyncio.to_thread(publish_all, device_broker, [*temps, bomb])
+        await wait_for(lambda: state.dispatchers["temps"].counters.processed >= len(temps) and bombs_answered() >= 2,
+                       timeout=30, what="other events and a second bomb processed", detail=state.counters)
+        results = bomb_results()
+        running = await asyncio.to_thread(containers_of, docker_client, device_id, "forkbomb")
+        print(f"\nfork bomb under pids={PIDS}: {results} (first answer after {bomb_seconds:.2f}s); "
+              f"then {state.dispatchers['temps'].counters.processed} other events processed")
+        forks = results["forks"]
+        assert 16 <= forks["min"] <= forks["max"] < PIDS, "forks stopped by the limit, below it"
+        assert results["errno"]["min"] == results["errno"]["max"] == 11, "fork failed with EAGAIN"
+        assert results["reaped"]["min"] == forks["min"]
+        assert state.dispatchers["bomb"].counters.dead_lettered.total() == 0
+        assert state.dispatchers["temps"].counters.processed == len(temps)
+        assert bomber.restarts == 0
+        assert [c.id for c in running] == [first_container]
+        assert not agent_task.done()
+
+
+# -- 6. kill -9 of the agent: no orphan, another device untouched -----------------------------------------
+
+
+async def test_agent_kill9_restart_leaves_no_orphan_and_spares_another_device(
+    device_broker: Mosquitto,
+    docker_client: docker.DockerClient,
+    images: dict[str, str],
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    other_id = f"{device_id}-other"
+    expected = [("passthrough", "0"), ("passthrough", "1"), ("temp-c", "0")]
+
+    def config(device: str, prefix: str, handlers: list[dict[str, Any]]) -> dict[str, Any]:
+        subs = [temps_subscription(prefix)]
+        if any(h["name"] == "passthrough" for h in handlers):
+            subs.append({"name": "raw", "topic": f"{prefix}/raw/+", "handler": "passthrough",
+                         "window": {"size": "1s"}, "stats": ["count"]})
+        return agent_toml(device_id=device, data_dir=tmp_path / device / "data", device_port=device_broker.port,
+                          cloud_port=None, prefix=prefix, handlers=handlers, subscriptions=subs,
+                          runtime={"restart_backoff": "0.2s", "restart_max": "2s", "max_failures": 3})
+
+    mine = config(device_id, topic_prefix, [TEMP_C, {"name": "passthrough", "image": "edgefleet/passthrough:dev",
+                                                       "replicas": 2}])
+    other = config(other_id, f"{topic_prefix}o", [TEMP_C])
+
+    def snapshot(device: str, *, running: bool = True) -> dict[str, tuple[str, str, str]]:
+        """container id -> (handler, replica, StartedAt) of ``device``'s containers."""
+        return {
+            str(c.id): (c.labels[LABEL_HANDLER], c.labels[LABEL_REPLICA], c.attrs["State"]["StartedAt"])
+            for c in containers_of(docker_client, device, running=running)
+        }
+
+    def slots(snap: dict[str, tuple[str, str, str]]) -> list[tuple[str, str]]:
+        return sorted((h, r) for h, r, _s in snap.values())
+
+    try:
+        with agent_process(other, tmp_path / "other") as other_agent, agent_process(mine, tmp_path / "mine") as agent:
+            await other_agent.start()
+            others_before = await asyncio.to_thread(snapshot, other_id)
+            await agent.start()
+            before = await asyncio.to_thread(snapshot, device_id)
+            assert slots(before) == expected
+
+            agent.kill()
+            left = await asyncio.to_thread(snapshot, device_id, running=False)
+            started = time.monotonic()
+            await agent.start()
+            restart_seconds = time.monotonic() - started
+            after_all = await asyncio.to_thread(snapshot, device_id, running=False)
+            after_running = await asyncio.to_thread(snapshot, device_id)
+            temps, _c = temperature_events(topic_prefix, 20, seed=9)
+            await asyncio.to_thread(publish_all, device_broker, temps)
+            await wait_for(
+                lambda: sum(r["events"] for r in outbox_results(tmp_path / device_id / "data" / "outbox.sqlite")
+                            if r["subscription"] == "temps") >= len(temps),
+                timeout=30, what="the restarted agent processes events", detail=agent.tail,
+            )
+            others_after = await asyncio.to_thread(snapshot, other_id)
+            assert other_agent.running, other_agent.tail()
+            print(f"\nkill -9: {len(left)} containers left behind; restart took {restart_seconds:.2f}s; after: "
+                  f"{slots(after_all)} (all states), {len(after_running)} running; other device "
+                  f"{sorted(others_before)} -> {sorted(others_after)}")
+            assert set(left) == set(before), "kill -9 runs no cleanup: the containers are still there"
+            assert slots(after_all) == expected, "exactly one container per handler replica, none orphaned"
+            assert after_all == after_running
+            assert not set(after_all) & set(before), "what the killed agent left was replaced"
+            assert others_after == others_before, "another device's containers untouched (same ids, same start)"
+            assert slots(others_after) == [("temp-c", "0")]
+    finally:
+        remove_labelled(docker_client, other_id)
+
+
+# -- 7. replicas follow the load ----------------------------------------------------------------------------
+
+DELAY_MS = 20  # capacity of one replica: about 50 events/s
+RATE = 100  # events/s: twice one replica's capacity
+GROW_DEADLINE = 60.0
+SHRINK_DEADLINE = 90.0
+
+
+class StillScaledUp(AssertionError):
+    """The replicas did not come back to ``replicas`` once the load stopped (growing is asserted plainly)."""
+
+
+async def test_replicas_grow_under_load_and_shrink_when_it_stops(
+    device_broker: Mosquitto,
+    docker_client: docker.DockerClient,
+    images: dict[str, str],
+    device_id: str,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """Observable behaviour only: how many containers of the handler run, sampled through the Docker SDK."""
+    from tests.faults.support import PacedPublisher
+
+    config = agent_config(
+        device_id=device_id,
+        data_dir=tmp_path / "agent",
+        device_port=device_broker.port,
+        cloud_port=None,
+        prefix=topic_prefix,
+        handlers=[{"name": "slow", "image": SLOW_IMAGE, "env": {"DELAY_MS": str(DELAY_MS)}, "replicas": 1,
+                   "max_replicas": 3, "batch_size": 20, "event_timeout": "10s"}],
+        subscriptions=[{"name": "load", "topic": f"{topic_prefix}/load/+", "handler": "slow",
+                        "window": {"size": "1s"}, "stats": ["count"]}],
+    )
+    seconds = int(GROW_DEADLINE) + 10
+    messages = [(f"{topic_prefix}/load/s{i % 4}", json.dumps({"v": i}).encode()) for i in range(RATE * seconds)]
+    samples: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+
+    async def count() -> int:
+        n = len(await asyncio.to_thread(containers_of, docker_client, device_id, "slow"))
+        samples.append((round(time.monotonic() - t0, 1), n))
+        return n
+
+    async def grown() -> bool:
+        return await count() > 1
+
+    async def back_to_one() -> bool:
+        return await count() == 1
+
+    async with running_agent(config) as (state, agent_task):
+        assert await count() == 1
+        with PacedPublisher(device_broker, messages, RATE) as publisher:
+            await wait_for(grown, timeout=GROW_DEADLINE, interval=0.5, what="a second replica under load",
+                           detail=lambda: samples[-5:])
+            grown_at = time.monotonic() - t0
+        assert publisher.error is None
+        stopped_at = time.monotonic() - t0
+        print(f"\nreplicas: >1 at {grown_at:.1f}s, load stopped at {stopped_at:.1f}s")
+        shrink_error = None
+        try:
+            await wait_for(back_to_one, timeout=SHRINK_DEADLINE, interval=0.5,
+                           what="back to one replica after the load stopped", detail=lambda: samples[-5:])
+        except AssertionError as exc:
+            shrink_error = exc
+        peak = max(n for _t, n in samples)
+        print(f"replicas: {samples[-1][1]} at {samples[-1][0]:.1f}s; peak {peak}; "
+              f"{state.dispatchers['load'].counters.processed} events processed")
+        assert peak <= 3, samples
+        assert not agent_task.done()
+        if shrink_error is not None:
+            raise StillScaledUp(f"{shrink_error}; backlog {state.dispatchers['load'].backlog}") from shrink_error
