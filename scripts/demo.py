@@ -29,7 +29,8 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.brokers import Mosquitto, free_port  # noqa: E402 - the repo root is on sys.path now
+from tests.support.brokers import Mosquitto  # noqa: E402 - the repo root is on sys.path now
+from tests.support.service import free_port  # noqa: E402
 
 console = Console(highlight=False)
 BIN = Path(sys.executable).parent

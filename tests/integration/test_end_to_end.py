@@ -21,8 +21,9 @@ import pytest
 from edge_protocol.deadletter import DeadLetter
 from hub.config import HubConfig
 from hub.service import serve as hub_serve
-from tests.support.brokers import Mosquitto, free_port
+from tests.support.brokers import Mosquitto
 from tests.support.running import agent_config, running_agent, wait_for
+from tests.support.service import free_port
 
 pytestmark = pytest.mark.integration
 

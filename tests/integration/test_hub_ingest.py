@@ -22,7 +22,8 @@ from edge_protocol.messages import Ack, AggregateBatch, SequencedResult, Status
 from edge_protocol.topics import Topics
 from hub.config import HubConfig
 from hub.service import serve
-from tests.support.brokers import Mosquitto, free_port
+from tests.support.brokers import Mosquitto
+from tests.support.service import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -27,9 +27,10 @@ from hub.ca import CertificateAuthority
 from hub.config import HubConfig
 from hub.store import Store
 from tests.integration.test_hub_ingest import running_hub
-from tests.support.brokers import Mosquitto, free_port
+from tests.support.brokers import Mosquitto
 from tests.support.running import running_agent, wait_for
 from tests.support.secure_broker import HUB_USERNAME, MqttProbe, SecureCloud, tls_context
+from tests.support.service import free_port
 from tests.unit.hub.factories import batch, record
 
 pytestmark = pytest.mark.integration

@@ -11,20 +11,16 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
-from types import TracebackType
+from typing import IO
 
 import docker
 import docker.errors
 import httpx
 
-from tests.support.brokers import HOST, free_port
+from tests.support.service import HOST, LoopbackService
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
 # Version -> local image, pushed by `push_releases` as <registry>/temp-c:<version>.
@@ -51,7 +47,7 @@ def registry_answers(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-class Registry:
+class Registry(LoopbackService):
     """A `docker-registry serve` process with filesystem storage in a temp dir, on a free loopback port.
 
     Deleting manifests and blobs is enabled. `restart()` keeps the port and the stored images. Debian's default
@@ -59,18 +55,14 @@ class Registry:
     JSON (a subset of YAML), and REGISTRY_* variables, which would override it, are removed from the environment.
     """
 
+    name = "the registry"
+
     def __init__(self, *, port: int | None = None, binary: str = DOCKER_REGISTRY, start_timeout: float = 10.0) -> None:
-        self.host = HOST
-        self._fixed_port = port is not None
-        self.port = port if port is not None else free_port()
+        super().__init__(port=port, start_timeout=start_timeout, prefix="edgefleet-registry-")
         self._binary = binary
-        self._start_timeout = start_timeout
-        self._tmp = tempfile.TemporaryDirectory(prefix="edgefleet-registry-")
-        self.dir = Path(self._tmp.name)
         self.storage_dir = self.dir / "storage"
         self.config_path = self.dir / "config.yml"
         self.log_path = self.dir / "registry.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def host_port(self) -> str:
@@ -84,14 +76,6 @@ class Registry:
     def repository(self, name: str) -> str:
         """The full repository name of `name` in this registry, e.g. `127.0.0.1:PORT/temp-c`."""
         return f"{self.host_port}/{name}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> None:
         config = {
@@ -124,68 +108,15 @@ class Registry:
             bound = False
         return bound and registry_answers(self.url) and proc.poll() is None
 
-    def start(self) -> Registry:
-        """Start the registry and return once `GET /v2/` answers 200; retries a new port if ours was taken."""
-        if self.running:
-            raise RuntimeError("the registry is already running")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        returncode: int | None = None
-        for _attempt in range(1 if self._fixed_port else 3):
-            self._write_config()
-            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            with self.log_path.open("ab") as log:
-                self._proc = proc = subprocess.Popen(
-                    [self._binary, "serve", str(self.config_path)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            deadline = time.monotonic() + self._start_timeout
-            while proc.poll() is None and time.monotonic() < deadline:
-                if self._answers(proc, log_offset):
-                    self._fixed_port = True  # references name this port now: restart() must keep it
-                    return self
-                time.sleep(0.05)  # polling interval
-            if proc.poll() is None:
-                self.kill()
-                raise TimeoutError(f"the registry did not answer on {self.url}:\n{self.log_text()}")
-            returncode, self._proc = proc.returncode, None
-            if not self._fixed_port:
-                self.port = free_port()  # lost the race for the port to another process
-        raise RuntimeError(f"the registry exited with {returncode}:\n{self.log_text()}")
+    def _command(self) -> list[str]:
+        return [self._binary, "serve", str(self.config_path)]
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL as a fallback; the stored images stay for `start()`."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout)
-        self._proc = None
+    def _output(self) -> IO[bytes]:
+        return self.log_path.open("ab")
 
-    def kill(self) -> None:
-        """SIGKILL: an outage, for fault tests (uploads in flight are lost; stored images stay)."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait()
-        self._proc = None
-
-    def restart(self) -> Registry:
-        """Stop (if running) and start again on the same port with the same storage."""
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop and delete the temp dir with everything stored."""
-        self.stop()
-        self._tmp.cleanup()
+    def _env(self) -> dict[str, str]:
+        # REGISTRY_* variables override the config file: none may leak in from the environment.
+        return {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
 
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """The digest the registry gives `repository` (name in this registry) at a tag or digest; None if unknown."""
@@ -207,14 +138,6 @@ class Registry:
             return None
         resp.raise_for_status()
         return resp.headers["Docker-Content-Digest"]
-
-    def __enter__(self) -> Registry:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Registry({self.url}, running={self.running})"

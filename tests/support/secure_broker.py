@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 
 from hub import cli
 from hub.config import HubConfig
-from tests.support.brokers import HOST, Mosquitto, free_port
+from tests.support.brokers import Mosquitto
+from tests.support.service import HOST, free_port
 
 DYNSEC_PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
 HUB_USERNAME = "hub"
