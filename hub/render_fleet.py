@@ -34,7 +34,10 @@ def versions(dev: DeviceOut) -> str:
 def devices_table(rows: list[DeviceOut]) -> Table:
     table = _table("device", "labels", "online", "last seen", "applied/desired", "handlers", "losses")
     for dev in rows:
-        handlers = ",".join(f"{h.name}:{'ok' if h.healthy else 'FAIL'}" for h in dev.handlers)
+        handlers = ",".join(
+            f"{h.name}:{'ok' if h.healthy else 'FAIL'}" + (f" x{h.replicas}" if h.replicas != 1 else "")
+            for h in dev.handlers
+        )
         table.add_row(
             dev.id,
             labels_text(dev.labels),
@@ -61,10 +64,16 @@ def device_detail(dev: DeviceOut | DeviceDetailOut) -> RenderableType:
         facts.add_row("outbox pending", str(dev.outbox_pending))
         facts.add_row("alarms", ", ".join(dev.alarms) or "-")
         facts.add_row("last refusal", dev.last_refusal or "-")
-    handlers = _table("handler", "image", "healthy", "state", "restarts", "container")
+    handlers = _table(
+        "handler", "image", "healthy", "state", "restarts", "replicas P", "arrivals E/s", "per replica m/s",
+        "errors", "lag ms", "container",
+    )
     for h in dev.handlers:
         healthy = "yes" if h.healthy else "NO"
-        handlers.add_row(h.name, h.image, healthy, h.state, str(h.restarts), (h.container or "-")[:12])
+        handlers.add_row(
+            h.name, h.image, healthy, h.state, str(h.restarts), str(h.replicas), _rate(h.arrival_rate),
+            _rate(h.capacity_per_replica), str(h.errors), _rate(h.lag_ms), (h.container or "-")[:12],
+        )
     parts += ["", handlers]
     if isinstance(dev, DeviceDetailOut):
         subs = _table("subscription", "received", "processed", "dead letters", "dropped", "redelivered", "windows")
@@ -148,3 +157,7 @@ def change_text(change: ChangeOut) -> str:
         kind, name = "subscription", change.subscription.name
     made = ", ".join(f"{v.device} v{v.version}" for v in change.desired)
     return f"{kind} {name} {change.action}; " + (f"new desired state: {made}" if made else "no device's state changed")
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
