@@ -158,7 +158,10 @@ class Outbox:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A COMMIT that failed (disk full) has already undone the transaction: a second ROLLBACK would
+            # raise and hide the real error. Either way the count is read back from what the file holds.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             self._count = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
             raise
         return added

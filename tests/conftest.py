@@ -1,6 +1,7 @@
 """Shared fixtures: real mosquitto brokers, the real Docker engine, an image registry, unique names per test.
 
-`--slow` enables tests marked `slow`. Docker fixtures fail (never skip) when no engine answers: CI has one.
+`--slow` enables tests marked `slow`; `--soak` lengthens the fault suite's outages (tests/faults/conftest.py).
+Docker fixtures fail (never skip) when no engine answers: CI has one.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ settings.load_profile("edgefleet")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", default=False, help="also run tests marked slow")
+    parser.addoption("--soak", action="store_true", default=False, help="fault suite: long outages (tests/faults)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

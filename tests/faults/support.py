@@ -31,8 +31,9 @@ from edge_agent.config import AgentConfig, load_config
 from edge_protocol.deadletter import DeadLetter
 from hub.config import HubConfig
 from hub.service import serve as hub_serve
-from tests.support.brokers import Mosquitto, free_port
+from tests.support.brokers import Mosquitto
 from tests.support.running import wait_for
+from tests.support.service import free_port
 
 BIN = Path(sys.executable).parent
 DEVICE_LABEL = "edgefleet.device"
@@ -166,13 +167,16 @@ def agent_toml(
     prefix: str,
     handlers: list[dict[str, Any]],
     subscriptions: list[dict[str, Any]],
+    cloud_extra: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """An agent's config document (TOML for the CLI, or :func:`agent_config` for in-process agents)."""
+    """An agent's config document (TOML for the CLI, or :func:`agent_config` for in-process agents);
+    ``cloud_extra`` adds to its ``[cloud]`` table."""
     # The prefix also names the dead-letter topics on the device broker, so it is set even without a cloud.
     cloud: dict[str, Any] = {"enabled": False, "prefix": prefix}
     if cloud_port is not None:
         cloud = {"port": cloud_port, "prefix": prefix, "resend_after": "2s", "reconnect_max": "2s"}
+        cloud.update(cloud_extra or {})
     return {
         "device_id": device_id,
         "data_dir": str(data_dir),
@@ -301,6 +305,28 @@ def dead_letters(broker: Mosquitto, prefix: str) -> Iterator[DeadLetters]:
         collector.close()
 
 
+def broker_stat(broker: Mosquitto, topic: str, timeout: float = 10.0) -> int:
+    """One of mosquitto's ``$SYS`` figures, e.g. ``$SYS/broker/store/messages/count`` (messages held for sessions,
+    acknowledged ones excluded); the broker needs ``sys_interval`` set (``Mosquitto(extra_config=[...])``)."""
+    got: list[int] = []
+    ready = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        got.append(int(float(msg.payload)))
+        ready.set()
+
+    client = _client(broker)
+    client.on_message = on_message
+    client.subscribe(topic)
+    client.loop_start()
+    try:
+        assert ready.wait(timeout), f"no {topic} from the broker within {timeout:g}s"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0]
+
+
 def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]], *, retain: bool = False) -> None:
     """Publish at QoS 1 and return once the broker acknowledged every message."""
     client = _client(broker)
@@ -318,7 +344,9 @@ def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]], *, retain:
 class PacedPublisher:
     """Publishes ``messages`` at QoS 1 at about ``rate`` per second from its own thread (the load generator).
 
-    ``acked`` counts the broker's PUBACKs; ``done`` is set once every message is acknowledged.
+    ``acked`` counts the broker's PUBACKs; ``done`` is set once every message is acknowledged. A stream that
+    should last as long as the test needs ends with :meth:`finish`: the published messages are then
+    ``messages[:issued]``.
     """
 
     def __init__(self, broker: Mosquitto, messages: list[tuple[str, bytes]], rate: float) -> None:
@@ -327,6 +355,7 @@ class PacedPublisher:
         self._client = _client(broker)
         self._client.on_publish = self._on_publish
         self.acked = 0
+        self.issued = 0
         self.done = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -347,8 +376,19 @@ class PacedPublisher:
                 if ahead > 0:
                     time.sleep(ahead)  # pacing the load, not synchronisation
                 self._client.publish(topic, payload, qos=1)
+                self.issued = i + 1
         except BaseException as exc:  # reported by the test through .error
             self.error = exc
+
+    def finish(self, timeout: float = 30.0) -> int:
+        """Stop publishing and wait until the broker acknowledged everything issued; returns how many were."""
+        self._stop.set()
+        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self.acked < self.issued and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling paho's thread, which counts the PUBACKs
+        assert self.acked == self.issued, f"the broker acknowledged {self.acked} of {self.issued} messages"
+        return self.issued
 
     def __enter__(self) -> PacedPublisher:
         self._client.loop_start()
@@ -389,6 +429,23 @@ def outbox_results(path: Path) -> list[dict[str, Any]]:
 def outbox_losses(path: Path) -> dict[tuple[str, str], int]:
     with contextlib.closing(_read_only(path)) as db:
         return {(s, r): int(n) for s, r, n in db.execute("SELECT subscription, reason, count FROM losses")}
+
+
+async def hub_device(api: httpx.AsyncClient, device: str) -> dict[str, Any]:
+    """``GET /v1/devices/{device}``: the device as the hub shows it (reported counters, ``losses``, ``alarms``);
+    empty before the hub has heard from it."""
+    response = await api.get(f"/v1/devices/{device}")
+    if response.status_code == 404:
+        return {}
+    response.raise_for_status()
+    return dict(response.json())
+
+
+async def reported_since(api: httpx.AsyncClient, device: str, since: float) -> dict[str, Any]:
+    """:func:`hub_device` once the hub holds a reported state the agent made at ``since`` (its clock) or later;
+    empty until then (an older report, e.g. the retained one from before a fault, does not count)."""
+    shown = await hub_device(api, device)
+    return shown if (shown.get("reported_at") or 0.0) >= since else {}
 
 
 def hub_rows(path: Path, device: str) -> list[dict[str, Any]]:
@@ -490,13 +547,17 @@ def scrape(url: str, sample: str, **labels: str) -> float | None:
     return None
 
 
-class AckBlackhole:
-    """A TCP proxy in front of a broker whose client-to-broker direction the test can black-hole, then cut.
+class LinkProxy:
+    """A TCP proxy in front of a broker that the test can cut, take down and bring back, or black-hole.
 
-    With the agent's side black-holed, the broker keeps delivering events and the agent keeps committing them,
-    but its PUBACKs never arrive: killing the agent then leaves committed events unacknowledged, which the broker
-    delivers again (DUP) to the next agent process. That is the window between commit and acknowledgement
-    where a crash makes duplicates, held open for as long as the test wants.
+    ``cut()`` closes every connection (both sides) and accepts new ones. ``sever()`` is a link down: it stops
+    listening (connection attempts are refused) and cuts; ``restore()`` listens again on the same port.
+
+    Black-holed (``blackholed = True``), the client-to-broker direction is swallowed: the broker keeps delivering
+    events and an agent keeps committing them, but its PUBACKs never arrive; killing the agent then leaves
+    committed events unacknowledged, which the broker delivers again (DUP) to the next agent process. That is the
+    window between commit and acknowledgement where a crash makes duplicates, held open for as long as the test
+    wants.
     """
 
     def __init__(self, broker: Mosquitto) -> None:
@@ -507,18 +568,21 @@ class AckBlackhole:
         self._tasks: set[asyncio.Task[None]] = set()
         self.blackholed = False
         self.dropped_bytes = 0
+        self.connections = 0
+        """Client connections relayed to the broker so far (each reconnection counts)."""
         self.port = 0
 
-    async def __aenter__(self) -> AckBlackhole:
+    async def __aenter__(self) -> LinkProxy:
         self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self.cut()
-        await self._server.wait_closed()
+        await self.sever()
+
+    @property
+    def up(self) -> bool:
+        return self._server is not None
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -526,6 +590,11 @@ class AckBlackhole:
         except OSError:
             writer.close()
             return
+        if not self.up:  # severed while this connection was being set up
+            writer.close()
+            up_writer.close()
+            return
+        self.connections += 1
         self._conns |= {writer, up_writer}
         for task in (self._pump(reader, up_writer, upstream=True), self._pump(up_reader, writer, upstream=False)):
             t = asyncio.create_task(task, name="test.proxy.pump")
@@ -553,3 +622,17 @@ class AckBlackhole:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def sever(self) -> None:
+        """The link goes down: connection attempts are refused from now on and every connection is closed."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        await self.cut()
+        if server is not None:
+            await server.wait_closed()
+
+    async def restore(self) -> None:
+        """The link comes back: listen again on the same port."""
+        assert self._server is None, "the link is up"
+        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", self.port)

@@ -3,9 +3,12 @@
 The agent runs as `edge-agent run --config` (a real process, really killed); the hub runs in-process on a broker
 of this test alone. The hub stores each window id once, so duplicates can only come from the intake: events whose
 effect was committed but whose acknowledgement never reached the device broker are delivered again. The agent
-reaches its broker through a proxy (`AckBlackhole`) that can swallow its acknowledgements before the kill, so the
+reaches its broker through a proxy (`LinkProxy`) that can swallow its acknowledgements before the kill, so the
 redelivery of committed events is exercised on purpose, not by luck; the agent's metrics endpoint tells how many
 redeliveries it recognised.
+
+`five-times` kills the agent five times while the stream runs (it ends only after the last restart), each time
+restarting it at once by default, after 10 s with ``--soak`` (the events meanwhile wait in the broker session).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from typing import Any
 
 import pytest
 
+from tests.faults.conftest import Outages
 from tests.faults.support import (
     SENTINEL_GROUP,
     TEMP_C,
-    AckBlackhole,
+    LinkProxy,
     PacedPublisher,
     Totals,
     agent_process,
@@ -30,6 +34,7 @@ from tests.faults.support import (
     hub_rows,
     integrity_check,
     labelled_containers,
+    outbox_losses,
     outbox_pending,
     publish_all,
     running_hub,
@@ -38,8 +43,9 @@ from tests.faults.support import (
     temperature_events,
     temps_subscription,
 )
-from tests.support.brokers import Mosquitto, free_port
+from tests.support.brokers import Mosquitto
 from tests.support.running import wait_for
+from tests.support.service import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +57,9 @@ pytestmark = pytest.mark.integration
         # Killed while the acknowledgements of committed events are still on their way: their redelivery must
         # be recognised (exactly once), and the test proves the path ran (redeliveries skipped > 0).
         pytest.param(5_000, 1, 800.0, "always", id="acks-in-flight"),
-        pytest.param(10_000, 5, 400.0, "alternate", id="five-times", marks=pytest.mark.slow),
+        # None: a stream that lasts until after the last restart, so that every kill hits it mid-stream.
+        pytest.param(None, 5, 400.0, "alternate", id="five-times"),
+        pytest.param(10_000, 5, 400.0, "alternate", id="five-times-10k", marks=pytest.mark.slow),
     ],
 )
 async def test_agent_sigkill_mid_stream(
@@ -61,31 +69,36 @@ async def test_agent_sigkill_mid_stream(
     device_id: str,
     topic_prefix: str,
     tmp_path: Path,
-    n_events: int,
+    outages: Outages,
+    n_events: int | None,
     kills: int,
     rate: float,
     hold_acks: str,
 ) -> None:
-    async with AckBlackhole(fresh_broker()) as proxy:
+    down = outages.pick(0, 10) if kills > 1 else 0.0
+    async with LinkProxy(fresh_broker()) as proxy:
         await _kill_mid_stream(proxy, fresh_broker(), docker_client, device_id, topic_prefix, tmp_path,
-                               n_events=n_events, kills=kills, rate=rate, hold_acks=hold_acks)
+                               n_events=n_events, kills=kills, rate=rate, hold_acks=hold_acks, down=down)
 
 
 async def _kill_mid_stream(
-    proxy: AckBlackhole,
+    proxy: LinkProxy,
     cloud: Mosquitto,
     docker_client: Any,
     device_id: str,
     topic_prefix: str,
     tmp_path: Path,
     *,
-    n_events: int,
+    n_events: int | None,
     kills: int,
     rate: float,
     hold_acks: str,
+    down: float,
 ) -> None:
     device = proxy.broker
-    messages, celsius = temperature_events(topic_prefix, n_events, seed=n_events + kills)
+    # An open-ended stream is cut short (PacedPublisher.finish) after the last restart; this only bounds it.
+    cap = n_events or int(rate * kills * (down + 20))
+    messages, celsius = temperature_events(topic_prefix, cap, seed=cap + kills)
     data_dir = tmp_path / "agent-data"
     outbox = data_dir / "outbox.sqlite"
     hub_db = tmp_path / "hub.db"
@@ -135,8 +148,8 @@ async def _kill_mid_stream(
                         what=f"windows stored before kill {kill + 1}",
                         detail=agent.tail,
                     )
-                    if kill == 0:
-                        assert not publisher.done.is_set(), "events must still be flowing at the first kill"
+                    if kill == 0 or n_events is None:
+                        assert not publisher.done.is_set(), f"events must still be flowing at kill {kill + 1}"
                     hold = hold_acks == "always" or (hold_acks == "alternate" and kill % 2 == 0)
                     if hold:
                         before = processed()
@@ -149,11 +162,21 @@ async def _kill_mid_stream(
                     await proxy.cut()
                     proxy.blackholed = False
                     assert integrity_check(outbox) == "ok"
+                    await asyncio.sleep(down)  # the agent stays dead; events wait in the broker session
                     # kill -9 leaves the handler container behind; the next start must replace it, not add one.
                     await agent.start()
                     await wait_for(one_handler_container, timeout=15, what="one handler container after restart",
                                    detail=lambda: labelled_containers(docker_client, device_id))
-                await wait_for(publisher.done.is_set, timeout=60, what="every event acknowledged by the device broker")
+                if n_events is None:
+                    # The restarted agent takes the stream again before it ends.
+                    started = time.time()
+                    await wait_for(
+                        lambda started=started: any(r["window_start"] >= started for r in sensor_rows()),
+                        timeout=30, what="windows stored after the last restart", detail=agent.tail,
+                    )
+                    celsius = celsius[: await asyncio.to_thread(publisher.finish)]
+                else:
+                    await wait_for(publisher.done.is_set, timeout=60, what="every event acknowledged by the broker")
                 assert publisher.error is None
             await asyncio.to_thread(publish_all, device, [sentinel_event(topic_prefix)])
             await wait_for(
@@ -176,6 +199,7 @@ async def _kill_mid_stream(
                 f"committed={redeliveries_skipped}; dead letters={len(letters.records)}"
             )
             assert totals.rows == totals.distinct, "a window stored twice"
+            assert outbox_losses(outbox) == {}, "the agent dropped records although its outbox had room"
             assert totals.events >= len(celsius), f"{len(celsius) - totals.events} events lost"
             assert totals.count == totals.events
             assert not letters.records, [(d.reason, d.detail) for d in letters.records[:5]]

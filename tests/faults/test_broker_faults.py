@@ -1,20 +1,29 @@
-"""Broker faults: the cloud broker SIGKILLed (store and forward), the device broker restarted (reconnect, resume)."""
+"""Broker faults: the cloud broker SIGKILLed (store and forward), the device broker restarted (reconnect, resume).
+
+The cloud broker stays down while 10,000 events arrive: for as long as they take to publish and process by default,
+60 s with ``--soak`` (the events then paced over the whole outage).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.faults.conftest import Outages
 from tests.faults.support import (
     TEMP_C,
+    PacedPublisher,
     Totals,
     agent_config,
+    hub_device,
     hub_rows,
     publish_all,
+    reported_since,
     running_hub,
     temperature_events,
     temps_subscription,
@@ -33,10 +42,12 @@ async def test_cloud_broker_sigkill_store_and_forward(
     device_id: str,
     topic_prefix: str,
     tmp_path: Path,
+    outages: Outages,
 ) -> None:
     cloud = fresh_broker()
+    outage = outages.pick(0, 60)
     before, celsius_before = temperature_events(topic_prefix, 1_000, seed=31)
-    during, celsius_during = temperature_events(topic_prefix, 2_000, seed=32)
+    during, celsius_during = temperature_events(topic_prefix, 10_000, seed=32)
     celsius = celsius_before + celsius_during
     db = tmp_path / "hub.db"
     config = agent_config(
@@ -49,12 +60,13 @@ async def test_cloud_broker_sigkill_store_and_forward(
         subscriptions=[temps_subscription(topic_prefix)],
     )
     async with (
-        running_hub(cloud, topic_prefix, db) as (_api, hub_task),
+        running_hub(cloud, topic_prefix, db) as (api, hub_task),
         running_agent(config) as (state, agent_task),
     ):
         dispatcher = state.dispatchers["temps"]
         assert state.outbox is not None
-        outbox = state.outbox
+        assert state.uplink is not None
+        outbox, uplink = state.outbox, state.uplink
 
         def progress() -> str:
             return f"{state.counters()} pending={outbox.pending}; hub: {Totals(hub_rows(db, device_id))}"
@@ -68,25 +80,40 @@ async def test_cloud_broker_sigkill_store_and_forward(
         assert Totals(hub_rows(db, device_id)).events == len(before)
 
         cloud.kill()
-        await asyncio.to_thread(publish_all, device_broker, during)
-        await wait_for(lambda: all_committed(len(celsius)), timeout=30, what="events processed while the cloud is down",
+        down_since = time.monotonic()
+        if outage:
+            with PacedPublisher(device_broker, during, rate=len(during) / outage) as publisher:
+                await wait_for(publisher.done.is_set, timeout=outage + 60, what="events published during the outage")
+                assert publisher.error is None
+        else:
+            await asyncio.to_thread(publish_all, device_broker, during)
+        await wait_for(lambda: all_committed(len(celsius)), timeout=60, what="events processed while the cloud is down",
                        detail=progress)
         pending_while_down = outbox.pending
         assert pending_while_down > 0, "closed windows must wait in the outbox while the cloud broker is down"
         assert Totals(hub_rows(db, device_id)).events == len(before)
         assert not agent_task.done()
 
+        await asyncio.sleep(max(0.0, down_since + outage - time.monotonic()))
+        down_for = time.monotonic() - down_since
         await asyncio.to_thread(cloud.restart)
         await wait_for(lambda: outbox.pending == 0, timeout=60, what="the outbox drained after the broker restart",
                        detail=progress)
         totals = Totals(hub_rows(db, device_id), "c")
-        print(f"\ncloud broker kill -9: published={len(celsius)} stored={totals.events} windows={totals.rows} "
-              f"outbox pending while down={pending_while_down}")
+        losses = await outbox.losses()
+        drained_at = time.time()
+        uplink.report_soon()  # the hub shows the device's ledger (and its empty outbox) from its reported state
+        await wait_for(lambda: _reported_drained(api, device_id, drained_at), timeout=30,
+                       what="the drained outbox reported to the hub")
+        print(f"\ncloud broker kill -9: published={len(celsius)} ({len(during)} while down {down_for:.1f}s) "
+              f"stored={totals.events} windows={totals.rows} outbox pending while down={pending_while_down} "
+              f"reported drops={losses}")
         assert totals.rows == totals.distinct
         assert totals.events == len(celsius), f"stored {totals.events} of {len(celsius)} events"
         assert totals.count == len(celsius)
         assert math.isclose(totals.sum, math.fsum(celsius), rel_tol=1e-9, abs_tol=1e-6)
-        assert await outbox.losses() == {}
+        assert losses == {}, "the agent dropped records although its outbox had room"
+        assert (await hub_device(api, device_id))["losses"] == {}
         assert not agent_task.done()
         assert not hub_task.done()
 
@@ -146,6 +173,11 @@ async def test_device_broker_restart_agent_resumes(
         assert math.isclose(c_sum, math.fsum(celsius_first + celsius_second), rel_tol=1e-9, abs_tol=1e-6)
         assert not dispatcher.counters.dead_lettered
         assert not agent_task.done()
+
+
+async def _reported_drained(api: Any, device_id: str, since: float) -> bool:
+    shown = await reported_since(api, device_id, since)
+    return bool(shown) and shown["outbox_pending"] == 0
 
 
 async def _outbox_results(outbox: Any) -> list[tuple[int, dict[str, Any]]]:
