@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--soak] [--profile]``: the agent's figures beside this machine's raw ceilings.
+"""``python -m bench [--quick] [--soak] [--profile] [--hub-only]``: agent and hub figures beside the raw ceilings.
 
 Phases, each with fresh brokers and every process it starts stopped at its end:
 1. ceilings: bare paho (MQTT 5) and aiomqtt subscribers on a burst from the C publisher, the latency probe
@@ -6,7 +6,9 @@ Phases, each with fresh brokers and every process it starts stopped at its end:
 2. one agent process (passthrough + echo handlers, 1 s windows): RSS idle; throughput at QoS 0 and 1, each
    run paired with a bare paho (MQTT 3.1.1) run right before it, best of 2 (1 in --quick); latency at 1,000
    and 5,000 events/s; RSS under that load; with --soak 10 minutes at 5,000/s; with --profile py-spy runs;
-3. a second agent with a cloud broker and 10 s windows: upstream bytes over raw event bytes.
+3. a second agent with a cloud broker and 10 s windows: upstream bytes over raw event bytes;
+4. the hub (``bench.hub``): with 1,000 simulated devices (100 in --quick), results stored per second and the lag
+   from publish to stored beside a bare paho subscriber's ceiling, and a rollout over 100 devices (20).
 Prints the table and writes ``bench/results/latest.json`` (every run, the machine's other load beside each).
 Reports, never gates: the exit status is 0 unless the benchmark itself could not run.
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import pipeline, report, upstream
+from bench import hub, pipeline, report, upstream
 from bench.agentproc import remove_labelled
 from bench.procs import REPO, loadavg, machine_busy_seconds
 from bench.runner import FULL, QUICK, RESULTS, console, phase, run_agent, run_ceilings
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--agent-protocol", choices=["5", "3.1.1"], default="5",
                         help="the agent's MQTT version toward the device broker ([local_broker] protocol)")
+    parser.add_argument("--hub-only", action="store_true", help="only the hub's figures (no Docker needed)")
     args = parser.parse_args(argv)
     pipeline.AGENT_PROTOCOL[0] = args.agent_protocol
     plan = QUICK if args.quick else FULL
@@ -97,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     client = None
     try:
         try:
-            client = docker_client()
+            client = None if args.hub_only else docker_client()
         except Exception as exc:
             console.log(f'[red]no Docker engine ({exc}); run `eval "$(scripts/engine.sh start)"`[/]')
             results["docker_error"] = str(exc)
-        run_ceilings(results, plan, client, device_id)
+        if not args.hub_only:
+            run_ceilings(results, plan, client, device_id)
         if client is not None:
             phase(results, "agent", "agent phases", lambda: run_agent(results, plan, client, device_id, args))
             phase(
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "upstream reduction",
                 lambda: upstream.upstream(client, f"{device_id}-up", plan.upstream_seconds),
             )
+        hub.run(results, args.quick, phase)
     finally:
         if client is not None:
             for dev in (device_id, f"{device_id}-up"):

@@ -3,7 +3,8 @@
 Separate processes so that each one's CPU time is its own and none steals the benchmark's GIL:
 ``sub``     a bare counting subscriber (paho-mqtt callback or aiomqtt async iterator) -> first/last/CPU;
 ``pace``    a paced paho publisher (events carry their send time in ``t``) -> events and bytes sent;
-``latsub``  a subscriber that times each echoed event against its ``t`` -> latency percentiles.
+``latsub``  a subscriber that times each echoed event against its ``t`` -> latency percentiles;
+``aggsub``  a bare paho subscriber counting the window results in aggregate batches (the hub's ceiling).
 """
 
 from __future__ import annotations
@@ -84,6 +85,34 @@ async def _sub_aiomqtt(args: argparse.Namespace) -> None:
                 return
 
 
+def aggsub(args: argparse.Namespace) -> None:
+    """Count the window results in aggregate batches (``{"seq":`` occurrences, no parsing) until ``count``."""
+    state = {"records": 0, "messages": 0, "bytes": 0, "first": 0.0, "last": time.monotonic()}
+    client = paho_client(args.mqtt)
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not state["messages"]:
+            state["first"] = time.time()
+        state["messages"] += 1
+        state["bytes"] += len(msg.payload)
+        state["records"] += msg.payload.count(b'{"seq":')
+        state["last"] = time.monotonic()
+
+    def on_subscribe(*_a: Any) -> None:
+        state["last"] = time.monotonic()
+        emit(ready=True, cpu=cpu())
+
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    client.on_connect = lambda c, *_a: c.subscribe(args.topic, args.qos)
+    client.connect(HOST, args.port, **connect_kwargs(args.mqtt))
+    while state["records"] < args.count and (not state["messages"] or time.monotonic() - state["last"] < args.idle):
+        client.loop(0.05)
+    emit(first=state["first"], last=time.time() - (time.monotonic() - state["last"]), cpu=cpu(),
+         records=state["records"], messages=state["messages"], bytes=state["bytes"])  # fmt: skip
+    client.disconnect()
+
+
 # -- paced publisher -------------------------------------------------------------------------------------
 def pace(args: argparse.Namespace) -> None:
     """Publish ``rate`` events/s for ``seconds``, each stamped with its send time.
@@ -160,14 +189,17 @@ def main() -> None:
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--at", type=float, default=0.0, help="epoch time to start at (default: once connected)")
+    agg = sub.add_parser("aggsub")
+    agg.add_argument("--mqtt", type=int, choices=[3, 5], default=5)
+    agg.add_argument("--idle", type=float, default=10.0, help="stop when nothing came for this long")
     lat = sub.add_parser("latsub")
     lat.add_argument("--warmup", type=int, default=0, help="ignore events with a lower seq")
     lat.add_argument("--idle", type=float, default=3.0)
-    for each in (s, p, lat):
+    for each in (s, p, lat, agg):
         each.add_argument("--port", type=int, required=True)
         each.add_argument("--topic", required=True)
         each.add_argument("--qos", type=int, default=0)
-    for each in (s, lat):
+    for each in (s, lat, agg):
         each.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
     if args.kind == "sub":
@@ -177,6 +209,8 @@ def main() -> None:
             asyncio.run(_sub_aiomqtt(args))
     elif args.kind == "pace":
         pace(args)
+    elif args.kind == "aggsub":
+        aggsub(args)
     else:
         latsub(args)
 

@@ -93,16 +93,17 @@ def publish_burst(host: str, port: int, topic: str, count: int, qos: int) -> tup
 
 
 class Helper:
-    """A ``python -m bench.clients ...`` subprocess that reports JSON lines on stdout."""
+    """A ``python -m bench.clients ...`` subprocess (or ``command``) that reports JSON lines on stdout."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, command: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.clients", *args],
+            [*(command or [sys.executable, "-m", "bench.clients"]), *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
         )
+        self._what = " ".join([Path(command[0]).name, *command[1:], *args] if command else args)
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, name="bench.helper-out", daemon=True).start()
 
@@ -118,7 +119,7 @@ class Helper:
 
     def read(self, timeout: float) -> dict[str, Any]:
         """The next JSON line; TimeoutError when none arrives in time (or the helper exited)."""
-        what = " ".join(map(str, self.proc.args[3:]))  # type: ignore[index]
+        what = self._what
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:

@@ -166,6 +166,50 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             )
         else:
             rows.append(Row("upstream reduction", f"error: {up.get('error')}"))
+    return rows + hub_rows(results.get("hub") or {})
+
+
+def hub_rows(hub: dict[str, Any]) -> list[Row]:
+    """Ceiling, ingest rate and lag, rollout time (``bench.hub``)."""
+    rows: list[Row] = []
+    if "error" in hub:
+        rows.append(Row("hub figures", f"error: {hub['error']}"))
+    ceil, ingest, roll = hub.get("ceiling") or {}, hub.get("ingest"), hub.get("rollout")
+    if ceil:
+        value = f"{_num(ceil.get('rate'))} results/s" if "rate" in ceil else f"error: {ceil.get('error')}"
+        detail = f"{_num(ceil.get('cpu_per_record_us'), '{:.1f}')} µs CPU/result, {ceil.get('mib_per_s')} MiB/s"
+        rows.append(Row(f"ceiling: bare paho on {ceil.get('devices', '?')} simulated devices' batches", value,
+                        ratio=detail if "rate" in ceil else ""))  # fmt: skip
+    if ingest is not None:
+        if "rate" not in ingest:
+            return [*rows, Row("hub ingest", f"error: {ingest.get('error')}")]
+        full = ingest["devices"] >= 1000
+        ratio = ingest["rate"] / ceil["rate"] if ceil.get("rate") else None
+        rows.append(Row(
+            f"hub results/s stored ({ingest['devices']:,} devices offering {ingest['offered_rate']:,.0f}/s)",
+            _num(ingest["rate"]), _num(ceil.get("rate")),
+            f"{_num(ratio, '{:.0%}')}; hub {ingest['hub_cpu_cores']} core, "
+            f"{ingest['hub_cpu_per_record_us']:.0f} µs/result",
+            "≥ 20,000/s" if full else "", (ingest["rate"] >= 20_000) if full else None,
+        ))  # fmt: skip
+        missing, published = ingest["not_stored"], ingest["published_in_window"]
+        late = f", {missing:,} of {published:,} not stored when the hub stopped" if missing else ""
+        at_least = "≥ " if missing > published / 100 else ""  # the unstored count with their wait so far
+        rows.append(Row(
+            "hub lag publish→stored p50 / p99",
+            f"{at_least}{ingest['p50_ms'] / 1000:.2f} / {at_least}{ingest['p99_ms'] / 1000:.2f} s",
+            ratio=f"ack wait p99 {_num(ingest.get('ack_wait_p99_ms'), '{:.0f}')} ms{late}",
+            target="p99 ≤ 1 s" if full else "", ok=(ingest["p99_ms"] <= 1000) if full else None,
+        ))  # fmt: skip
+    if roll is not None:
+        if "seconds" not in roll:
+            return [*rows, Row("hub rollout", f"error: {roll.get('error')}")]
+        steps = "+".join(str(n) for n in roll["steps"])
+        rows.append(Row(
+            f"hub rollout over {roll['devices']} devices ({steps}), minus soaks",
+            f"{roll['seconds']:.1f} s", ratio=f"{roll['state']}; total {roll['total_s']:.1f} s, "
+            f"soak {roll['soak_s']:g} s x {len(roll['steps'])}, {roll['per_step_s']:.1f} s/step",
+        ))  # fmt: skip
     return rows
 
 

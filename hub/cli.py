@@ -22,6 +22,7 @@ from hub.cli_keys import keys_app
 from hub.cli_provision import register as register_provisioning
 from hub.cli_rollouts import release_app, rollout_app
 from hub.cli_security import broker_app, ca_app, token_app
+from hub.cli_simulate import register as register_simulate
 from hub.client import HubClient
 from hub.config import HubConfig
 from hub.errors import ConfigError, HubError
@@ -42,6 +43,7 @@ app.add_typer(token_app, name="token")
 register_provisioning(device_app)
 app.add_typer(release_app, name="release")
 app.add_typer(rollout_app, name="rollout")
+register_simulate(app)
 
 T = TypeVar("T")
 
