@@ -99,6 +99,7 @@ def ingest(devices: int, seconds: float, warmup: float) -> dict[str, Any]:
         "devices_known_after_s": round(known - ready["at"], 1),
         "ack_wait_p99_ms": final.get("ack_wait_p99_ms"),
         "simulator_cpu_s": final.get("cpu_seconds"),
+        "simulator_seconds": final.get("seconds"),
         "resent": final.get("resent"),
     }
 
