@@ -15,7 +15,6 @@ from rich.console import Console
 from hub import cli_common, render_fleet
 from hub.catalog_schemas import ChangeOut
 from hub.cli_common import DEFAULT_URL, Api, AsJson, Token, call, fail
-from hub.labels import LabelError, Selector
 
 handlers_app = typer.Typer(help="Handlers: the container images devices run.", no_args_is_help=True)
 subscriptions_app = typer.Typer(help="Subscriptions: topic -> handler -> windows, per target.", no_args_is_help=True)
@@ -168,10 +167,7 @@ def subscriptions_add(
     token: Token = None,
 ) -> None:
     """Add a subscription: hub subscriptions add temp-lab --target site=lab --topic 'sensors/+/t' --handler temp-c."""
-    try:
-        Selector.parse(target)
-    except LabelError as exc:
-        raise fail(f"--target: {exc}") from None
+    cli_common.check_target(target)
     win = _given(kind=window_kind.value if window_kind else None, size=window, hop=hop, gap=gap)
     spec = _given(
         name=name,

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from hub.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, HubClient
 from hub.errors import ClientError
+from hub.labels import LabelError, Selector
 
 T = TypeVar("T")
 
@@ -87,3 +88,11 @@ def to_json(value: BaseModel | Sequence[BaseModel]) -> str:
     if isinstance(value, BaseModel):
         return json.dumps(value.model_dump(mode="json"), indent=2)
     return json.dumps([item.model_dump(mode="json") for item in value], indent=2)
+
+
+def check_target(target: list[str] | None) -> None:
+    """Refuse a malformed ``--target`` label selector before anything is sent to the hub."""
+    try:
+        Selector.parse(target)
+    except LabelError as exc:
+        raise fail(f"--target: {exc}") from None

@@ -11,7 +11,6 @@ from rich.live import Live
 
 from hub import cli_common, render_rollouts
 from hub.cli_common import DEFAULT_URL, Api, AsJson, Token, call, fail
-from hub.labels import LabelError, Selector
 from hub.rollouts import ACTIVE
 
 release_app = typer.Typer(help="Releases: a handler's versions, each an image by digest.", no_args_is_help=True)
@@ -73,10 +72,7 @@ def rollout_start(
     token: Token = None,
 ) -> None:
     """Start a rollout: hub rollout start temp-c --release 1.1 --target site=lab --canary 1 --batch 25%."""
-    try:
-        Selector.parse(target)
-    except LabelError as exc:
-        raise fail(f"--target: {exc}") from None
+    cli_common.check_target(target)
     given: dict[str, Any] = {
         "canary": canary,
         "batch": batch,
