@@ -83,6 +83,7 @@ class Dispatcher:
         self._finish_room = asyncio.Semaphore(16)
         # Packet id -> digest of the event whose effect is committed under it (see put()).
         self.delivered: dict[int, bytes] = {}
+        self._committing = 0
 
     # -- intake side ---------------------------------------------------------------------------------
     async def put(self, msg: Incoming) -> None:
@@ -114,6 +115,12 @@ class Dispatcher:
     @property
     def backlog(self) -> int:
         return len(self._queue)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing queued, no window open, and no commit or acknowledgement in flight: every effect of what
+        arrived so far is in the outbox. (Closed windows leave ``windows`` before their commit returns.)"""
+        return not self._queue and len(self.windows) == 0 and self._committing == 0 and not self._finishing
 
     async def drain(self) -> None:
         """Stop waiting for new events; return once everything queued has been committed."""
@@ -251,18 +258,22 @@ class Dispatcher:
         """Commit, retrying until the disk takes it: the batch's events stay unacknowledged meanwhile, so
         intake stalls (the backlog waits in the broker session) and nothing is lost or counted twice."""
         delay = 0.5
-        while True:
-            try:
-                await self._outbox.commit(closed, {self._checkpoint_key: self.windows.snapshot()}, delivered)
-            except OutboxError as exc:
-                self._alarm("outbox-write-failed", True)
-                log.error("subscription %s: commit failed (%s); retrying in %.1fs", self.spec.name, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            if delay > 0.5:
-                self._alarm("outbox-write-failed", False)
-            return
+        self._committing += 1
+        try:
+            while True:
+                try:
+                    await self._outbox.commit(closed, {self._checkpoint_key: self.windows.snapshot()}, delivered)
+                except OutboxError as exc:
+                    self._alarm("outbox-write-failed", True)
+                    log.error("subscription %s: commit failed (%s); retrying in %.1fs", self.spec.name, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                if delay > 0.5:
+                    self._alarm("outbox-write-failed", False)
+                return
+        finally:
+            self._committing -= 1
 
     def _event_time(self, payload: Any, arrived: float) -> float:
         name = self.spec.event_time_field

@@ -72,7 +72,7 @@ async def test_bad_input_is_dead_lettered_and_counted(
                            detail=lambda: (state.counters(), letters.reasons().values()))
             # Still processing: valid events published after the bad ones go through.
             await asyncio.to_thread(publish_all, device_broker, after)
-            await wait_for(lambda: counters.processed >= valid and len(dispatcher.windows) == 0, timeout=30,
+            await wait_for(lambda: counters.processed >= valid and dispatcher.settled, timeout=30,
                            what="valid events after the bad ones processed", detail=state.counters)
 
             assert counters.processed == valid

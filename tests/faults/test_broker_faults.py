@@ -72,7 +72,7 @@ async def test_cloud_broker_sigkill_store_and_forward(
             return f"{state.counters()} pending={outbox.pending}; hub: {Totals(hub_rows(db, device_id))}"
 
         def all_committed(n: int) -> bool:
-            return dispatcher.counters.processed >= n and dispatcher.backlog == 0 and len(dispatcher.windows) == 0
+            return dispatcher.counters.processed >= n and dispatcher.settled
 
         await asyncio.to_thread(publish_all, device_broker, before)
         await wait_for(lambda: all_committed(len(before)) and outbox.pending == 0, timeout=30,
@@ -159,7 +159,7 @@ async def test_device_broker_restart_agent_resumes(
         await asyncio.to_thread(publish_all, device, second)
         total = len(first) + len(second)
         await wait_for(
-            lambda: dispatcher.counters.processed >= total and len(dispatcher.windows) == 0,
+            lambda: dispatcher.counters.processed >= total and dispatcher.settled,
             timeout=30,
             what="events published after the restart processed",
             detail=state.counters,

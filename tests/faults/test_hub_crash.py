@@ -54,8 +54,7 @@ async def test_hub_sigkill_while_agent_forwards(
             uplink, outbox = state.uplink, state.outbox
 
             def settled() -> bool:
-                return (dispatcher.counters.processed >= len(celsius) and dispatcher.backlog == 0
-                        and len(dispatcher.windows) == 0 and outbox.pending == 0)
+                return dispatcher.counters.processed >= len(celsius) and dispatcher.settled and outbox.pending == 0
 
             def progress() -> str:
                 return (f"{state.counters()} pending={outbox.pending} sent={uplink.sent} acked={uplink.acked} "

@@ -299,3 +299,36 @@ async def test_drain_closes_due_windows(make: MakeHarness) -> None:
         h.clock.t = 2000.0
         await h.finish()  # the final tick on drain closes what is due, though no event arrived since
         assert [(r.group, r.events) for r in await h.records()] == [("topic[1]=a", 1), ("topic[1]=b", 1)]
+
+
+async def test_not_settled_while_closed_windows_are_being_committed(make: MakeHarness) -> None:
+    """Closed windows leave ``windows`` before their commit returns: ``settled`` must not be true in between."""
+    h = make()
+    async with h.outbox:
+        real_commit = h.outbox.commit
+        release = asyncio.Event()
+        holding = asyncio.Event()
+
+        async def slow_commit(closed: list[WindowResult], *args: Any, **kwargs: Any) -> None:
+            if closed:
+                holding.set()
+                await release.wait()
+            await real_commit(closed, *args, **kwargs)
+
+        h.outbox.commit = slow_commit  # type: ignore[method-assign]
+        h.start()
+        await h.dispatcher.put(h.msg(1, {"c": 1.0}))
+        await h.until_acked(1)
+        assert not h.dispatcher.settled  # a window is open
+        h.clock.t = 1030.0
+        finishing = asyncio.create_task(h.finish())  # the final tick closes the window
+        async with asyncio.timeout(5):
+            await holding.wait()
+        assert len(h.dispatcher.windows) == 0
+        assert h.dispatcher.backlog == 0
+        assert await h.records() == []
+        assert not h.dispatcher.settled
+        release.set()
+        await asyncio.wait_for(finishing, 5)
+        assert h.dispatcher.settled
+        assert [r.events for r in await h.records()] == [1]
