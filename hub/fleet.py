@@ -50,6 +50,11 @@ class Fleet:
 
     def record_reported(self, reported: Reported, *, seen_at: float, received_at: float) -> None:
         """Store ``reported`` unless a newer one is stored; ``seen_at`` moves the device's ``last_seen``."""
+        with self._store.transaction("record reported") as session:
+            self.write_reported(session, reported, seen_at=seen_at, received_at=received_at)
+
+    def write_reported(self, session: Session, reported: Reported, *, seen_at: float, received_at: float) -> None:
+        """:meth:`record_reported` within the caller's transaction."""
         stmt = self._store.insert(ReportedRow).values(
             device=reported.device,
             reported_at=reported.ts,
@@ -68,11 +73,10 @@ class Fleet:
             },
             where=excluded.reported_at >= ReportedRow.reported_at,
         )
-        with self._store.transaction("record reported") as session:
-            self._store.touch_device(
-                session, reported.device, seen_at, online=None, agent_version=reported.agent_version or None
-            )
-            session.execute(stmt)
+        self._store.touch_device(
+            session, reported.device, seen_at, online=None, agent_version=reported.agent_version or None
+        )
+        session.execute(stmt)
 
     def devices(self, selector: Selector | None = None) -> list[DeviceView]:
         """Every device whose labels match ``selector`` (all without one), by id."""

@@ -27,7 +27,7 @@ from edge_protocol.topics import Topics
 from hub import metrics
 from hub.broker import Inbound, MessageBus
 from hub.errors import BrokerError, StoreError
-from hub.fleet import Fleet
+from hub.ingest_writes import BatchWrite, ReportedWrite, StatusWrite, WriteQueue
 from hub.publisher import DesiredPublisher
 from hub.store import Store
 
@@ -49,68 +49,106 @@ class Ingest:
         clock: Callable[[], float] = time.time,
         grace: float = SHUTDOWN_GRACE,
         desired: DesiredPublisher | None = None,
+        writes: WriteQueue | None = None,
     ) -> None:
-        self._store = store
-        self._fleet = Fleet(store)
+        self._writes = writes or WriteQueue(store)
         self._desired = desired
         self._broker = broker
         self._topics = topics
         self._clock = clock
         self._grace = grace
+        # What follows a commit (an ack, a first desired state), per message, while the next ones are read.
+        self._follow_ups: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
         """Set once every subscription is active on the broker."""
 
     async def run(self) -> None:
-        """Subscribe and process messages until cancelled."""
-        await self._broker.subscribe(self._topics.shared("aggregates"), qos=1)
-        await self._broker.subscribe(self._topics.all_devices("status"), qos=1)
-        # Not shared: every replica keeps its view of the fleet and compiles a new device's first document.
-        await self._broker.subscribe(self._topics.all_devices("reported"), qos=1)
-        await self._broker.wait_connected()
-        self.ready.set()
-        async with contextlib.aclosing(self._broker.messages()) as messages:
-            async for message in messages:
-                await _finish_despite_cancel(self._handle_safely(message), self._grace)
-
-    async def _handle_safely(self, message: Inbound) -> None:
+        """Subscribe and process messages until cancelled; on cancel, what is being committed is finished
+        and acked (for up to ``grace`` s)."""
+        writer = asyncio.create_task(self._writes.run(), name="hub.ingest.writes")
         try:
-            await self.handle(message)
+            await self._broker.subscribe(self._topics.shared("aggregates"), qos=1)
+            await self._broker.subscribe(self._topics.all_devices("status"), qos=1)
+            # Not shared: every replica keeps its view of the fleet and compiles a new device's first document.
+            await self._broker.subscribe(self._topics.all_devices("reported"), qos=1)
+            await self._broker.wait_connected()
+            self.ready.set()
+            async with contextlib.aclosing(self._broker.messages()) as messages:
+                async for message in messages:
+                    follow_up = await self._accept_safely(message)
+                    if follow_up is not None:
+                        task = asyncio.create_task(follow_up, name="hub.ingest.follow-up")
+                        self._follow_ups.add(task)
+                        task.add_done_callback(self._follow_ups.discard)
+                    if writer.done():
+                        writer.result()  # a crashed writer must not leave ingest queueing forever
+                        raise RuntimeError("the ingest writer stopped")
+        finally:
+            self._writes.close()
+            await _finish_within(self._grace, writer, *self._follow_ups)
+
+    async def handle(self, message: Inbound) -> None:
+        """Process one message to the end, its commit and ack included: for tests that drive ingest without a
+        broker, and not while :meth:`run` runs."""
+        follow_up = await self._accept(message)
+        await self._writes.flush()
+        if follow_up is not None:
+            await follow_up
+
+    async def _accept_safely(self, message: Inbound) -> Coroutine[Any, Any, None] | None:
+        try:
+            return await self._accept(message)
         except Exception:
             # A bug must not stop intake for the whole fleet: log it loudly and go on.
             metrics.REJECTED.labels("internal_error").inc()
             log.exception("ingest failed on a message on %s", message.topic)
+            return None
 
-    async def handle(self, message: Inbound) -> None:
-        """Process one message (public for tests that drive ingest without a broker)."""
+    async def _accept(self, message: Inbound) -> Coroutine[Any, Any, None] | None:
+        """Check ``message`` and queue its write; what is left to do once it is committed, if anything."""
+        parsed = self._parse(message)
+        if parsed is None:
+            return None
+        device, channel, msg = parsed
+        if channel == "aggregates" and isinstance(msg, AggregateBatch):
+            return await self._on_batch(device, msg)
+        if channel == "status" and isinstance(msg, Status):
+            # A retained status is replayed by the broker when we subscribe: it says when the device spoke, not
+            # now. The will's ts is the agent's connect time, so statuses are applied in arrival order, not by ts.
+            seen_at = msg.ts if message.retain else self._clock()
+            stored = await self._writes.put(StatusWrite(device, msg.online, msg.agent_version, seen_at))
+            return self._seen_once_stored(device, stored)
+        if channel == "reported" and isinstance(msg, Reported):
+            now = self._clock()
+            stored = await self._writes.put(ReportedWrite(msg, msg.ts if message.retain else now, now))
+            return self._seen_once_stored(device, stored)
+        self._reject("wrong_kind", message.topic, f"a {msg.kind!r} message does not belong here")
+        return None
+
+    def _parse(self, message: Inbound) -> tuple[str, str, AggregateBatch | Ack | Status | Reported] | None:
+        """(device, channel, message), or None when it is rejected (counted and logged)."""
         parsed = self._topics.parse_device(message.topic)
         if parsed is None:
             self._reject("unexpected_topic", message.topic, "not a device topic under our prefix")
-            return
+            return None
         device, channel = parsed
         metrics.MESSAGES.labels(channel).inc()
         if not message.payload:
             # An empty retained message is how a device's retained status is cleared: routine, so quiet.
             self._reject("empty", message.topic, "empty payload", level=logging.DEBUG)
-            return
+            return None
         try:
             msg = CLOUD_MESSAGE.validate_json(message.payload)
         except ValidationError as exc:
             reason = "not_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "invalid"
             self._reject(reason, message.topic, _first_error(exc))
-            return
+            return None
         if msg.device != device:
             self._reject("device_mismatch", message.topic, f"message is from device {msg.device!r}")
-            return
-        if channel == "aggregates" and isinstance(msg, AggregateBatch):
-            await self._on_batch(device, msg)
-        elif channel == "status" and isinstance(msg, Status):
-            await self._on_status(device, msg, retained=message.retain)
-        elif channel == "reported" and isinstance(msg, Reported):
-            await self._on_reported(device, msg, retained=message.retain)
-        else:
-            self._reject("wrong_kind", message.topic, f"a {msg.kind!r} message does not belong here")
+            return None
+        return device, channel, msg
 
-    async def _on_batch(self, device: str, batch: AggregateBatch) -> None:
+    async def _on_batch(self, device: str, batch: AggregateBatch) -> Coroutine[Any, Any, None] | None:
         accepted: list[SequencedResult] = []
         for record in batch.records:
             refusal = _refusal(device, record)
@@ -121,13 +159,13 @@ class Ingest:
                 metrics.RECORDS_REFUSED.labels(refusal).inc()
                 log.warning("device %s: refused record seq %d (%s): %s", device, record.seq, refusal, record.result.id)
         if not accepted:
-            return
-        try:
-            seqs = await asyncio.to_thread(self._store.store_batch, device, accepted)
-        except StoreError as exc:
-            metrics.FAILURES.labels("store").inc()
-            log.error("device %s: %d records not stored (the agent resends): %s", device, len(accepted), exc)
-            return
+            return None
+        stored = await self._writes.put(BatchWrite(device, accepted))
+        return self._ack_once_stored(device, [rec.seq for rec in accepted], stored)
+
+    async def _ack_once_stored(self, device: str, seqs: list[int], stored: asyncio.Future[bool]) -> None:
+        if not await stored:
+            return  # counted and logged by the writer; the agent resends
         metrics.RECORDS_STORED.inc(len(seqs))
         ack = Ack(device=device, ranges=ranges_of(seqs))
         try:
@@ -139,38 +177,8 @@ class Ingest:
             return
         metrics.ACKS.inc()
 
-    async def _on_status(self, device: str, status: Status, *, retained: bool) -> None:
-        # A retained status is replayed by the broker when we subscribe: it says when the device spoke, not
-        # now. The will's ts is the agent's connect time, so statuses are applied in arrival order, not by ts.
-        seen_at = status.ts if retained else self._clock()
-        try:
-            await asyncio.to_thread(
-                self._store.record_status,
-                device,
-                online=status.online,
-                agent_version=status.agent_version,
-                seen_at=seen_at,
-            )
-        except StoreError as exc:
-            metrics.FAILURES.labels("status").inc()
-            log.error("device %s: status not stored: %s", device, exc)
-            return
-        await self._seen(device)
-
-    async def _on_reported(self, device: str, reported: Reported, *, retained: bool) -> None:
-        now = self._clock()
-        try:
-            await asyncio.to_thread(
-                self._fleet.record_reported, reported, seen_at=reported.ts if retained else now, received_at=now
-            )
-        except StoreError as exc:
-            metrics.FAILURES.labels("reported").inc()
-            log.error("device %s: reported state not stored: %s", device, exc)
-            return
-        await self._seen(device)
-
-    async def _seen(self, device: str) -> None:
-        if self._desired is None:
+    async def _seen_once_stored(self, device: str, stored: asyncio.Future[bool]) -> None:
+        if not await stored or self._desired is None:
             return
         try:
             await self._desired.device_seen(device)
@@ -208,15 +216,16 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"[:300]
 
 
-async def _finish_despite_cancel(coro: Coroutine[Any, Any, None], grace: float) -> None:
-    """Run ``coro`` to the end even if we are cancelled meanwhile (for up to ``grace`` s), then re-raise.
+async def _finish_within(grace: float, *tasks: asyncio.Task[None]) -> None:
+    """Give ``tasks`` up to ``grace`` s to finish (also when we are being cancelled), then cancel the rest.
 
     A batch being stored when shutdown starts gets stored and acked instead of abandoned mid-way.
     """
-    task = asyncio.get_running_loop().create_task(coro, name="hub.ingest.message")
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, grace)
-        raise
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("ingest stopped with an error", exc_info=task.exception())

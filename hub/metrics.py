@@ -5,7 +5,7 @@ They live in the default registry: a hub is one process, and tests read deltas, 
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "edgefleet_hub_messages_total",
@@ -39,4 +39,13 @@ DESIRED_VERSIONS = Counter(
 DESIRED_PUBLISHED = Counter(
     "edgefleet_hub_desired_published_total",
     "Signed desired-state messages published (retained) and acknowledged by the broker",
+)
+INGEST_GROUP_RECORDS = Histogram(
+    "edgefleet_hub_ingest_group_records",
+    "Records and messages (a status or reported state counts one) committed per ingest transaction",
+    buckets=(1, 10, 50, 200, 1_000, 2_000, 5_000),
+)
+INGEST_QUEUED = Gauge(
+    "edgefleet_hub_ingest_queued_records",
+    "Records checked by ingest and waiting for their transaction",
 )

@@ -65,14 +65,32 @@ def device_detail(dev: DeviceOut | DeviceDetailOut) -> RenderableType:
         facts.add_row("alarms", ", ".join(dev.alarms) or "-")
         facts.add_row("last refusal", dev.last_refusal or "-")
     handlers = _table(
-        "handler", "image", "healthy", "state", "restarts", "replicas P", "arrivals E/s", "per replica m/s",
-        "errors", "lag ms", "container",
+        "handler",
+        "image",
+        "healthy",
+        "state",
+        "restarts",
+        "replicas P",
+        "arrivals E/s",
+        "per replica m/s",
+        "errors",
+        "lag ms",
+        "container",
     )
     for h in dev.handlers:
         healthy = "yes" if h.healthy else "NO"
         handlers.add_row(
-            h.name, h.image, healthy, h.state, str(h.restarts), str(h.replicas), _rate(h.arrival_rate),
-            _rate(h.capacity_per_replica), str(h.errors), _rate(h.lag_ms), (h.container or "-")[:12],
+            h.name,
+            h.image,
+            healthy,
+            h.state,
+            str(h.restarts),
+            str(h.replicas),
+            _rate(h.arrival_rate),
+            _rate(h.capacity_per_replica),
+            str(h.errors),
+            _rate(h.lag_ms),
+            (h.container or "-")[:12],
         )
     parts += ["", handlers]
     if isinstance(dev, DeviceDetailOut):

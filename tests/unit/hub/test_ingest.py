@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy.orm import Session
 
 from edge_protocol.messages import Ack, SequencedResult
 from edge_protocol.topics import Topics
@@ -176,14 +177,14 @@ async def test_a_batch_being_stored_at_shutdown_is_finished_and_acked(
     ingest: Ingest, bus: FakeBus, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-    real = store.store_batch
+    real = store.insert_batches
 
-    def slow_store_batch(device: str, records: list[SequencedResult]) -> list[int]:
+    def slow_insert_batches(session: Session, batches: list[tuple[str, list[SequencedResult]]], now: float) -> None:
         entered.set()
         release.wait(10)  # fault: a slow disk
-        return real(device, records)
+        real(session, batches, now)
 
-    monkeypatch.setattr(store, "store_batch", slow_store_batch)
+    monkeypatch.setattr(store, "insert_batches", slow_insert_batches)
     async with asyncio.timeout(10):
         task = asyncio.create_task(ingest.run(), name="test.ingest")
         bus.inject(AGG, batch("dev-a", record(1)).model_dump_json())
