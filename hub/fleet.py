@@ -7,7 +7,9 @@ message replayed on subscribe cannot overwrite a fresher one); the API reads who
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session
 from edge_protocol.messages import Reported
 from hub.labels import Selector
 from hub.records import DeviceInfo
-from hub.store import Store
+from hub.store import DeviceSeen, Store
 from hub.tables import DesiredRow, DeviceRow, ReportedRow
 
 log = logging.getLogger(__name__)
@@ -42,41 +44,64 @@ class DeviceView:
         return sum(n for reasons in self.reported.losses.values() for n in reasons.values())
 
 
+@dataclass(frozen=True, slots=True)
+class ReportedState:
+    """A reported state to store: ``seen_at`` moves the device's ``last_seen``, ``received_at`` is the hub's."""
+
+    reported: Reported
+    seen_at: float
+    received_at: float
+
+
 class Fleet:
     """Reported state in, device views out."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._upsert_reported: Any = None
 
     def record_reported(self, reported: Reported, *, seen_at: float, received_at: float) -> None:
         """Store ``reported`` unless a newer one is stored; ``seen_at`` moves the device's ``last_seen``."""
         with self._store.transaction("record reported") as session:
-            self.write_reported(session, reported, seen_at=seen_at, received_at=received_at)
+            self.write_reported(session, [ReportedState(reported, seen_at, received_at)])
 
-    def write_reported(self, session: Session, reported: Reported, *, seen_at: float, received_at: float) -> None:
-        """:meth:`record_reported` within the caller's transaction."""
-        stmt = self._store.insert(ReportedRow).values(
-            device=reported.device,
-            reported_at=reported.ts,
-            received_at=received_at,
-            applied_version=reported.applied_version,
-            state=reported.model_dump(mode="json"),
+    def write_reported(self, session: Session, states: Sequence[ReportedState]) -> None:
+        """:meth:`record_reported` for several, within the caller's transaction (one executemany each)."""
+        if not states:
+            return
+        self._store.touch_devices(
+            session, [DeviceSeen(s.reported.device, s.seen_at, None, s.reported.agent_version) for s in states]
         )
-        excluded = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[ReportedRow.device],
-            set_={
-                "reported_at": excluded.reported_at,
-                "received_at": excluded.received_at,
-                "applied_version": excluded.applied_version,
-                "state": excluded.state,
-            },
-            where=excluded.reported_at >= ReportedRow.reported_at,
-        )
-        self._store.touch_device(
-            session, reported.device, seen_at, online=None, agent_version=reported.agent_version or None
-        )
-        session.execute(stmt)
+        rows = [
+            {
+                "device": s.reported.device,
+                "reported_at": s.reported.ts,
+                "received_at": s.received_at,
+                "applied_version": s.reported.applied_version,
+                "state": s.reported.model_dump(mode="json"),
+            }
+            for s in states
+        ]
+        session.connection().execute(self._upsert(), rows)
+
+    def _upsert(self) -> Any:
+        # Built once: building it per reported state cost more than the write.
+        if self._upsert_reported is None:
+            table = ReportedRow.__table__
+            stmt = self._store.insert(table)
+            excluded = stmt.excluded
+            self._upsert_reported = stmt.on_conflict_do_update(
+                index_elements=[table.c.device],
+                set_={
+                    "reported_at": excluded.reported_at,
+                    "received_at": excluded.received_at,
+                    "applied_version": excluded.applied_version,
+                    "state": excluded.state,
+                },
+                # Newest by the agent's ts wins: a retained message replayed on subscribe is older.
+                where=excluded.reported_at >= table.c.reported_at,
+            )
+        return self._upsert_reported
 
     def devices(self, selector: Selector | None = None) -> list[DeviceView]:
         """Every device whose labels match ``selector`` (all without one), by id."""

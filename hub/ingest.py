@@ -27,9 +27,10 @@ from edge_protocol.topics import Topics
 from hub import metrics
 from hub.broker import Inbound, MessageBus
 from hub.errors import BrokerError, StoreError
-from hub.ingest_writes import BatchWrite, ReportedWrite, StatusWrite, WriteQueue
+from hub.fleet import ReportedState
+from hub.ingest_writes import BatchWrite, WriteQueue
 from hub.publisher import DesiredPublisher
-from hub.store import Store
+from hub.store import DeviceSeen, Store
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,11 @@ class Ingest:
             # A retained status is replayed by the broker when we subscribe: it says when the device spoke, not
             # now. The will's ts is the agent's connect time, so statuses are applied in arrival order, not by ts.
             seen_at = msg.ts if message.retain else self._clock()
-            stored = await self._writes.put(StatusWrite(device, msg.online, msg.agent_version, seen_at))
+            stored = await self._writes.put(DeviceSeen(device, seen_at, msg.online, msg.agent_version))
             return self._seen_once_stored(device, stored)
         if channel == "reported" and isinstance(msg, Reported):
             now = self._clock()
-            stored = await self._writes.put(ReportedWrite(msg, msg.ts if message.retain else now, now))
+            stored = await self._writes.put(ReportedState(msg, msg.ts if message.retain else now, now))
             return self._seen_once_stored(device, stored)
         self._reject("wrong_kind", message.topic, f"a {msg.kind!r} message does not belong here")
         return None
@@ -198,12 +199,9 @@ def _refusal(device: str, record: SequencedResult) -> str | None:
     # The window id is the store's primary key: a device must not be able to occupy another device's ids.
     if not result.id.startswith(f"{device}/"):
         return "foreign_window_id"
-    numbers = [result.window_start, result.window_end]
-    for state in result.fields.values():
-        numbers += [state.sum, state.mean, state.m2, state.min, state.max, state.first, state.first_ts]
-        numbers += [state.last, state.last_ts]
     # JSON (and PostgreSQL's JSONB) has no Infinity or NaN: such a record could be stored but not read back.
-    if not all(math.isfinite(n) for n in numbers):
+    # Field states refuse them when parsed (allow_inf_nan=False); the window's bounds are checked here.
+    if not (math.isfinite(result.window_start) and math.isfinite(result.window_end)):
         return "non_finite"
     return None
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from edge_protocol.messages import Reported, SequencedResult
+from edge_protocol.messages import SequencedResult
 from hub import metrics
 from hub.errors import StoreError
-from hub.fleet import Fleet
-from hub.store import Store
+from hub.fleet import Fleet, ReportedState
+from hub.store import DeviceSeen, Store
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,8 @@ class BatchWrite:
     records: Sequence[SequencedResult]
 
 
-@dataclass(frozen=True, slots=True)
-class StatusWrite:
-    device: str
-    online: bool
-    agent_version: str
-    seen_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class ReportedWrite:
-    reported: Reported
-    seen_at: float
-    received_at: float
-
-
-Write = BatchWrite | StatusWrite | ReportedWrite
+Write = BatchWrite | DeviceSeen | ReportedState
+"""An aggregates batch, a status (a device seen, its online flag set) or a reported state."""
 
 
 def _size(write: Write) -> int:
@@ -68,7 +54,7 @@ def _operation(write: Write) -> str:
     """The ``operation`` label of the failure metric, as before group commit."""
     if isinstance(write, BatchWrite):
         return "store"
-    return "status" if isinstance(write, StatusWrite) else "reported"
+    return "status" if isinstance(write, DeviceSeen) else "reported"
 
 
 @dataclass(slots=True)
@@ -191,18 +177,13 @@ class WriteQueue:
         return True
 
     def _apply(self, session: Session, writes: Sequence[Write]) -> None:
+        # Grouped by kind, each kind in arrival order: batches only move last_seen (which never moves back), so
+        # only statuses among themselves (online) and reported states among themselves need their order.
         batches = [(w.device, w.records) for w in writes if isinstance(w, BatchWrite)]
         if batches:
             self._store.insert_batches(session, batches, self._clock())
-        for write in writes:
-            if isinstance(write, StatusWrite):
-                self._store.touch_device(
-                    session, write.device, write.seen_at, online=write.online, agent_version=write.agent_version
-                )
-            elif isinstance(write, ReportedWrite):
-                self._fleet.write_reported(
-                    session, write.reported, seen_at=write.seen_at, received_at=write.received_at
-                )
+        self._store.touch_devices(session, [w for w in writes if isinstance(w, DeviceSeen)])
+        self._fleet.write_reported(session, [w for w in writes if isinstance(w, ReportedState)])
 
     @staticmethod
     def _failed(write: Write, exc: StoreError) -> None:
@@ -210,5 +191,5 @@ class WriteQueue:
         if isinstance(write, BatchWrite):
             log.error("device %s: %d records not stored (the agent resends): %s", write.device, len(write.records), exc)
         else:
-            device = write.device if isinstance(write, StatusWrite) else write.reported.device
+            device = write.device if isinstance(write, DeviceSeen) else write.reported.device
             log.error("device %s: %s not stored: %s", device, _operation(write), exc)

@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter
 from sqlalchemy import Engine, case, create_engine, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -31,6 +32,8 @@ from hub.records import DeviceInfo, StoredAggregate
 from hub.tables import AggregateRow, Base, DeviceRow
 
 log = logging.getLogger(__name__)
+
+_FIELDS_JSON: TypeAdapter[dict[str, FieldState]] = TypeAdapter(dict[str, FieldState])
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for another one (a second hub process, a backup) before failing."""
@@ -160,37 +163,39 @@ class Store:
         One executemany of one statement compiled once: building a multi-row ``VALUES`` per batch made
         SQLAlchemy compile it anew every time (most of the hub's ingest CPU, docs/performance.md).
         """
-        rows = [
-            {
-                "window_id": rec.result.id,
-                "device": device,
-                "subscription": rec.result.subscription,
-                "revision": rec.result.revision,
-                "group": rec.result.group,
-                "window_start": rec.result.window_start,
-                "window_end": rec.result.window_end,
-                "part": rec.result.part,
-                "events": rec.result.events,
-                "fields": {name: state.model_dump(mode="json") for name, state in rec.result.fields.items()},
-                "stats": list(rec.result.stats),
-                "stored_at": now,
-            }
-            for device, records in batches
-            for rec in records
-        ]
+        statements = self._statements()
+        order = statements.aggregate_columns
+        rows = []
+        for device, records in batches:
+            for rec in records:
+                result = rec.result
+                row = {
+                    "window_id": result.id,
+                    "device": device,
+                    "subscription": result.subscription,
+                    "revision": result.revision,
+                    "group": result.group,
+                    "window_start": result.window_start,
+                    "window_end": result.window_end,
+                    "part": result.part,
+                    "events": result.events,
+                    "fields": _FIELDS_JSON.dump_json(result.fields).decode(),
+                    "stats": orjson.dumps(result.stats).decode(),
+                    "stored_at": now,
+                }
+                rows.append(tuple(row[name] for name in order) if order else row)
         if not rows:
             return
         connection = session.connection()
-        connection.execute(self._statements().insert_aggregates, rows)
-        seen = [
-            {"id": device, "first_seen": now, "last_seen": now, "online": True, "agent_version": "", "labels": {}}
-            for device in dict.fromkeys(device for device, _ in batches)
-        ]
-        connection.execute(self._statements().touch_seen, seen)
+        # The driver's executemany of SQL compiled once, JSON already text: SQLAlchemy's per-row parameter
+        # processing cost more than SQLite's own insert (docs/performance.md).
+        connection.exec_driver_sql(statements.insert_aggregates, rows)
+        self.touch_devices(session, [DeviceSeen(device, now) for device in dict.fromkeys(d for d, _ in batches)])
 
     def _statements(self) -> _Statements:
         if self._prepared is None:
-            self._prepared = _Statements.build(self)
+            assert self._engine is not None
+            self._prepared = _Statements.build(self, self._engine)
         return self._prepared
 
     def record_status(self, device: str, *, online: bool, agent_version: str, seen_at: float) -> None:
@@ -201,26 +206,32 @@ class Store:
     def touch_device(
         self, session: Session, device: str, seen_at: float, *, online: bool | None, agent_version: str | None
     ) -> None:
-        # Upsert in one statement so two hub replicas seeing the same new device cannot collide. online=None
-        # leaves a known device's online flag alone (a new one starts online).
-        stmt = self.insert(DeviceRow).values(
-            id=device,
-            first_seen=seen_at,
-            last_seen=seen_at,
-            online=True if online is None else online,  # a device sending aggregates is up
-            agent_version=agent_version or "",
-            labels={},
-        )
-        excluded = stmt.excluded
-        updates: dict[str, Any] = {
-            "last_seen": _greatest(DeviceRow.last_seen, excluded.last_seen),
-            "first_seen": _least(DeviceRow.first_seen, excluded.first_seen),
-        }
-        if online is not None:
-            updates["online"] = excluded.online
-        if agent_version:
-            updates["agent_version"] = excluded.agent_version
-        session.execute(stmt.on_conflict_do_update(index_elements=[DeviceRow.id], set_=updates))
+        """One device seen at ``seen_at`` (see :meth:`touch_devices`)."""
+        self.touch_devices(session, [DeviceSeen(device, seen_at, online, agent_version or "")])
+
+    def touch_devices(self, session: Session, seen: Sequence[DeviceSeen]) -> None:
+        """Upsert devices as seen, in order: ``last_seen`` never moves back, ``first_seen`` never forward.
+
+        One statement per device, so two hub replicas seeing the same new device cannot collide; executemany
+        of statements built once (building one per message was a tenth of ingest's CPU).
+        """
+        statements = self._statements()
+        connection = session.connection()
+        for online_known, statement in ((False, statements.touch_seen), (True, statements.touch_status)):
+            rows = [
+                {
+                    "id": s.device,
+                    "first_seen": s.seen_at,
+                    "last_seen": s.seen_at,
+                    "online": True if s.online is None else s.online,  # a device sending aggregates is up
+                    "agent_version": s.agent_version,
+                    "labels": {},
+                }
+                for s in seen
+                if (s.online is not None) == online_known
+            ]
+            if rows:
+                connection.execute(statement, rows)
 
     # -- reads -----------------------------------------------------------------------------------------------
 
@@ -289,27 +300,49 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceSeen:
+    """A device heard from: by a batch (``online`` None), a status (``online`` set) or a reported state."""
+
+    device: str
+    seen_at: float
+    online: bool | None = None
+    """None leaves a known device's flag alone (a new one starts online)."""
+    agent_version: str = ""
+    """Empty leaves the known version alone."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Statements:
     """Ingest's statements, built once per store: executemany reuses their compiled form."""
 
-    insert_aggregates: Any
+    insert_aggregates: str
+    aggregate_columns: tuple[str, ...] | None
+    """The parameter order of a positional paramstyle (SQLite's ``?``); None for named ones (psycopg's)."""
     touch_seen: Any
+    touch_status: Any
 
     @classmethod
-    def build(cls, store: Store) -> _Statements:
-        aggregates = AggregateRow.__table__
+    def build(cls, store: Store, engine: Engine) -> _Statements:
+        compiled = store.insert(AggregateRow.__table__).on_conflict_do_nothing().compile(dialect=engine.dialect)
+        order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
         devices = DeviceRow.__table__
         touch = store.insert(devices)
         excluded = touch.excluded
-        # A device sending aggregates is up; its online flag and version are left to its status messages.
-        touch = touch.on_conflict_do_update(
-            index_elements=[devices.c.id],
-            set_={
-                "last_seen": _greatest(devices.c.last_seen, excluded.last_seen),
-                "first_seen": _least(devices.c.first_seen, excluded.first_seen),
-            },
+        seen = {
+            "last_seen": _greatest(devices.c.last_seen, excluded.last_seen),
+            "first_seen": _least(devices.c.first_seen, excluded.first_seen),
+            "agent_version": case(
+                (excluded.agent_version != "", excluded.agent_version), else_=devices.c.agent_version
+            ),
+        }
+        return cls(
+            insert_aggregates=compiled.string,
+            aggregate_columns=order,
+            touch_seen=touch.on_conflict_do_update(index_elements=[devices.c.id], set_=seen),
+            touch_status=touch.on_conflict_do_update(
+                index_elements=[devices.c.id], set_={**seen, "online": excluded.online}
+            ),
         )
-        return cls(store.insert(aggregates).on_conflict_do_nothing(), touch)
 
 
 def _json_text(value: Any) -> str:

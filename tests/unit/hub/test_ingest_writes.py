@@ -14,10 +14,10 @@ from edge_protocol.messages import Ack
 from edge_protocol.topics import Topics
 from hub.errors import StoreError
 from hub.fakes import FakeBus
-from hub.fleet import Fleet
+from hub.fleet import Fleet, ReportedState
 from hub.ingest import Ingest
-from hub.ingest_writes import BatchWrite, ReportedWrite, StatusWrite, WriteQueue
-from hub.store import Store
+from hub.ingest_writes import BatchWrite, WriteQueue
+from hub.store import DeviceSeen, Store
 from tests.unit.hub.factories import batch, record, reported, status
 
 TOPICS = Topics("unit")
@@ -55,8 +55,8 @@ async def test_queued_writes_share_one_transaction(store: Store, monkeypatch: py
     counting = CountingStore(store, monkeypatch)
     writes = WriteQueue(store, clock=lambda: 3000.0)
     futures = [await writes.put(BatchWrite(f"dev-{i}", [record(1, device=f"dev-{i}")])) for i in range(20)]
-    futures.append(await writes.put(StatusWrite("dev-0", False, "1.0.0", 2900.0)))
-    futures.append(await writes.put(ReportedWrite(reported("dev-1", applied=3), 2950.0, 2950.0)))
+    futures.append(await writes.put(DeviceSeen("dev-0", 2900.0, False, "1.0.0")))
+    futures.append(await writes.put(ReportedState(reported("dev-1", applied=3), 2950.0, 2950.0)))
     assert writes.queued == 22
     await writes.flush()
     assert [f.result() for f in futures] == [True] * 22
@@ -87,7 +87,7 @@ async def test_a_refused_write_does_not_take_its_group_down(store: Store, monkey
     writes = WriteQueue(store)
     good = await writes.put(BatchWrite("dev-a", [record(1)]))
     bad = await writes.put(BatchWrite("dev-bad", [record(1, device="dev-bad")]))
-    other = await writes.put(StatusWrite("dev-c", True, "1.0.0", 100.0))
+    other = await writes.put(DeviceSeen("dev-c", 100.0, True, "1.0.0"))
     await writes.flush()
     assert (good.result(), bad.result(), other.result()) == (True, False, True)
     assert counting.transactions == 4  # the group, then each write on its own
