@@ -61,6 +61,43 @@ def ceiling(devices: int, backlog: int) -> dict[str, Any]:
     }
 
 
+def capacity(devices: int, backlog: int) -> dict[str, Any]:
+    """One ``hub serve`` draining the ceiling's stream (``backlog`` windows per device, sent at once): the most
+    results per second it stores, from its first stored result to its last."""
+    want = devices * backlog * GROUPS
+    with broker() as mq, tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
+        hub = HubServer(Path(tmp), mq.port).start()
+        sim = None
+        try:
+            cpu0 = cpu_seconds(hub.pid)
+            sim = Simulator(mq.port, devices, "--rate", str(RATE), "--window", WINDOW, "--backlog", str(backlog),
+                            "--resend-after", "600s")  # fmt: skip
+            sim.wait_event("ready", timeout=60 + devices / 20)
+            deadline = time.monotonic() + 60 + want / 5000
+            while (stored := hub.stored()) < want and time.monotonic() < deadline:
+                time.sleep(0.5)
+            hub_cpu, hwm = cpu_seconds(hub.pid) - cpu0, memory_kib(hub.pid).get("VmHWM", 0)
+        finally:
+            if sim is not None:
+                sim.close()
+            hub.stop()
+        db = sqlite3.connect(f"file:{hub.db_path}?mode=ro", uri=True)
+        try:
+            first, last = db.execute("SELECT min(stored_at), max(stored_at) FROM aggregates").fetchone()
+        finally:
+            db.close()
+    seconds = (last or 0.0) - (first or 0.0)
+    return {
+        "devices": devices,
+        "records": want,
+        "stored": stored,
+        "seconds": round(seconds, 2),
+        "rate": stored / seconds if seconds > 0 else None,
+        "hub_cpu_per_record_us": hub_cpu / max(1, stored) * 1e6,  # start-up and the devices' statuses included
+        "hub_hwm_mib": round(hwm / 1024, 1),
+    }
+
+
 def ingest(devices: int, seconds: float, warmup: float) -> dict[str, Any]:
     """One ``hub serve`` under ``devices`` x ``RATE`` results/s: stored/s and publish -> stored lag."""
     with broker() as mq, tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
@@ -150,6 +187,8 @@ def run(results: dict[str, Any], quick: bool, phase: Any) -> None:
         return
     phase(results, "hub.ceiling", f"hub ceiling: bare paho on {devices} simulated devices' batches",
           lambda: ceiling(devices, backlog))  # fmt: skip
+    phase(results, "hub.capacity", f"hub capacity: draining {backlog} windows of {devices} simulated devices",
+          lambda: capacity(devices, backlog))  # fmt: skip
     phase(results, "hub.ingest", f"hub ingest: {devices} simulated devices x {RATE:.0f} results/s",
           lambda: ingest(devices, seconds, warmup))  # fmt: skip
     fleet, soak = (20, 1.0) if quick else (100, 2.0)

@@ -187,9 +187,19 @@ class Store:
         if not rows:
             return
         connection = session.connection()
-        # The driver's executemany of SQL compiled once, JSON already text: SQLAlchemy's per-row parameter
-        # processing cost more than SQLite's own insert (docs/performance.md).
-        connection.exec_driver_sql(statements.insert_aggregates, rows)
+        # The driver's own execution of SQL compiled once, JSON already text: SQLAlchemy's per-row parameter
+        # processing cost more than SQLite's insert itself (docs/performance.md).
+        if order is None:
+            connection.exec_driver_sql(statements.insert_aggregates, rows)
+            return
+        # SQLite: rows in multi-row VALUES, not executemany. The sqlite3 module lets go of the GIL for each
+        # statement step, and from a worker thread that meant a GIL handover per row with the event loop
+        # (parsing the next messages) holding it in between: a convoy that cost a third of ingest's CPU.
+        at = 0
+        for size in _chunk_sizes(len(rows)):
+            flat = tuple(value for row in rows[at : at + size] for value in row)
+            connection.exec_driver_sql(statements.insert_rows(size), flat)
+            at += size
         self.touch_devices(session, [DeviceSeen(device, now) for device in dict.fromkeys(d for d, _ in batches)])
 
     def _statements(self) -> _Statements:
@@ -321,6 +331,11 @@ class _Statements:
     touch_seen: Any
     touch_status: Any
 
+    def insert_rows(self, count: int) -> str:
+        """The positional INSERT of ``count`` rows in one ``VALUES`` list (sizes from :func:`_chunk_sizes`)."""
+        head, values, tail = _split_values(self.insert_aggregates)
+        return head + ", ".join([values] * count) + tail
+
     @classmethod
     def build(cls, store: Store, engine: Engine) -> _Statements:
         compiled = store.insert(AggregateRow.__table__).on_conflict_do_nothing().compile(dialect=engine.dialect)
@@ -343,6 +358,33 @@ class _Statements:
                 index_elements=[devices.c.id], set_={**seen, "online": excluded.online}
             ),
         )
+
+
+ROWS_PER_STATEMENT = 256
+"""Rows per multi-row INSERT on SQLite: 3,072 parameters, well below its limit of 32,766."""
+
+
+def _chunk_sizes(count: int) -> list[int]:
+    """Full statements, then the rest in powers of two: at most nine distinct statements to prepare and cache."""
+    sizes = [ROWS_PER_STATEMENT] * (count // ROWS_PER_STATEMENT)
+    rest = count % ROWS_PER_STATEMENT
+    bit = ROWS_PER_STATEMENT // 2
+    while rest:
+        if rest >= bit:
+            sizes.append(bit)
+            rest -= bit
+        bit //= 2
+    return sizes
+
+
+def _split_values(single_row: str) -> tuple[str, str, str]:
+    """Split a one-row INSERT at its ``VALUES`` tuple: (what precedes it, the tuple, what follows)."""
+    head, sep, rest = single_row.partition(" VALUES ")
+    close = rest.index(")") + 1
+    values, tail = rest[:close], rest[close:]
+    if not sep or not values.startswith("(") or "(" in values[1:]:
+        raise StoreError("insert", f"unexpected form of the compiled insert: {single_row!r}")
+    return head + sep, values, tail
 
 
 def _json_text(value: Any) -> str:
