@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import warnings
 from collections.abc import Awaitable
 from typing import Any
 
@@ -31,9 +32,14 @@ class ConfirmedPublisher:
         v5: bool = True,
     ) -> None:
         self._host, self._port, self._keepalive = host, port, keepalive
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-        )
+        # VERSION1 callbacks: for VERSION2, paho builds a ReasonCode and a Properties object for every QoS 0
+        # publish just to pass them to on_publish (12% of the agent's CPU at 5,000 results/s published), and
+        # this client uses none of them. It sets no other callback.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Callback API version 1 is deprecated", DeprecationWarning)
+            self._client = mqtt.Client(
+                CallbackAPIVersion.VERSION1, client_id=client_id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+            )
         if username:
             self._client.username_pw_set(username, password)
         self._client.max_inflight_messages_set(1000)
@@ -57,7 +63,7 @@ class ConfirmedPublisher:
         await asyncio.to_thread(self._client.disconnect)
         await asyncio.to_thread(self._client.loop_stop)
 
-    def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, _reason: Any, _props: Any) -> None:
+    def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int) -> None:
         # paho calls this holding its out-message lock, which publish() also takes: never wait on a lock here
         # that is held around client.publish, or the two threads deadlock.
         with self._confirm_lock:
