@@ -191,15 +191,15 @@ class Store:
         # processing cost more than SQLite's insert itself (docs/performance.md).
         if order is None:
             connection.exec_driver_sql(statements.insert_aggregates, rows)
-            return
-        # SQLite: rows in multi-row VALUES, not executemany. The sqlite3 module lets go of the GIL for each
-        # statement step, and from a worker thread that meant a GIL handover per row with the event loop
-        # (parsing the next messages) holding it in between: a convoy that cost a third of ingest's CPU.
-        at = 0
-        for size in _chunk_sizes(len(rows)):
-            flat = tuple(value for row in rows[at : at + size] for value in row)
-            connection.exec_driver_sql(statements.insert_rows(size), flat)
-            at += size
+        else:
+            # SQLite: rows in multi-row VALUES, not executemany. The sqlite3 module lets go of the GIL for each
+            # statement step, and from a worker thread that meant a GIL handover per row with the event loop
+            # (parsing the next messages) holding it in between: a convoy that cost a third of ingest's CPU.
+            at = 0
+            for size in _chunk_sizes(len(rows)):
+                flat = tuple(value for row in rows[at : at + size] for value in row)
+                connection.exec_driver_sql(statements.insert_rows(size), flat)
+                at += size
         self.touch_devices(session, [DeviceSeen(device, now) for device in dict.fromkeys(d for d, _ in batches)])
 
     def _statements(self) -> _Statements:
