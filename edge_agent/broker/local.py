@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_agent.broker.buffered import BufferedClient
 from edge_agent.broker.publisher import ConfirmedPublisher
 from edge_agent.errors import BrokerError
 
@@ -70,7 +71,8 @@ class LocalBroker:
         # MQTT 3.1.1 decodes each PUBLISH at half the CPU (paho builds a Properties object per MQTT 5 message);
         # the session then lives until the broker's persistent_client_expiration, and the broker's
         # max_inflight_messages (not our Receive Maximum) bounds what it sends us unacknowledged.
-        self._client = mqtt.Client(
+        # Buffered: one read of the socket feeds many packets (edge_agent/broker/buffered.py).
+        self._client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,

@@ -1,0 +1,80 @@
+"""A paho client that reads the broker's socket in large chunks and decodes every packet they hold at once.
+
+paho 2.2 reads one packet per turn of its network loop: a ``select()``, then ``recv`` calls of one byte for the
+command, one per length byte and one for the body, then its housekeeping (``loop_misc``, ``want_write``). Each of
+those system calls lets go of the GIL, and in the agent the event loop is busy with the previous batch, so paho's
+thread waited to get the GIL back several times per event (docs/performance.md: 46 µs per event in that thread,
+against 27 µs for a bare subscriber doing everything). Here one ``recv`` of up to 64 KiB feeds paho's packet
+decoder from memory, and one loop turn decodes every complete packet the chunk holds (up to a bound, so that
+acknowledgements and keepalives still go out).
+
+It relies on two of paho's internals: ``_create_socket`` (which paho's own websocket transport wraps the same
+way) and the ``pending()`` probe its loop makes for TLS sockets. ``paho-mqtt<3`` is pinned for that;
+tests/unit/agent/test_buffered_socket.py fails if either changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+CHUNK = 65536
+"""Bytes read from the socket at once: a few hundred small events."""
+PACKETS_PER_TURN = 1000
+"""Packets decoded per turn of paho's loop before it gets to its writes (acknowledgements) and keepalive."""
+
+
+class BufferedSocket:
+    """The broker connection's socket with a read buffer; everything but ``recv`` goes to the socket."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        """At most ``size`` bytes: from the buffer, else from one large read of the socket.
+
+        Like the socket's: raises BlockingIOError when nothing is there, returns b"" when the peer closed.
+        """
+        if self._pos >= len(self._buf):
+            data: bytes = self._sock.recv(CHUNK)
+            if len(data) <= size:
+                return data
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + size, len(self._buf))
+        return self._buf[start : self._pos]
+
+    def pending(self) -> int:
+        """Bytes read from the socket but not yet handed out (paho's loop does not wait while there are any)."""
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buf) - self._pos + int(inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class BufferedClient(mqtt.Client):
+    """``paho.mqtt.client.Client`` over a :class:`BufferedSocket`, decoding all buffered packets per loop turn."""
+
+    _buffered: BufferedSocket | None = None
+
+    def _create_socket(self) -> Any:
+        self._buffered = BufferedSocket(super()._create_socket())
+        return self._buffered
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        turns = 1
+        # A partial packet left in the buffer is taken by the next read, which then finds the socket empty
+        # (BlockingIOError: paho keeps the partial packet) and empties the buffer: this cannot spin.
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and turns < PACKETS_PER_TURN:
+            buffered = self._buffered
+            if buffered is None or not buffered.pending():
+                break
+            rc = super().loop_read(max_packets)
+            turns += 1
+        return rc
