@@ -13,11 +13,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from edge_agent.pipeline import Pipeline
 from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_document
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,9 @@ class Reconciler:
     async def _apply(self, document: DesiredDocument, payload: bytes) -> None:
         log.info(
             "applying desired state version %d: %d handlers, %d subscriptions",
-            document.version, len(document.handlers), len(document.subscriptions),
+            document.version,
+            len(document.handlers),
+            len(document.subscriptions),
         )
         await self._pipeline.apply(document.handlers, document.subscriptions)
         await asyncio.to_thread(_write_atomically, self._path, payload)

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field, ValidationError, model_validator
 
 from edge_protocol import PROTOCOL_VERSION
 from edge_protocol.base import WireModel
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# cryptography is imported where keys are used, not here: an agent that is not hub-managed never verifies a
+# document, and cryptography's bindings are 6 MiB of its RSS (docs/performance.md).
 
 
 class DesiredDocument(WireModel):
@@ -78,6 +81,8 @@ def is_pinned(image: str) -> bool:
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -92,6 +97,8 @@ def sign_document(document: DesiredDocument, private_key: Ed25519PrivateKey) -> 
 
 def verify_document(payload: bytes, public_key: Ed25519PublicKey, device_id: str) -> DesiredDocument:
     """The document in ``payload`` if it is signed by ``public_key`` and addressed to ``device_id``."""
+    from cryptography.exceptions import InvalidSignature
+
     try:
         envelope = SignedDesired.model_validate_json(payload)
     except ValidationError as exc:
@@ -112,6 +119,9 @@ def verify_document(payload: bytes, public_key: Ed25519PublicKey, device_id: str
 
 def load_public_key(text: str) -> Ed25519PublicKey:
     """An Ed25519 public key from PEM text or from base64 of its 32 raw bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     text = text.strip()
     if text.startswith("-----BEGIN"):
         key = serialization.load_pem_public_key(text.encode())
@@ -123,6 +133,9 @@ def load_public_key(text: str) -> Ed25519PublicKey:
 
 
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("the signing key must be an Ed25519 private key")
