@@ -160,8 +160,8 @@ class Store:
     ) -> None:
         """Insert the records of several devices' batches and mark those devices seen, within ``session``.
 
-        One executemany of one statement compiled once: building a multi-row ``VALUES`` per batch made
-        SQLAlchemy compile it anew every time (most of the hub's ingest CPU, docs/performance.md).
+        The statements are compiled once per store (:class:`_Statements`): building a multi-row ``VALUES`` per
+        batch made SQLAlchemy compile it anew every time (most of the hub's ingest CPU, docs/performance.md).
         """
         statements = self._statements()
         order = statements.aggregate_columns
@@ -198,7 +198,7 @@ class Store:
             at = 0
             for size in _chunk_sizes(len(rows)):
                 flat = tuple(value for row in rows[at : at + size] for value in row)
-                connection.exec_driver_sql(statements.insert_rows(size), flat)
+                connection.exec_driver_sql(statements.insert_rows[size], flat)
                 at += size
         self.touch_devices(session, [DeviceSeen(device, now) for device in dict.fromkeys(d for d, _ in batches)])
 
@@ -328,18 +328,19 @@ class _Statements:
     insert_aggregates: str
     aggregate_columns: tuple[str, ...] | None
     """The parameter order of a positional paramstyle (SQLite's ``?``); None for named ones (psycopg's)."""
+    insert_rows: dict[int, str]
+    """Positional only: the INSERT of n rows in one ``VALUES`` list, for each size :func:`_chunk_sizes` uses."""
     touch_seen: Any
     touch_status: Any
-
-    def insert_rows(self, count: int) -> str:
-        """The positional INSERT of ``count`` rows in one ``VALUES`` list (sizes from :func:`_chunk_sizes`)."""
-        head, values, tail = _split_values(self.insert_aggregates)
-        return head + ", ".join([values] * count) + tail
 
     @classmethod
     def build(cls, store: Store, engine: Engine) -> _Statements:
         compiled = store.insert(AggregateRow.__table__).on_conflict_do_nothing().compile(dialect=engine.dialect)
         order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+        rows: dict[int, str] = {}
+        if order is not None:
+            head, values, tail = _split_values(compiled.string)
+            rows = {n: head + ", ".join([values] * n) + tail for n in _chunk_sizes(2 * ROWS_PER_STATEMENT - 1)}
         devices = DeviceRow.__table__
         touch = store.insert(devices)
         excluded = touch.excluded
@@ -353,6 +354,7 @@ class _Statements:
         return cls(
             insert_aggregates=compiled.string,
             aggregate_columns=order,
+            insert_rows=rows,
             touch_seen=touch.on_conflict_do_update(index_elements=[devices.c.id], set_=seen),
             touch_status=touch.on_conflict_do_update(
                 index_elements=[devices.c.id], set_={**seen, "online": excluded.online}
