@@ -22,35 +22,9 @@ import docker
 import docker.errors
 
 from bench.procs import VENV_BIN, cpu_seconds
+from tests.support.toml import to_toml
 
 LABEL_DEVICE = "edgefleet.device"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {type(value).__name__}")
-
-
-def to_toml(config: dict[str, Any]) -> str:
-    """Enough TOML for an agent config: scalars, tables, arrays of tables (inline tables below them)."""
-    head = [f"{k} = {_toml_value(v)}" for k, v in config.items() if not isinstance(v, dict | list)]
-    body: list[str] = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            body += ["", f"[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items())]
-        elif isinstance(value, list):
-            for item in value:
-                body += ["", f"[[{key}]]", *(f"{k} = {_toml_value(v)}" for k, v in item.items())]
-    return "\n".join(head + body) + "\n"
 
 
 class AgentProcess:

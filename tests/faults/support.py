@@ -34,43 +34,11 @@ from hub.service import serve as hub_serve
 from tests.support.brokers import Mosquitto
 from tests.support.running import wait_for
 from tests.support.service import free_port
+from tests.support.toml import to_toml
 
 BIN = Path(sys.executable).parent
 DEVICE_LABEL = "edgefleet.device"
 HANDLER_LABEL = "edgefleet.handler"
-
-
-# -- TOML -------------------------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {type(value).__name__}")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Enough TOML for agent and hub configs: scalars, [tables] and [[arrays of tables]]."""
-    head, tables = [], []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append(f"\n[{key}]")
-            tables += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()]
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for item in value:
-                tables.append(f"\n[[{key}]]")
-                tables += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in item.items()]
-        else:
-            head.append(f"{json.dumps(key)} = {_toml_value(value)}")
-    return "\n".join(head + tables) + "\n"
 
 
 # -- processes --------------------------------------------------------------------------------------------

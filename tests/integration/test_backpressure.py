@@ -10,7 +10,6 @@ The agent runs as its own process (``edge-agent run --config FILE``) so that its
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import subprocess
 import threading
@@ -28,6 +27,7 @@ from edge_protocol.messages import Reported, SubscriptionReport
 from edge_protocol.topics import Topics
 from tests.support.brokers import Mosquitto
 from tests.support.engine import ensure_handler_images
+from tests.support.toml import to_toml
 
 pytestmark = pytest.mark.integration
 
@@ -45,32 +45,6 @@ def images(docker_client: docker.DockerClient) -> dict[str, str]:
 
 
 # -- the agent as a process ----------------------------------------------------------------------------------
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {type(value).__name__}")
-
-
-def to_toml(config: dict[str, Any]) -> str:
-    """Enough TOML for an agent config: top-level scalars, tables, arrays of tables (inline tables inside)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in config.items() if not isinstance(v, dict | list)]
-    for key, value in config.items():
-        if isinstance(value, dict):
-            lines += ["", f"[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items())]
-        elif isinstance(value, list):
-            for item in value:
-                lines += ["", f"[[{key}]]", *(f"{k} = {_toml_value(v)}" for k, v in item.items())]
-    return "\n".join(lines) + "\n"
-
-
 class AgentProcess:
     """``edge-agent run --config FILE`` with a generated config, stopped with SIGTERM (SIGKILL as fallback)."""
 
