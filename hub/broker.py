@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ from hub.config import BrokerConfig
 from hub.errors import BrokerError
 
 log = logging.getLogger(__name__)
+
+# aiomqtt bounds its calls with asyncio.wait_for, which on Python 3.11 loses a cancellation that lands in the
+# same loop turn as the reply (cpython#86296): the connection task goes on, and the TaskGroup that cancelled
+# it waits for it forever (a hung shutdown). So aiomqtt waits without a timeout (a plain await, cancelled
+# properly) and asyncio.timeout bounds the call.
+_UNBOUNDED = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +142,12 @@ class Broker:
         if client is None or not self._connected.is_set():
             raise BrokerError("not connected to the broker", topic=topic)
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await client.publish(topic, payload, qos=qos, retain=retain, timeout=_UNBOUNDED)
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"publish failed: {exc}", topic=topic) from exc
+        except TimeoutError:
+            raise BrokerError(f"publish failed: no PUBACK within {self._timeout:g}s", topic=topic) from None
 
     # -- connection task -------------------------------------------------------------------------------------
 
@@ -157,9 +167,12 @@ class Broker:
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str, qos: int) -> None:
         try:
-            granted = await client.subscribe(topic_filter, qos=qos, timeout=self._timeout)
+            async with asyncio.timeout(self._timeout):
+                granted = await client.subscribe(topic_filter, qos=qos, timeout=_UNBOUNDED)
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"subscribe failed: {exc}", topic=topic_filter) from exc
+        except TimeoutError:
+            raise BrokerError(f"subscribe failed: no SUBACK within {self._timeout:g}s", topic=topic_filter) from None
         for code in granted:
             if isinstance(code, ReasonCode) and code.is_failure:
                 raise BrokerError(f"subscription refused: {code}", topic=topic_filter)
@@ -169,6 +182,7 @@ class Broker:
         while True:
             try:
                 async with self._new_client() as client:
+                    _raise_lost_cancellation()
                     done: set[str] = set()
                     # Loop until nothing is left: subscribe() may record a filter while we await SUBACKs.
                     while pending := [f for f in self._filters if f not in done]:
@@ -192,6 +206,14 @@ class Broker:
             delay = self._backoff.next_delay()
             log.warning("broker mqtt://%s:%d: %s; reconnecting in %.1fs", cfg.host, cfg.port, reason, delay)
             await asyncio.sleep(delay)
+
+
+def _raise_lost_cancellation() -> None:
+    """Connecting still goes through aiomqtt's wait_for: re-raise a cancellation that it swallowed (a task
+    that was asked to stop is still ``cancelling()`` after the swallow)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _payload(value: object) -> bytes:

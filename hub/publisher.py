@@ -107,8 +107,10 @@ class DesiredPublisher:
                 metrics.FAILURES.labels("desired").inc()
                 log.warning("desired state not published yet (retrying in %.0fs): %s", RETRY_EVERY, exc)
                 delay = RETRY_EVERY
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation (cpython#86296).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def publish_pending(self) -> int:
         """Publish the newest version of every device whose newest version is unpublished; how many devices."""

@@ -32,6 +32,10 @@ from hub.simulator_state import Behaviour, DeviceState
 
 log = logging.getLogger(__name__)
 
+# aiomqtt's own call timeouts use asyncio.wait_for, which on Python 3.11 can lose a cancellation
+# (cpython#86296); asyncio.timeout bounds the calls instead.
+_UNBOUNDED = math.inf
+
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
@@ -163,7 +167,7 @@ class VirtualDevice:
                     attempt = 0
                     await self._connected(client, stop)
                     return
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, TimeoutError) as exc:  # TimeoutError: no PUBACK/SUBACK in time
                 self.stats.disconnects += 1
                 delay = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
                 attempt += 1
@@ -173,8 +177,12 @@ class VirtualDevice:
                         await stop.wait()
 
     async def _connected(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        await client.subscribe([(self.topics.acks(self.id), 1), (self.topics.desired(self.id), 1)])
-        await client.publish(self.topics.status(self.id), status_payload(self.id, True, time.time()), 1, True)
+        async with asyncio.timeout(30):
+            await client.subscribe(
+                [(self.topics.acks(self.id), 1), (self.topics.desired(self.id), 1)], timeout=_UNBOUNDED
+            )
+            online = status_payload(self.id, True, time.time())
+            await client.publish(self.topics.status(self.id), online, 1, True, timeout=_UNBOUNDED)
         self.outbox.requeue()  # whatever was in flight on the last connection may be lost
         self._report_now.set()
         self.stats.connected += 1
@@ -225,7 +233,8 @@ class VirtualDevice:
             if seqs:
                 at = time.time()
                 payload = batch_payload(self.id, at, self.outbox.render(seqs))
-                await client.publish(topic, payload, 1, timeout=30)
+                async with asyncio.timeout(30):  # not aiomqtt's timeout: see _UNBOUNDED
+                    await client.publish(topic, payload, 1, timeout=_UNBOUNDED)
                 self.outbox.sent(seqs, time.monotonic())
                 if first:
                     self.stats.first_sends += len(seqs)
@@ -252,7 +261,8 @@ class VirtualDevice:
                 last_refusal=self.state.last_refusal,
                 ts=now,
             )
-            await client.publish(self.topics.reported(self.id), payload, 1, True, timeout=30)
+            async with asyncio.timeout(30):
+                await client.publish(self.topics.reported(self.id), payload, 1, True, timeout=_UNBOUNDED)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.report_every):
                     await self._report_now.wait()

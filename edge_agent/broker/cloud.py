@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,15 @@ import aiomqtt
 from edge_agent.errors import BrokerError
 
 log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 10.0
+"""Seconds that a SUBACK or PUBACK may take."""
+
+# aiomqtt bounds its calls with asyncio.wait_for, which on Python 3.11 loses a cancellation that lands in the
+# same loop turn as the reply (cpython#86296): the task goes on, and a TaskGroup that already cancelled it
+# waits for it forever (a hung shutdown). So aiomqtt waits without a timeout (a plain await, which is
+# cancelled properly) and asyncio.timeout bounds the call.
+_UNBOUNDED = math.inf
 
 
 def client_tls(ca: str, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
@@ -68,16 +78,18 @@ class CloudBroker:
         while True:
             try:
                 async with aiomqtt.Client(self._host, self._port, **self._kwargs) as client:
+                    _raise_lost_cancellation()
                     self._client = client
                     attempt = 0
                     for topic in subscribe:
-                        await client.subscribe(topic, qos=1)
+                        async with asyncio.timeout(CALL_TIMEOUT):
+                            await client.subscribe(topic, qos=1, timeout=_UNBOUNDED)
                     self.connected.set()
                     await on_connect()
                     async for message in client.messages:
                         payload = message.payload if isinstance(message.payload, bytes) else b""
                         await on_message(str(message.topic), payload)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, TimeoutError) as exc:
                 self.connected.clear()
                 self._client = None
                 delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
@@ -94,6 +106,17 @@ class CloudBroker:
         if client is None:
             raise BrokerError("cloud broker not connected")
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
+            async with asyncio.timeout(CALL_TIMEOUT):
+                await client.publish(topic, payload, qos=qos, retain=retain, timeout=_UNBOUNDED)
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"cloud publish to {topic}: {exc}") from exc
+        except TimeoutError:
+            raise BrokerError(f"cloud publish to {topic}: no PUBACK within {CALL_TIMEOUT:g}s") from None
+
+
+def _raise_lost_cancellation() -> None:
+    """Connecting still goes through aiomqtt's wait_for: re-raise a cancellation that it swallowed (a task
+    that was asked to stop is still ``cancelling()`` after the swallow)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

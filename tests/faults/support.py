@@ -32,7 +32,7 @@ from edge_protocol.deadletter import DeadLetter
 from hub.config import HubConfig
 from hub.service import serve as hub_serve
 from tests.support.brokers import Mosquitto
-from tests.support.running import wait_for
+from tests.support.running import cancel_and_wait, wait_for
 from tests.support.service import free_port
 from tests.support.toml import to_toml
 
@@ -220,9 +220,7 @@ async def running_hub(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
             yield api, task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task, what="the hub")
 
 
 # -- MQTT clients -----------------------------------------------------------------------------------------

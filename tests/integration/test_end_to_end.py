@@ -22,7 +22,7 @@ from edge_protocol.deadletter import DeadLetter
 from hub.config import HubConfig
 from hub.service import serve as hub_serve
 from tests.support.brokers import Mosquitto
-from tests.support.running import agent_config, running_agent, wait_for
+from tests.support.running import agent_config, cancel_and_wait, running_agent, wait_for
 from tests.support.service import free_port
 
 pytestmark = pytest.mark.integration
@@ -45,9 +45,7 @@ async def running_hub(cloud: Mosquitto, prefix: str, db: Path) -> AsyncIterator[
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
             yield api
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task, what="the hub")
 
 
 class DeadLetters:

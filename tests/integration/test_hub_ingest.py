@@ -23,6 +23,7 @@ from edge_protocol.topics import Topics
 from hub.config import HubConfig
 from hub.service import serve
 from tests.support.brokers import Mosquitto
+from tests.support.running import cancel_and_wait
 from tests.support.service import free_port
 
 pytestmark = pytest.mark.integration
@@ -84,10 +85,7 @@ async def running_hub(config: HubConfig) -> AsyncIterator[str]:
         yield f"http://{config.api.host}:{config.api.port}"
     finally:
         waiter.cancel()
-        task.cancel()
-        async with asyncio.timeout(15):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task, what="the hub")
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -33,6 +34,28 @@ async def wait_for(
             extra = f"; {detail()}" if detail is not None else ""
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}{extra}")
         await asyncio.sleep(interval)
+
+
+def pending_tasks() -> str:
+    """The stack of every unfinished task on this loop: what a hung shutdown is waiting for."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        if not task.done() and task is not asyncio.current_task():
+            task.print_stack(limit=8, file=out)
+    return out.getvalue()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], *, timeout: float = 15.0, what: str = "the task") -> None:
+    """Cancel ``task`` and wait for it to finish, failing with every pending task's stack after ``timeout``.
+
+    ``asyncio.wait`` neither cancels the task again on our own cancellation nor loses one, unlike awaiting
+    the task itself."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        raise AssertionError(f"{what} did not stop within {timeout:g}s of its cancellation:\n{pending_tasks()}")
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
 
 
 def agent_config(
@@ -78,10 +101,10 @@ async def running_agent(config: AgentConfig, **kwargs: Any) -> AsyncIterator[tup
         yield state, task
     finally:
         stop.set()
-        try:
-            async with asyncio.timeout(30):
-                await task
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:
+            stuck = pending_tasks()
+            await cancel_and_wait(task, what="the agent")
+            raise AssertionError(f"the agent did not stop within 30s of its stop event:\n{stuck}")
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
