@@ -18,6 +18,7 @@ from typing import Any
 import docker
 import docker.errors
 from docker.models.containers import Container
+from docker.types import LogConfig
 
 from edge_agent.errors import HandlerStartError
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome, RuntimeStats
@@ -72,6 +73,10 @@ def hardened_create_args(spec: HandlerSpec, *, device_id: str, replica: int, gen
             LABEL_REPLICA: str(replica),
         },
         "privileged": False,
+        # stdout is the protocol channel: with the engine's default json-file driver every reply was also written
+        # to an unrotated file on the device's disk (1.8 GB/h at 5,000 events/s), and the writes stalled the
+        # attach stream. stderr reaches the agent's log through the attach stream anyway.
+        "log_config": LogConfig(type=LogConfig.types.NONE),
     }
 
 

@@ -27,6 +27,7 @@ import docker
 import docker.errors
 import pytest
 from docker.models.containers import Container
+from docker.types import LogConfig
 
 from edge_agent.runtime.docker import LABEL_DEVICE, LABEL_HANDLER, LABEL_REPLICA, hardened_create_args
 from edge_protocol.specs import HandlerSpec
@@ -257,6 +258,7 @@ async def test_running_handler_container_is_hardened(
     assert host["Privileged"] is False
     assert not host["Devices"]
     assert host["Tmpfs"] == {"/tmp": "size=8m,mode=1777"}
+    assert host["LogConfig"]["Type"] == "none"  # replies are not written to the device's disk
     # No Docker socket, nor anything else, is mounted: neither a bind nor a volume.
     assert not host["Binds"]
     assert attrs["Mounts"] == []
@@ -325,7 +327,8 @@ def test_handler_cannot_reach_the_device_broker_on_the_host_loopback(
     for network in ("none", "host"):
         spec = HandlerSpec(name=f"probe-{network}", image=BASE_IMAGE, network=network,
                            command=["python3", "-c", CONNECT_PROBE, str(device_broker.port)])
-        with hardened_container(docker_client, spec, device_id) as container:
+        # The probe answers on stdout, which handlers do not log: read it back through a log driver.
+        with hardened_container(docker_client, spec, device_id, log_config=LogConfig(type="json-file")) as container:
             container.start()
             status = container.wait(timeout=30)["StatusCode"]
             outcome[network] = (status, container.logs().decode().strip())
