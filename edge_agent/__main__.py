@@ -97,10 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _freeze_gc()
-    import ctypes
-    import os as _os
-    if _os.environ.get("XARENA"):
-        ctypes.CDLL("libc.so.6").mallopt(-8, int(_os.environ["XARENA"]))
     try:
         asyncio.run(_run_until_signalled(config))
     except asyncio.CancelledError:
