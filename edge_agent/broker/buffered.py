@@ -1,16 +1,16 @@
 """A paho client that reads the broker's socket in large chunks and decodes every packet they hold at once.
 
-paho 2.2 reads one packet per turn of its network loop: a ``select()``, then ``recv`` calls of one byte for the
-command, one per length byte and one for the body, then its housekeeping (``loop_misc``, ``want_write``). Each of
-those system calls lets go of the GIL, and in the agent the event loop is busy with the previous batch, so paho's
-thread waited to get the GIL back several times per event (docs/performance.md: 46 µs per event in that thread,
-against 27 µs for a bare subscriber doing everything). Here one ``recv`` of up to 64 KiB feeds paho's packet
-decoder from memory, and one loop turn decodes every complete packet the chunk holds (up to a bound, so that
-acknowledgements and keepalives still go out).
+paho 2.2 reads one packet per ``loop_read``: ``recv`` calls of one byte for the command, one per length byte and
+one for the body (docs/performance.md: 46 µs per event in paho's thread, against 27 µs for a bare subscriber
+doing everything). Here one ``recv`` of up to 64 KiB feeds paho's packet decoder from memory, and one
+``loop_read`` decodes every complete packet the chunk holds (up to a bound, so that acknowledgements and
+keepalives still go out, and other work on the event loop gets its turn).
 
-It relies on two of paho's internals: ``_create_socket`` (which paho's own websocket transport wraps the same
-way) and the ``pending()`` probe its loop makes for TLS sockets. ``paho-mqtt<3`` is pinned for that;
-tests/unit/agent/test_buffered_socket.py fails if either changes.
+Bytes read but not decoded yet are invisible to a selector watching the socket: ``buffered_pending()`` tells
+whoever drives the client (edge_agent/broker/on_loop.py) to read again without waiting; paho's own network loop
+asks the socket's ``pending()`` for the same reason (TLS buffers). It relies on paho's ``_create_socket``
+(which paho's own websocket transport wraps the same way); ``paho-mqtt<3`` is pinned for that, and
+tests/unit/agent/test_buffered_socket.py fails if it changes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from paho.mqtt.enums import MQTTErrorCode
 CHUNK = 65536
 """Bytes read from the socket at once: a few hundred small events."""
 PACKETS_PER_TURN = 1000
-"""Packets decoded per turn of paho's loop before it gets to its writes (acknowledgements) and keepalive."""
+"""Packets decoded per ``loop_read`` before the loop gets to its writes (acknowledgements), keepalive and other
+work."""
 
 
 class BufferedSocket:
@@ -65,6 +66,11 @@ class BufferedClient(mqtt.Client):
     def _create_socket(self) -> Any:
         self._buffered = BufferedSocket(super()._create_socket())
         return self._buffered
+
+    def buffered_pending(self) -> int:
+        """Bytes read from the socket but not decoded yet (a selector watching the socket does not see them)."""
+        buffered = self._buffered
+        return buffered.pending() if buffered is not None else 0
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)

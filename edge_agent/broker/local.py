@@ -1,16 +1,16 @@
-"""Intake from the device broker: paho-mqtt's own network thread, batches handed to asyncio.
+"""Intake from the device broker: a paho client on the agent's event loop, events handed over in batches.
 
 paho's callback costs half of aiomqtt's per message (DESIGN.md §2), and paho 2 has the manual acknowledgement
-that at-least-once intake needs (aiomqtt 2.5 does not). When the hand-off list is full the callback holds
-paho's thread, which stops reads from the socket: the backlog stays in the broker's session, and memory stays
-bounded by ``max_buffered`` plus one batch in hand.
+that at-least-once intake needs (aiomqtt 2.5 does not). The client has no network thread: the event loop reads
+its socket (edge_agent/broker/on_loop.py). When the hand-off list is full, reading stops: the backlog stays in
+the broker's session, and memory stays bounded by ``max_buffered`` plus what one read decodes plus one batch in
+hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -23,13 +23,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.broker.buffered import BufferedClient
+from edge_agent.broker.on_loop import PahoOnLoop
 from edge_agent.broker.publisher import ConfirmedPublisher
 from edge_agent.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
-# An event's arrival is stamped in paho's thread just before it is appended to the hand-off list; this bounds
-# the gap between the two so that the intake watermark never passes an event still being appended.
+# An event's arrival is stamped just before it is appended to the hand-off list; the margin keeps the intake
+# watermark safely behind any event stamped but not yet appended.
 _HANDOFF_MARGIN = 0.05
 
 
@@ -87,23 +88,28 @@ class LocalBroker:
             self._connect_props.SessionExpiryInterval = int(session_expiry)
             # mosquitto sends a manual-ack client only Receive Maximum unacknowledged messages (default 20).
             self._connect_props.ReceiveMaximum = receive_maximum
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._driver = PahoOnLoop(
+            self._client, name=f"local broker {host}:{port}", pending=self._client.buffered_pending
+        )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._buffer: list[Incoming] = []
         self._max_buffered = max_buffered
-        self._room = threading.Condition()
-        self._wake_pending = False
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connected = threading.Event()
+        self._connected = False
         self._connected_async: asyncio.Event | None = None
-        # Publishes (dead letters, handler outputs) go over a connection of their own: intake backpressure holds
-        # this client's network thread, and a publish waiting for its PUBACK must never wait on that.
+        # Publishes (dead letters, handler outputs) go over a connection of their own: intake backpressure stops
+        # reading this client's socket, and a publish waiting for its PUBACK must never wait on that.
         self._publisher = ConfirmedPublisher(
-            host=host, port=port, client_id=f"{client_id}-pub", username=username, password=password,
-            keepalive=keepalive, v5=self._v5,
+            host=host,
+            port=port,
+            client_id=f"{client_id}-pub",
+            username=username,
+            password=password,
+            keepalive=keepalive,
+            v5=self._v5,
         )
         self._closing = False
         self._in_hand = False
@@ -124,7 +130,7 @@ class LocalBroker:
                 self._client.connect_async(self._host, self._port, self._keepalive)
         except (OSError, ValueError) as exc:
             raise BrokerError(f"local broker {self._host}:{self._port}: {exc}") from exc
-        self._client.loop_start()
+        self._driver.start()
         await self._publisher.start(self._loop)
         return self
 
@@ -133,22 +139,19 @@ class LocalBroker:
 
     async def aclose(self) -> None:
         self._closing = True
-        with self._room:
-            self._room.notify_all()
-        await asyncio.to_thread(self._client.disconnect)
-        await asyncio.to_thread(self._client.loop_stop)
+        await self._driver.aclose()
         await self._publisher.aclose()
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._connected
 
     async def wait_connected(self) -> None:
         """Return once connected; callers bound the wait with ``asyncio.timeout``."""
         assert self._connected_async is not None
         await self._connected_async.wait()
 
-    # -- paho thread ---------------------------------------------------------------------------------
+    # -- paho callbacks (on the loop) ------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if getattr(reason, "is_failure", bool(reason)):
             log.error("local broker refused the connection: %s", reason)
@@ -156,31 +159,26 @@ class LocalBroker:
         self.connects += 1
         if self._subscriptions:
             client.subscribe(self._subscribe_args(self._subscriptions))
-        self._connected.set()
+        self._connected = True
         if self._loop is not None and self._connected_async is not None:
             self._loop.call_soon_threadsafe(self._connected_async.set)
         log.info("connected to local broker %s:%s", self._host, self._port)
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self._connected.clear()
+        self._connected = False
         if self._loop is not None and self._connected_async is not None:
             self._loop.call_soon_threadsafe(self._connected_async.clear)
         if not self._closing:
-            log.warning("local broker connection lost (%s); paho reconnects", reason)
+            log.warning("local broker connection lost (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        item = Incoming(msg.mid if msg.qos else 0, msg.topic, bytes(msg.payload), msg.qos, bool(msg.dup), time.time())
+        self._buffer.append(
+            Incoming(msg.mid if msg.qos else 0, msg.topic, bytes(msg.payload), msg.qos, bool(msg.dup), time.time())
+        )
         if len(self._buffer) >= self._max_buffered:
-            # Holding paho's thread stops reads from the socket: the backlog stays in the broker's session.
-            with self._room:
-                while len(self._buffer) >= self._max_buffered and not self._closing:
-                    self._room.wait(0.5)
-        self._buffer.append(item)
-        if not self._wake_pending:
-            self._wake_pending = True
-            assert self._loop is not None
-            assert self._wake is not None
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._driver.pause_reading()  # the backlog stays in the broker's session
+        assert self._wake is not None
+        self._wake.set()
 
     # -- asyncio side --------------------------------------------------------------------------------
     async def batches(self) -> AsyncIterator[list[Incoming]]:
@@ -189,12 +187,8 @@ class LocalBroker:
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            # Clear the flag before taking the buffer: a message appended after the swap then wakes us again.
-            self._wake_pending = False
             batch, self._buffer = self._buffer, []
-            if len(batch) >= self._max_buffered:
-                with self._room:
-                    self._room.notify_all()
+            self._driver.resume_reading()
             if batch:
                 self._hand_first = batch[0].arrived
                 self._in_hand = True
@@ -207,7 +201,7 @@ class LocalBroker:
         """Every event that arrived before this time has left the intake (is queued or processed).
 
         Arrival-time windows may close only behind it: an event stamped just before a window's end may still be
-        on its way from paho's thread to a dispatcher's queue.
+        on its way to a dispatcher's queue.
         """
         if self._in_hand:
             # The batch in hand may wait long in a full dispatcher queue (overflow = block): its oldest event
@@ -227,7 +221,7 @@ class LocalBroker:
         old = dict(self._subscriptions)
         new = dict(filters)
         self._subscriptions = sorted(new.items())
-        if not self._connected.is_set():
+        if not self._connected:
             return  # on_connect subscribes to the current list
         add = self._subscribe_args([(f, q) for f, q in new.items() if old.get(f) != q])
         remove = [f for f in old if f not in new]
