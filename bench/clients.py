@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import resource
+import socket
 import sys
 import time
 from typing import Any
@@ -42,6 +43,14 @@ def connect_props() -> Properties:
 
 def paho_client(version: int = 5) -> mqtt.Client:
     return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if version == 5 else mqtt.MQTTv311)
+
+
+def no_delay(client: mqtt.Client) -> None:
+    """Nagle off, as the agent has it: otherwise a QoS 0 probe, which gets no PUBACK to carry the TCP
+    acknowledgements back, waits milliseconds per small packet in the probe's own socket."""
+    sock = client.socket()
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect_kwargs(version: int) -> dict[str, Any]:
@@ -126,6 +135,7 @@ def pace(args: argparse.Namespace) -> None:
     client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
     client.connect(HOST, args.port)
+    no_delay(client)
     while not client.is_connected():
         client.loop(0.05)
     while time.time() < args.at:
@@ -173,6 +183,7 @@ def latsub(args: argparse.Namespace) -> None:
     client.on_subscribe = on_subscribe
     client.on_connect = lambda c, *_a: c.subscribe(args.topic, 0)
     client.connect(HOST, args.port)
+    no_delay(client)
     while state["n"] < args.count and time.monotonic() - state["last"] < args.idle:
         client.loop(0.05)
     client.disconnect()
