@@ -20,6 +20,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 MISC_EVERY = 1.0
 """Seconds between paho's housekeeping calls (keepalive pings and their timeouts, retries)."""
+SHORT_LIVED = 5.0
+"""A connection lost within this many seconds of opening counts as a failed attempt for the backoff."""
 
 
 class PahoOnLoop:
@@ -113,7 +116,7 @@ class PahoOnLoop:
                 log.warning("%s: connecting failed (%s); retrying in %.1fs", self._name, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
+            opened = time.monotonic()
             # The socket is watched by now: paho announced it (call_soon_threadsafe) before reconnect() returned.
             while not self._lost.is_set():
                 self._client.loop_misc()
@@ -121,7 +124,10 @@ class PahoOnLoop:
                     async with asyncio.timeout(MISC_EVERY):
                         await self._lost.wait()
             self._lost.clear()
-            delay = 0.5 * random.uniform(0.5, 1.0)  # noqa: S311 - jitter: many clients may lose one broker
+            # A connection that ends at once (a refused CONNACK, a broker that drops us) counts as a failed attempt,
+            # so that the backoff grows; after one that lasted, start again from the shortest delay.
+            attempt = attempt + 1 if time.monotonic() - opened < SHORT_LIVED else 0
+            delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
             await asyncio.sleep(delay)
 
     # paho calls the socket callbacks from reconnect() (in the connecting thread) and from loop_read, loop_write
