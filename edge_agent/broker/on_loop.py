@@ -203,14 +203,7 @@ class PahoOnLoop:
         sock = self._sock
         if sock is None:
             return
-        # paho sends each packet with a send() of its own: corked, a turn's acknowledgements and publications leave
-        # in as few segments as they fill, at once when uncorked.
-        _cork(sock, True)
-        try:
-            self._client.loop_write()
-        finally:
-            if sock is self._sock:
-                _cork(sock, False)
+        self._client.loop_write()
         if self._client.want_write() and not self._writing and sock is self._sock:
             assert self._loop is not None
             self._writing = True
@@ -224,8 +217,3 @@ def _no_delay(sock: Any) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-
-def _cork(sock: Any, on: bool) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
