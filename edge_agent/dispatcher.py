@@ -21,7 +21,7 @@ from edge_agent.aggregation.groups import group_key
 from edge_agent.aggregation.windows import WindowSet, numeric_values
 from edge_agent.broker import Incoming
 from edge_agent.counters import SubscriptionCounters
-from edge_agent.errors import OutboxError
+from edge_agent.errors import BrokerError, OutboxError
 from edge_agent.outbox import Outbox
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome
 from edge_protocol.aggregate import WindowResult
@@ -221,6 +221,11 @@ class Dispatcher:
         """Acknowledge ``batch`` once its dead letters and local publications are confirmed."""
         try:
             await asyncio.gather(*waits)
+        except BrokerError as exc:
+            # The agent is closing: the events stay unacknowledged, and the broker redelivers them to the next run.
+            log.info("subscription %s: %d events left unacknowledged: %s", self.spec.name, len(batch), exc)
+            return
+        else:
             for msg in batch:
                 self._ack(msg)
         finally:

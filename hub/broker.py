@@ -198,6 +198,7 @@ class Broker:
                         self._queue.put_nowait(inbound)
                 reason = "connection closed"
             except (aiomqtt.MqttError, BrokerError) as exc:
+                _raise_lost_cancellation()  # a cancellation can come back as the MqttError of a failed connect
                 reason = str(exc)
             finally:
                 self._connected.clear()

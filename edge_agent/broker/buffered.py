@@ -62,9 +62,19 @@ class BufferedClient(mqtt.Client):
     """``paho.mqtt.client.Client`` over a :class:`BufferedSocket`, decoding all buffered packets per loop turn."""
 
     _buffered: BufferedSocket | None = None
+    _prepared: Any = None
+
+    def open_socket(self) -> Any:
+        """A new connection to the broker, as paho makes it (TCP, TLS if configured); blocks for the handshake."""
+        return super()._create_socket()
+
+    def use_socket(self, sock: Any) -> None:
+        """Let the next ``reconnect()`` use ``sock`` (from :meth:`open_socket`) instead of connecting itself."""
+        self._prepared = sock
 
     def _create_socket(self) -> Any:
-        self._buffered = BufferedSocket(super()._create_socket())
+        raw, self._prepared = self._prepared, None
+        self._buffered = BufferedSocket(raw if raw is not None else super()._create_socket())
         return self._buffered
 
     def buffered_pending(self) -> int:

@@ -82,14 +82,14 @@ class CloudBroker:
                     self._client = client
                     attempt = 0
                     for topic in subscribe:
-                        async with asyncio.timeout(CALL_TIMEOUT):
-                            await client.subscribe(topic, qos=1, timeout=_UNBOUNDED)
+                        await _subscribe(client, topic)
                     self.connected.set()
                     await on_connect()
                     async for message in client.messages:
                         payload = message.payload if isinstance(message.payload, bytes) else b""
                         await on_message(str(message.topic), payload)
-            except (aiomqtt.MqttError, TimeoutError) as exc:
+            except aiomqtt.MqttError as exc:
+                _raise_lost_cancellation()  # a cancellation can come back as the MqttError of a failed connect
                 self.connected.clear()
                 self._client = None
                 delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
@@ -112,6 +112,14 @@ class CloudBroker:
             raise BrokerError(f"cloud publish to {topic}: {exc}") from exc
         except TimeoutError:
             raise BrokerError(f"cloud publish to {topic}: no PUBACK within {CALL_TIMEOUT:g}s") from None
+
+
+async def _subscribe(client: aiomqtt.Client, topic: str) -> None:
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            await client.subscribe(topic, qos=1, timeout=_UNBOUNDED)
+    except TimeoutError:
+        raise aiomqtt.MqttError(f"no SUBACK for {topic} within {CALL_TIMEOUT:g}s") from None
 
 
 def _raise_lost_cancellation() -> None:

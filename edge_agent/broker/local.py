@@ -88,9 +88,7 @@ class LocalBroker:
             self._connect_props.SessionExpiryInterval = int(session_expiry)
             # mosquitto sends a manual-ack client only Receive Maximum unacknowledged messages (default 20).
             self._connect_props.ReceiveMaximum = receive_maximum
-        self._driver = PahoOnLoop(
-            self._client, name=f"local broker {host}:{port}", pending=self._client.buffered_pending
-        )
+        self._driver = PahoOnLoop(self._client, name=f"local broker {host}:{port}")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -240,6 +238,9 @@ class LocalBroker:
         return self._publisher.publish(topic, payload, qos, retain)
 
     def ack(self, mid: int, qos: int = 1) -> None:
-        """Acknowledge one QoS 1 event to the broker (its result is durable)."""
-        if mid:
+        """Acknowledge one QoS 1 event to the broker (its result is durable).
+
+        Not while disconnected: paho's reconnection drops what was queued meanwhile anyway. The broker redelivers
+        (DUP, same packet id) what was left unacknowledged, and the dispatcher recognises it as committed."""
+        if mid and self._connected:
             self._client.ack(mid, qos)

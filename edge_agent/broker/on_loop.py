@@ -8,8 +8,9 @@ event spent 2.3 ms (median) between the broker's socket and paho's callback alon
 loop, a packet is read as soon as the loop is between two steps, and an acknowledgement or a publication is
 written in the same turn that made it.
 
-Connecting (a blocking TCP handshake) is the one thing done in a worker thread; reconnection uses capped,
-jittered exponential backoff.
+Only the TCP handshake runs in a worker thread (``BufferedClient.open_socket``); paho's ``reconnect()`` then
+runs on the loop with that socket, so that no packet the loop queues (an acknowledgement, a publication) can get
+ahead of CONNECT. Reconnection uses capped, jittered exponential backoff.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edge_agent.broker.buffered import BufferedClient
+
 log = logging.getLogger(__name__)
 
 MISC_EVERY = 1.0
@@ -38,22 +41,13 @@ class PahoOnLoop:
     """Watches one paho client's socket from the running event loop and keeps the client connected.
 
     The client must have been given its connection parameters (``connect_async``) and no other socket
-    callbacks. ``pending`` reports bytes that the client has read from the socket but not decoded yet, which the
-    selector cannot see.
+    callbacks.
     """
 
-    def __init__(
-        self,
-        client: mqtt.Client,
-        *,
-        name: str,
-        reconnect_max: float = 30.0,
-        pending: Callable[[], int] = lambda: 0,
-    ) -> None:
+    def __init__(self, client: BufferedClient, *, name: str, reconnect_max: float = 30.0) -> None:
         self._client = client
         self._name = name
         self._reconnect_max = reconnect_max
-        self._pending = pending
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._sock: Any = None
@@ -79,9 +73,13 @@ class PahoOnLoop:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._sock is not None:
+        sock = self._sock
+        if sock is not None:
             self._client.disconnect()
-            self._client.loop_write()  # the DISCONNECT goes now; paho then closes the socket
+            self._client.loop_write()  # the DISCONNECT goes now, and paho closes the socket after it
+            if self._sock is sock:  # the socket was full: close it without the DISCONNECT
+                self._unwatch(sock)
+                sock.close()
 
     @property
     def attached(self) -> bool:
@@ -108,16 +106,14 @@ class PahoOnLoop:
         attempt = 0
         while True:
             try:
-                # reconnect() blocks on the TCP handshake: a thread keeps the loop free meanwhile.
-                await asyncio.to_thread(self._client.reconnect)
-            except (OSError, ValueError) as exc:
+                await self._connect()
+            except Exception as exc:  # whatever it was (refused, TLS, DNS), the client keeps trying
                 delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
                 attempt += 1
                 log.warning("%s: connecting failed (%s); retrying in %.1fs", self._name, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             opened = time.monotonic()
-            # The socket is watched by now: paho announced it (call_soon_threadsafe) before reconnect() returned.
             while not self._lost.is_set():
                 self._client.loop_misc()
                 with contextlib.suppress(TimeoutError):
@@ -130,8 +126,19 @@ class PahoOnLoop:
             delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
             await asyncio.sleep(delay)
 
-    # paho calls the socket callbacks from reconnect() (in the connecting thread) and from loop_read, loop_write
-    # and loop_misc (on the loop). Whatever touches the selector runs on the loop, in the order paho called.
+    async def _connect(self) -> None:
+        """TCP handshake in a thread (it may block up to paho's connect timeout), MQTT CONNECT on the loop."""
+        opening = asyncio.ensure_future(asyncio.to_thread(self._client.open_socket))
+        try:
+            sock = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_unused)  # stopping mid-handshake: the socket it yields goes unused
+            raise
+        self._client.use_socket(sock)
+        self._client.reconnect()  # on the loop: paho opens its session on the socket just made
+
+    # paho calls the socket callbacks from reconnect(), loop_read, loop_write and loop_misc, all on the loop; the
+    # thread check guards against a caller elsewhere (the selector may only be touched on the loop).
     def _on_loop(self, func: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
         if threading.get_ident() == self._loop_thread:
@@ -189,7 +196,7 @@ class PahoOnLoop:
         if self._paused or self._sock is None:
             return
         self._client.loop_read()
-        if self._pending():
+        if self._client.buffered_pending():
             self._read_soon()
 
     def _read_soon(self) -> None:
@@ -217,3 +224,7 @@ def _no_delay(sock: Any) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+
+def _close_unused(opening: asyncio.Future[Any]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()

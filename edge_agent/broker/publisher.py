@@ -11,6 +11,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.broker.buffered import BufferedClient
 from edge_agent.broker.on_loop import PahoOnLoop
 from edge_agent.errors import BrokerError
 
@@ -38,7 +39,7 @@ class ConfirmedPublisher:
         # this client uses none of them.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Callback API version 1 is deprecated", DeprecationWarning)
-            self._client = mqtt.Client(
+            self._client = BufferedClient(
                 CallbackAPIVersion.VERSION1, client_id=client_id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311
             )
         if username:
@@ -61,6 +62,10 @@ class ConfirmedPublisher:
 
     async def aclose(self) -> None:
         await self._driver.aclose()
+        confirms, self._confirms = self._confirms, {}
+        for fut in confirms.values():
+            if not fut.done():
+                fut.set_exception(BrokerError("the local broker connection closed before the PUBACK"))
 
     # -- publishing --------------------------------------------------------------------------------------------
     def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int) -> None:

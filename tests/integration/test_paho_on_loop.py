@@ -14,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.broker.buffered import CHUNK, PACKETS_PER_TURN, BufferedClient
 from edge_agent.broker.on_loop import PahoOnLoop
+from edge_agent.broker.publisher import ConfirmedPublisher
 from tests.support.brokers import Mosquitto
 from tests.support.running import wait_for
 
@@ -27,7 +28,7 @@ class Subscriber:
         self.client = BufferedClient(
             CallbackAPIVersion.VERSION2, client_id=client_id, manual_ack=True, clean_session=not persistent
         )
-        self.driver = PahoOnLoop(self.client, name=client_id, reconnect_max=1.0, pending=self.client.buffered_pending)
+        self.driver = PahoOnLoop(self.client, name=client_id, reconnect_max=1.0)
         self.received: list[mqtt.MQTTMessage] = []
         self.connects = 0
         self.subscribed = asyncio.Event()
@@ -135,3 +136,37 @@ async def test_reconnects_after_the_broker_restarts_and_resumes_its_session(topi
         finally:
             await sub.driver.aclose()
     assert sub.received[-1].payload == b"after"
+
+
+async def test_a_publication_made_while_the_broker_is_down_is_confirmed_after_it_returns(topic_prefix: str) -> None:
+    """QoS 1 publications queued while disconnected go out after the new CONNECT (the MQTT handshake runs on the
+    loop, so nothing the loop queues can precede it) and resolve their futures; a clean close fails the rest."""
+    topic = f"{topic_prefix}/onloop/outage"
+    with Mosquitto() as broker:
+        sub = Subscriber(broker, f"{topic_prefix}-onloop-outage-sub", topic, 1, persistent=True)
+        sub.driver.start()
+        publisher = ConfirmedPublisher(host=broker.host, port=broker.port, client_id=f"{topic_prefix}-pub", v5=False)
+        await publisher.start(asyncio.get_running_loop())
+        try:
+            await asyncio.wait_for(sub.subscribed.wait(), 10)
+            first = publisher.publish(topic, b"before", 1)
+            assert first is not None
+            await asyncio.wait_for(first, 10)
+            await asyncio.to_thread(broker.stop)
+            await wait_for(lambda: not publisher._driver.attached, timeout=10, what="the publisher sees the outage")
+            during = [publisher.publish(topic, b"during-%d" % i, 1) for i in range(20)]
+            await asyncio.to_thread(broker.start)
+            for fut in during:
+                assert fut is not None
+                await asyncio.wait_for(fut, 20)
+            await wait_for(lambda: len(sub.received) >= 21, timeout=20, what="the subscriber gets all of them")
+            await asyncio.to_thread(broker.stop)
+            await wait_for(lambda: not publisher._driver.attached, timeout=10, what="the second outage")
+            pending = publisher.publish(topic, b"unconfirmed", 1)  # no PUBACK can come before the close
+        finally:
+            await publisher.aclose()
+            await sub.driver.aclose()
+    assert {bytes(m.payload) for m in sub.received} >= {b"before", *(b"during-%d" % i for i in range(20))}
+    assert pending is not None
+    with pytest.raises(Exception, match="closed before the PUBACK"):
+        await asyncio.wait_for(pending, 1)
