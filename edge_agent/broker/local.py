@@ -96,8 +96,7 @@ class LocalBroker:
         self._max_buffered = max_buffered
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connected = False
-        self._connected_async: asyncio.Event | None = None
+        self._connected = asyncio.Event()  # set once the broker accepted the session, on the loop
         # Publishes (dead letters, handler outputs) go over a connection of their own: intake backpressure stops
         # reading this client's socket, and a publish waiting for its PUBACK must never wait on that.
         self._publisher = ConfirmedPublisher(
@@ -118,7 +117,6 @@ class LocalBroker:
     async def __aenter__(self) -> LocalBroker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._connected_async = asyncio.Event()
         try:
             if self._v5:
                 self._client.connect_async(
@@ -142,12 +140,11 @@ class LocalBroker:
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._connected.is_set()
 
     async def wait_connected(self) -> None:
         """Return once connected; callers bound the wait with ``asyncio.timeout``."""
-        assert self._connected_async is not None
-        await self._connected_async.wait()
+        await self._connected.wait()
 
     # -- paho callbacks (on the loop) ------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
@@ -157,15 +154,11 @@ class LocalBroker:
         self.connects += 1
         if self._subscriptions:
             client.subscribe(self._subscribe_args(self._subscriptions))
-        self._connected = True
-        if self._loop is not None and self._connected_async is not None:
-            self._loop.call_soon_threadsafe(self._connected_async.set)
+        self._connected.set()
         log.info("connected to local broker %s:%s", self._host, self._port)
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self._connected = False
-        if self._loop is not None and self._connected_async is not None:
-            self._loop.call_soon_threadsafe(self._connected_async.clear)
+        self._connected.clear()
         if not self._closing:
             log.warning("local broker connection lost (%s); reconnecting", reason)
 
@@ -219,7 +212,7 @@ class LocalBroker:
         old = dict(self._subscriptions)
         new = dict(filters)
         self._subscriptions = sorted(new.items())
-        if not self._connected:
+        if not self._connected.is_set():
             return  # on_connect subscribes to the current list
         add = self._subscribe_args([(f, q) for f, q in new.items() if old.get(f) != q])
         remove = [f for f in old if f not in new]
@@ -242,5 +235,5 @@ class LocalBroker:
 
         Not while disconnected: paho's reconnection drops what was queued meanwhile anyway. The broker redelivers
         (DUP, same packet id) what was left unacknowledged, and the dispatcher recognises it as committed."""
-        if mid and self._connected:
+        if mid and self._connected.is_set():
             self._client.ack(mid, qos)
