@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from array import array
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from edge_protocol.messages import Ack
 from edge_protocol.topics import Topics
+from hub.broker import Backoff
 from hub.simulator_messages import (
     RecordTemplate,
     SimSubscription,
@@ -156,7 +156,7 @@ class VirtualDevice:
     # -- session ---------------------------------------------------------------------------------------------
 
     async def _sessions(self, stop: asyncio.Event) -> None:
-        attempt = 0
+        backoff = Backoff(base=0.5, cap=30.0)
         while not stop.is_set():
             will = aiomqtt.Will(self.topics.status(self.id), status_payload(self.id, False, time.time()), 1, True)
             try:
@@ -164,13 +164,12 @@ class VirtualDevice:
                     self.config.host, self.config.port, identifier=self.id, will=will, clean_start=True,
                     protocol=aiomqtt.ProtocolVersion.V5, keepalive=self.config.keepalive, timeout=10,
                 ) as client:  # fmt: skip
-                    attempt = 0
+                    backoff.reset()
                     await self._connected(client, stop)
                     return
             except (aiomqtt.MqttError, TimeoutError) as exc:  # TimeoutError: no PUBACK/SUBACK in time
                 self.stats.disconnects += 1
-                delay = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
-                attempt += 1
+                delay = backoff.next_delay()
                 log.warning("%s: %s; reconnecting in %.1fs", self.id, exc, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
 
+from edge_agent.broker.backoff import retry_delay
 from edge_agent.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class CloudBroker:
                 _raise_lost_cancellation()  # a cancellation can come back as the MqttError of a failed connect
                 self.connected.clear()
                 self._client = None
-                delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
+                delay = retry_delay(attempt, self._reconnect_max)
                 attempt += 1
                 log.warning("cloud broker %s:%s: %s; retrying in %.1fs", self._host, self._port, exc, delay)
                 await asyncio.sleep(delay)

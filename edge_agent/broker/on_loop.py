@@ -18,15 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edge_agent.broker.backoff import retry_delay
 from edge_agent.broker.buffered import BufferedClient
 
 log = logging.getLogger(__name__)
@@ -49,7 +47,6 @@ class PahoOnLoop:
         self._name = name
         self._reconnect_max = reconnect_max
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._sock: Any = None
         self._writing = False
         self._flush_due = False
@@ -64,7 +61,6 @@ class PahoOnLoop:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self._task = self._loop.create_task(self._maintain(), name=f"agent.mqtt[{self._name}]")
 
     async def aclose(self) -> None:
@@ -108,7 +104,7 @@ class PahoOnLoop:
             try:
                 await self._connect()
             except Exception as exc:  # whatever it was (refused, TLS, DNS), the client keeps trying
-                delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+                delay = retry_delay(attempt, self._reconnect_max)
                 attempt += 1
                 log.warning("%s: connecting failed (%s); retrying in %.1fs", self._name, exc, delay)
                 await asyncio.sleep(delay)
@@ -123,8 +119,7 @@ class PahoOnLoop:
             # A connection that ends at once (a refused CONNACK, a broker that drops us) counts as a failed attempt,
             # so that the backoff grows; after one that lasted, start again from the shortest delay.
             attempt = attempt + 1 if time.monotonic() - opened < SHORT_LIVED else 0
-            delay = min(self._reconnect_max, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
-            await asyncio.sleep(delay)
+            await asyncio.sleep(retry_delay(attempt, self._reconnect_max))
 
     async def _connect(self) -> None:
         """TCP handshake in a thread (it may block up to paho's connect timeout), MQTT CONNECT on the loop."""
@@ -137,17 +132,10 @@ class PahoOnLoop:
         self._client.use_socket(sock)
         self._client.reconnect()  # on the loop: paho opens its session on the socket just made
 
-    # paho calls the socket callbacks from reconnect(), loop_read, loop_write and loop_misc, all on the loop; the
-    # thread check guards against a caller elsewhere (the selector may only be touched on the loop).
-    def _on_loop(self, func: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None
-        if threading.get_ident() == self._loop_thread:
-            func(*args)
-        else:
-            self._loop.call_soon_threadsafe(func, *args)
-
+    # paho calls the socket callbacks from reconnect(), loop_read, loop_write and loop_misc, which all run on the
+    # loop (only the TCP handshake runs in a thread, and it calls none): they may touch the selector directly.
     def _on_socket_open(self, _client: mqtt.Client, _ud: Any, sock: Any) -> None:
-        self._on_loop(self._watch, sock)
+        self._watch(sock)
 
     def _watch(self, sock: Any) -> None:
         assert self._loop is not None
@@ -159,7 +147,7 @@ class PahoOnLoop:
         self._flush()
 
     def _on_socket_close(self, _client: mqtt.Client, _ud: Any, sock: Any) -> None:
-        self._on_loop(self._unwatch, sock)
+        self._unwatch(sock)
 
     def _unwatch(self, sock: Any) -> None:
         assert self._loop is not None
@@ -175,18 +163,11 @@ class PahoOnLoop:
         if not self._flush_due:
             self._flush_due = True
             assert self._loop is not None
-            if threading.get_ident() == self._loop_thread:
-                self._loop.call_soon(self._flush)
-            else:
-                self._loop.call_soon_threadsafe(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _on_unregister_write(self, _client: mqtt.Client, _ud: Any, sock: Any) -> None:
         if self._writing and sock is self._sock:
-            self._on_loop(self._stop_writing, sock)
-
-    def _stop_writing(self, sock: Any) -> None:
-        assert self._loop is not None
-        if self._writing and sock is self._sock:
+            assert self._loop is not None
             self._writing = False
             self._loop.remove_writer(sock)
 
