@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import random
 import signal
 import socket
 import subprocess
@@ -16,10 +17,29 @@ HOST = "127.0.0.1"
 
 
 def free_port(host: str = HOST) -> int:
-    """A TCP port that nothing listens on right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that nothing listens on right now (the caller binds it soon after).
+
+    Chosen below the kernel's ephemeral range: a port from bind(0) is in that range, and between our check and
+    the server's bind an outgoing connection of any process (an agent's, the engine's) could be given it.
+    """
+    ephemeral_low = _ephemeral_range()[0]
+    for _ in range(200):
+        port = random.randrange(max(1024, ephemeral_low - 12_000), ephemeral_low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {ephemeral_low} on {host}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return int(low), int(high)
 
 
 class LoopbackService(abc.ABC):
