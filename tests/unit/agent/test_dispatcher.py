@@ -332,3 +332,49 @@ async def test_not_settled_while_closed_windows_are_being_committed(make: MakeHa
         await asyncio.wait_for(finishing, 5)
         assert h.dispatcher.settled
         assert [r.events for r in await h.records()] == [1]
+
+
+async def test_a_slow_commit_holds_acknowledgements_not_the_next_batches(make: MakeHarness) -> None:
+    """While one commit hangs on the disk, later batches still reach the handler (up to twice the batch size
+    uncommitted); their events are acknowledged only after they too are committed, sharing one transaction."""
+    h = make(batch_size=2)
+    async with h.outbox:
+        real_commit = h.outbox.commit
+        release = asyncio.Event()
+        held = asyncio.Event()
+        calls: list[int] = []
+
+        async def slow_commit(closed: list[WindowResult], checkpoints: dict[str, Any], *args: Any) -> int:
+            (snap,) = checkpoints.values()
+            calls.append(sum(w["events"] for w in snap["windows"]))
+            if len(calls) == 1:
+                held.set()
+                await release.wait()
+            return await real_commit(closed, checkpoints, *args)
+
+        h.outbox.commit = slow_commit  # type: ignore[method-assign]
+        h.start()
+        for i in (1, 2):
+            await h.dispatcher.put(h.msg(i, {"c": float(i)}))
+        async with asyncio.timeout(5):
+            await held.wait()
+        for i in range(3, 7):
+            await h.dispatcher.put(h.msg(i, {"c": float(i)}))
+        async with asyncio.timeout(5):
+            while h.dispatcher.counters.processed < 4:
+                await asyncio.sleep(0)
+        for _ in range(50):  # loop turns, not time: the third batch must stay queued while four are uncommitted
+            await asyncio.sleep(0)
+        assert h.dispatcher.counters.processed == 4
+        assert h.dispatcher.backlog == 2
+        assert h.acked == []
+        assert not h.dispatcher.settled
+        release.set()
+        await h.until_acked(6)
+        await h.finish()
+        assert h.acked == [1, 2, 3, 4, 5, 6]
+        assert calls[0] == 2  # the held commit's checkpoint: the first batch only
+        assert calls[-1] == 6
+        assert len(calls) < 3  # the second and third batches shared a transaction
+        (snap,) = (await h.outbox.checkpoints()).values()
+        assert sum(w["events"] for w in snap["windows"]) == 6
