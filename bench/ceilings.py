@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import docker
+from docker.types import Mount
 
 from bench.procs import Helper, percentile, publish_burst
 from edge_protocol.handler_io import encode_event
@@ -40,8 +44,8 @@ def bare_subscriber(lib: str, qos: int, count: int, mqtt_version: int = 3) -> di
     }
 
 
-def _demux_lines(sock: socket.socket, want: int, stop: threading.Event) -> tuple[int, float]:
-    """Read the attach stream until ``want`` stdout lines arrived; (lines, time of the last)."""
+def _count_lines(sock: socket.socket, want: int, stop: threading.Event, attached: bool) -> tuple[int, float]:
+    """Read until ``want`` lines arrived (stdout's, of an attach stream); (lines, time of the last)."""
     buf = bytearray()
     lines = 0
     last = time.time()
@@ -49,6 +53,10 @@ def _demux_lines(sock: socket.socket, want: int, stop: threading.Event) -> tuple
         chunk = sock.recv(1 << 16)
         if not chunk:
             break
+        last = time.time()
+        if not attached:
+            lines += chunk.count(b"\n")
+            continue
         buf += chunk
         pos = 0
         while len(buf) - pos >= 8:
@@ -59,7 +67,6 @@ def _demux_lines(sock: socket.socket, want: int, stop: threading.Event) -> tuple
                 lines += buf.count(b"\n", pos + 8, pos + 8 + size)
             pos += 8 + size
         del buf[:pos]
-        last = time.time()
     return lines, last
 
 
@@ -87,14 +94,35 @@ def _hardened(device_id: str, image: str) -> dict[str, Any]:
     }
 
 
-def container_echo(client: docker.DockerClient, device_id: str, lines: int, batch: int = 500) -> dict[str, Any]:
-    """edgefleet/passthrough:dev, hardened as the agent runs it: JSON lines written and read back, pipelined."""
-    container = client.containers.create(**_hardened(device_id, "edgefleet/passthrough:dev"))
+def container_echo(
+    client: docker.DockerClient, device_id: str, lines: int, batch: int = 500, *, via: str = "attach"
+) -> dict[str, Any]:
+    """edgefleet/passthrough:dev, hardened as the agent runs it: JSON lines written and read back, pipelined,
+    through the engine's attach stream (``via="attach"``) or over a unix socket the container connects to
+    (``via="socket"``, as the agent's default ``io``)."""
+    args = _hardened(device_id, "edgefleet/passthrough:dev")
+    io_dir = Path(tempfile.mkdtemp(prefix="edgefleet-io-"))
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if via == "socket":
+        io_dir.chmod(0o711)
+        server.bind(str(io_dir / "handler.sock"))
+        (io_dir / "handler.sock").chmod(0o666)
+        server.listen(1)
+        server.settimeout(30)
+        args["stdin_open"] = False
+        args["environment"] = {"EDGEFLEET_HANDLER_SOCKET": "/run/edgefleet/handler.sock"}
+        args["mounts"] = [Mount(target="/run/edgefleet", source=str(io_dir), type="bind", read_only=True)]
+    container = client.containers.create(**args)
     try:
-        attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-        sock: socket.socket = getattr(attached, "_sock", attached)
-        container.start()
+        if via == "socket":
+            container.start()
+            sock, _ = server.accept()
+        else:
+            attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            sock = getattr(attached, "_sock", attached)
+            container.start()
         sock.settimeout(30)
+        demux = via == "attach"
         events = [
             encode_event(i, "bench/ceiling/t", {"seq": i, "temp": 18.0 + (i % 700) / 100}, time.time())
             for i in range(lines)
@@ -103,7 +131,7 @@ def container_echo(client: docker.DockerClient, device_id: str, lines: int, batc
         # Warm up (the interpreter's start inside the container is not the pipe's speed).
         sock.sendall(chunks[0])
         stop = threading.Event()
-        _demux_lines(sock, min(batch, lines), stop)
+        _count_lines(sock, min(batch, lines), stop, demux)
 
         def write() -> None:
             for chunk in chunks:
@@ -112,12 +140,14 @@ def container_echo(client: docker.DockerClient, device_id: str, lines: int, batc
         writer = threading.Thread(target=write, name="bench.echo-writer", daemon=True)
         start = time.time()
         writer.start()
-        got, last = _demux_lines(sock, lines, stop)
+        got, last = _count_lines(sock, lines, stop, demux)
         writer.join(10)
         elapsed = last - start
-        return {"lines": got, "seconds": round(elapsed, 3), "rate": got / elapsed, "batch": batch}
+        return {"lines": got, "seconds": round(elapsed, 3), "rate": got / elapsed, "batch": batch, "via": via}
     finally:
         container.remove(force=True)
+        server.close()
+        shutil.rmtree(io_dir, ignore_errors=True)
 
 
 def bare_latency(rate: float, seconds: float, warmup: float = 1.0) -> dict[str, Any]:

@@ -56,9 +56,10 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                         ratio=f"{_num(r.get('cpu_per_event_us'), '{:.1f}')} µs CPU/msg",
                     )
                 )
-    echo = ceil.get("container_echo")
-    if echo is not None:
-        rows.append(Row("ceiling: container JSON-lines echo", f"{_num(echo.get('rate'))} lines/s"))
+    for key, label in (("container_echo", "engine's attach stream"), ("container_echo_socket", "unix socket")):
+        echo = ceil.get(key)
+        if echo is not None:
+            rows.append(Row(f"ceiling: container JSON-lines echo, {label}", f"{_num(echo.get('rate'))} lines/s"))
 
     for qos, target in ((0, 0.5), (1, 0.4)):
         agent = _get(results, "pipeline", f"q{qos}")

@@ -120,8 +120,14 @@ def run_ceilings(results: dict[str, Any], plan: Plan, client: Any, device_id: st
         phase(
             results,
             "ceilings.container_echo",
-            "ceiling: container echo",
+            "ceiling: container echo through the engine (attach stream)",
             lambda: ceilings.container_echo(client, device_id, plan.echo_lines),
+        )
+        phase(
+            results,
+            "ceilings.container_echo_socket",
+            "ceiling: container echo over a unix socket (the agent's default io)",
+            lambda: ceilings.container_echo(client, device_id, plan.echo_lines, via="socket"),
         )
 
 

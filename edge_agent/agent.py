@@ -152,7 +152,14 @@ def _docker_engine(config: AgentConfig) -> Engine:
 
     def make(spec: HandlerSpec) -> HandlerRuntime:
         def replica(i: int) -> HandlerRuntime:
-            return DockerHandler(spec, client=client, device_id=config.device_id, replica=i, restart=policy)
+            return DockerHandler(
+                spec,
+                client=client,
+                device_id=config.device_id,
+                replica=i,
+                restart=policy,
+                connect_timeout=rt.health_timeout,
+            )
 
         if spec.replicas == 1 and not spec.max_replicas:
             return replica(0)

@@ -45,5 +45,9 @@ class HandlerStartError(HandlerError):
     """The engine could not create or start the handler's container."""
 
 
+class HandlerExitedAtStart(HandlerStartError):
+    """The handler's container exited before it connected to the agent's socket: a crash, not a refusal."""
+
+
 class HandlerGone(HandlerError):
     """The handler's container exited or closed its output."""

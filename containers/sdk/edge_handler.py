@@ -8,7 +8,7 @@ Usage (inside a handler image, next to this file)::
         return {"c": 21.5}              # result values; None for none; or
         # return HandlerResult({"c": 21.5}, publish=[Publish("alerts/hot", {"c": 21.5})])
 
-    run(handle)                         # returns (exit status 0) when the agent closes stdin
+    run(handle)                         # returns (exit status 0) when the agent closes the stream
 
 Wire protocol, one UTF-8 JSON object per line (docs: DESIGN.md section 4):
   agent -> handler  {"kind":"event","id":N,"topic":"...","payload":<JSON>,"ts":<float>}
@@ -18,7 +18,9 @@ Wire protocol, one UTF-8 JSON object per line (docs: DESIGN.md section 4):
 "publish" is omitted when empty; a publish entry carries "qos" (0 or 1) and "retain" only when they differ from
 the defaults (0, false). A raising `handle`, a value that is not JSON (NaN included), a line that is
 not JSON or not a known kind all produce an error reply (id null when none can be read): one bad event never
-stops the handler. stderr is the handler's log; stdout belongs to the protocol, so never print() to it.
+stops the handler. The stream is the unix socket named by $EDGEFLEET_HANDLER_SOCKET when the agent sets it
+(the default), else stdin/stdout. stderr is the handler's log; stdout belongs to the protocol in the second
+case, so never print() to it.
 One-time set-up (loading a model, reading env vars) simply goes at module level, before run().
 
 The agent writes batches of hundreds of lines before it reads, so input is read in large chunks and all
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -142,12 +145,25 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def run(handle: Handler, *, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
-    """Serve `handle` over the JSON-lines protocol until stdin reaches EOF."""
+def run(handle: Handler, *, stdin_fd: int | None = None, stdout_fd: int | None = None) -> None:
+    """Serve `handle` over the JSON-lines protocol until the agent closes the stream (EOF).
+
+    The stream is the agent's socket when $EDGEFLEET_HANDLER_SOCKET names one and no descriptors are given,
+    else `stdin_fd`/`stdout_fd` (0 and 1 by default)."""
     # In a container the handler is PID 1, which ignores SIGTERM unless a handler is installed, so
     # `docker stop` would otherwise wait out its whole grace period.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    path = os.environ.get("EDGEFLEET_HANDLER_SOCKET")
+    if path and stdin_fd is None and stdout_fd is None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(path)
+            _serve(handle, conn.fileno(), conn.fileno())
+        return
+    _serve(handle, 0 if stdin_fd is None else stdin_fd, 1 if stdout_fd is None else stdout_fd)
+
+
+def _serve(handle: Handler, stdin_fd: int, stdout_fd: int) -> None:
     pending = bytearray()
     try:
         while chunk := os.read(stdin_fd, 65536):
@@ -170,6 +186,6 @@ def run(handle: Handler, *, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
             _write_all(stdout_fd, b"".join(out))
         if pending.strip():  # a last line without its newline still deserves an answer
             _write_all(stdout_fd, _reply(pending, handle))
-    except BrokenPipeError:
+    except (BrokenPipeError, ConnectionResetError):
         # The agent went away; nobody is left to read an answer or a traceback.
         sys.exit(1)

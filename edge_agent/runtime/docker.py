@@ -1,8 +1,14 @@
-"""A handler as a long-lived, hardened Docker container spoken to over its attach socket.
+"""A handler as a long-lived, hardened Docker container, spoken to over a unix socket or its stdin/stdout.
 
-Lifecycle calls go through the Docker SDK in a thread; the attach socket itself is read by the event loop
-(one thread hop per read would cost more than the handler). Replies come back in order, so a line that does
-not parse is charged to the oldest event still waiting.
+With ``io = "socket"`` (the default) the agent listens on a socket in a directory of its own, bind-mounted
+read-only into the container; the handler connects to it (``EDGEFLEET_HANDLER_SOCKET``) and the protocol runs
+directly between the two processes. The attach stream then carries only the handler's log. With ``io =
+"stdio"`` the protocol runs over the attach stream: every line passes through the engine and the container's
+shim, two more processes to wake per batch (docs/architecture.md).
+
+Lifecycle calls go through the Docker SDK in a thread; the streams are read by the event loop (one thread hop
+per read would cost more than the handler). Replies come back in order, so a line that does not parse is
+charged to the oldest event still waiting.
 """
 
 from __future__ import annotations
@@ -11,16 +17,19 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import docker
 import docker.errors
 from docker.models.containers import Container
-from docker.types import LogConfig
+from docker.types import LogConfig, Mount
 
-from edge_agent.errors import HandlerStartError
+from edge_agent.errors import HandlerExitedAtStart, HandlerStartError
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome, RuntimeStats
 from edge_agent.runtime.jsonlines import STDERR, STDOUT, FrameError, LineSplitter, StreamDemuxer
 from edge_protocol.handler_io import ReplyError, decode_reply, encode_event, encode_ping
@@ -32,6 +41,10 @@ LABEL_DEVICE = "edgefleet.device"
 LABEL_HANDLER = "edgefleet.handler"
 LABEL_RELEASE = "edgefleet.release"
 LABEL_REPLICA = "edgefleet.replica"
+
+SOCKET_ENV = "EDGEFLEET_HANDLER_SOCKET"
+IO_DIR_IN_CONTAINER = "/run/edgefleet"
+SOCKET_NAME = "handler.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +59,23 @@ class RestartPolicy:
         return float(min(self.max, self.base * 2 ** min(failures, 30)))
 
 
-def hardened_create_args(spec: HandlerSpec, *, device_id: str, replica: int, generation: str) -> dict[str, Any]:
-    """Keyword arguments for ``containers.create``: the hardening every handler gets, from its spec."""
+def hardened_create_args(
+    spec: HandlerSpec, *, device_id: str, replica: int, generation: str, io_dir: Path | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create``: the hardening every handler gets, from its spec; with
+    ``io_dir``, that directory (holding the agent's socket) mounted read-only where the handler finds it."""
     limits = spec.limits
+    environment = dict(spec.env)
+    mounts = []
+    if io_dir is not None:
+        environment[SOCKET_ENV] = f"{IO_DIR_IN_CONTAINER}/{SOCKET_NAME}"
+        mounts.append(Mount(target=IO_DIR_IN_CONTAINER, source=str(io_dir), type="bind", read_only=True))
     return {
         "image": spec.image,
         "command": spec.command,
         # The generation lets a handler's next version start beside the running one during a switch.
         "name": f"edgefleet.{device_id}.{spec.name}.{replica}.{generation}",
-        "stdin_open": True,
+        "stdin_open": io_dir is None,
         "network_mode": spec.network,
         "read_only": True,
         "tmpfs": {"/tmp": f"size={limits.tmpfs_size},mode=1777"},  # noqa: S108 - inside the container
@@ -65,7 +86,8 @@ def hardened_create_args(spec: HandlerSpec, *, device_id: str, replica: int, gen
         "mem_limit": limits.memory,
         "memswap_limit": limits.memory,
         "nano_cpus": int(limits.cpus * 1e9),
-        "environment": dict(spec.env),
+        "environment": environment,
+        "mounts": mounts,
         "labels": {
             LABEL_DEVICE: device_id,
             LABEL_HANDLER: spec.name,
@@ -73,9 +95,9 @@ def hardened_create_args(spec: HandlerSpec, *, device_id: str, replica: int, gen
             LABEL_REPLICA: str(replica),
         },
         "privileged": False,
-        # stdout is the protocol channel: with the engine's default json-file driver every reply was also written
-        # to an unrotated file on the device's disk (1.8 GB/h at 5,000 events/s), and the writes stalled the
-        # attach stream. stderr reaches the agent's log through the attach stream anyway.
+        # With the engine's default json-file driver every stdio reply was also written to an unrotated file on the
+        # device's disk (1.8 GB/h at 5,000 events/s), and the writes stalled the attach stream. The handler's log
+        # reaches the agent's log through the attach stream anyway.
         "log_config": LogConfig(type=LogConfig.types.NONE),
     }
 
@@ -92,6 +114,7 @@ class DockerHandler(HandlerRuntime):
         replica: int = 0,
         max_line: int = 1 << 20,
         restart: RestartPolicy | None = None,
+        connect_timeout: float = 30.0,
     ) -> None:
         self.name = spec.name
         self.spec = spec
@@ -107,6 +130,9 @@ class DockerHandler(HandlerRuntime):
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._read_task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._io_dir: Path | None = None
+        self._connect_timeout = connect_timeout
         self._lock = asyncio.Lock()
         self._next_id = 1
         self._pending: dict[int, int] = {}
@@ -133,19 +159,86 @@ class DockerHandler(HandlerRuntime):
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._ensure_image)
-        container, raw = await asyncio.to_thread(self._create_and_attach)
+        server = self._listen() if self.spec.io == "socket" else None
+        try:
+            container, raw = await asyncio.to_thread(self._create_and_attach)
+        except BaseException:
+            if server is not None:
+                server.close()
+            self._remove_io_dir()
+            raise
         self._container = container
-        self._reader, self._writer = await asyncio.open_connection(sock=raw)
         self._gone = asyncio.Event()
         self._poisoned = False
-        self._read_task = asyncio.create_task(self._read_loop(), name=f"agent.handler-read[{self.name}]")
+        if server is None:
+            self._reader, self._writer = await asyncio.open_connection(sock=raw)
+            self._read_task = asyncio.create_task(self._read_loop(True), name=f"agent.handler-read[{self.name}]")
+        else:
+            self._log_task = asyncio.create_task(self._log_loop(raw), name=f"agent.handler-log[{self.name}]")
         try:
             await asyncio.to_thread(container.start)
+            if server is not None:
+                conn = await self._accept(server)
+                self._reader, self._writer = await asyncio.open_connection(sock=conn)
+                self._read_task = asyncio.create_task(self._read_loop(False), name=f"agent.handler-read[{self.name}]")
         except docker.errors.APIError as exc:
             await self._discard()
             raise HandlerStartError(self.name, f"start refused: {exc.explanation or exc}") from exc
+        except BaseException:
+            await self._discard()
+            raise
+        finally:
+            if server is not None:
+                server.close()
         self._healthy = True
         log.info("handler %s started: container %s image %s", self.name, container.short_id, self.spec.image)
+
+    def _listen(self) -> socket.socket:
+        """The socket the handler connects to, in a fresh directory only this container mounts. Its path stays
+        short (unix socket paths end at 107 bytes), so it lives in the temp directory, not the data directory."""
+        self._io_dir = Path(tempfile.mkdtemp(prefix="edgefleet-io-"))
+        # The handler runs as 65534: it needs to reach the socket (x on the directory) and write to it.
+        self._io_dir.chmod(0o711)
+        path = self._io_dir / SOCKET_NAME
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            server.bind(str(path))
+            path.chmod(0o666)
+            server.listen(1)
+            server.setblocking(False)
+        except OSError as exc:
+            server.close()
+            self._remove_io_dir()
+            raise HandlerStartError(self.name, f"cannot listen on {path}: {exc}") from exc
+        return server
+
+    async def _accept(self, server: socket.socket) -> socket.socket:
+        """The handler's connection; refused if it exits first or does not connect in time."""
+        loop = asyncio.get_running_loop()
+        accept = asyncio.ensure_future(loop.sock_accept(server))
+        gone = asyncio.ensure_future(self._gone.wait())
+        try:
+            done, _ = await asyncio.wait([accept, gone], timeout=self._connect_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not accept.done():
+                accept.cancel()
+        if accept in done:
+            conn, _ = accept.result()
+            conn.setblocking(False)
+            return conn
+        hint = 'a handler that speaks on stdin/stdout needs io = "stdio"'
+        if gone in done:
+            raise HandlerExitedAtStart(self.name, f"the handler exited before it connected to ${SOCKET_ENV} ({hint})")
+        raise HandlerStartError(
+            self.name, f"the handler did not connect to ${SOCKET_ENV} within {self._connect_timeout:g}s ({hint})"
+        )
+
+    def _remove_io_dir(self) -> None:
+        if self._io_dir is not None:
+            shutil.rmtree(self._io_dir, ignore_errors=True)
+            self._io_dir = None
 
     def _ensure_image(self) -> None:
         try:
@@ -162,13 +255,18 @@ class DockerHandler(HandlerRuntime):
         try:
             container = self._client.containers.create(
                 **hardened_create_args(
-                    self.spec, device_id=self._device, replica=self._replica, generation=self._generation
+                    self.spec,
+                    device_id=self._device,
+                    replica=self._replica,
+                    generation=self._generation,
+                    io_dir=self._io_dir,
                 )
             )
         except docker.errors.APIError as exc:
             raise HandlerStartError(self.name, f"create refused: {exc.explanation or exc}") from exc
         # Attach before start so no early output is lost and nothing is buffered in the HTTP layer.
-        sock_io = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        stdin = int(self._io_dir is None)
+        sock_io = container.attach_socket(params={"stdin": stdin, "stdout": 1, "stderr": 1, "stream": 1})
         raw: socket.socket = getattr(sock_io, "_sock", sock_io)
         # Our own descriptor: the SDK's response objects may close theirs when collected.
         dup = raw.dup()
@@ -192,14 +290,16 @@ class DockerHandler(HandlerRuntime):
             with contextlib.suppress(OSError, ConnectionError):
                 await self._writer.wait_closed()
             self._writer = None
-        if self._read_task is not None:
-            self._read_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._read_task
-            self._read_task = None
+        for task in (self._read_task, self._log_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._read_task = self._log_task = None
         container, self._container = self._container, None
         if container is not None:
             await asyncio.to_thread(_stop_and_remove, container)
+        self._remove_io_dir()
 
     @property
     def failed(self) -> bool:
@@ -214,14 +314,16 @@ class DockerHandler(HandlerRuntime):
             return "running"
         return "failed" if self.failed else "restarting"
 
-    async def _restart(self) -> bool:
-        """Replace the container after the backoff; False (at once) while a failed handler's next attempt is not
-        due, so its events are dead-lettered instead of stalling the subscription for minutes."""
+    async def _restart(self) -> Literal["started", "exited", "unavailable"]:
+        """Replace the container after the backoff. "exited" when the new one died before it connected (a crash
+        like any other: the caller charges it to the oldest event); "unavailable" (at once) while a failed
+        handler's next attempt is not due, so its events are dead-lettered instead of stalling the subscription
+        for minutes, or when the engine refused the container."""
         self._healthy = False
         await self._discard()
         loop = asyncio.get_running_loop()
         if self.failed and loop.time() < self._next_attempt:
-            return False
+            return "unavailable"
         delay = self._policy.delay(self._failures)
         self._failures += 1
         self.restarts += 1
@@ -233,32 +335,59 @@ class DockerHandler(HandlerRuntime):
         await asyncio.sleep(delay)
         try:
             await self.start()
+        except HandlerExitedAtStart as exc:
+            log.error("%s", exc)
+            return "exited"
         except HandlerStartError as exc:
             log.error("%s", exc)
-            return False
-        return True
+            return "unavailable"
+        return "started"
 
     # -- conversation --------------------------------------------------------------------------------
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, attached: bool) -> None:
+        """Replies, from the handler's socket, or (``attached``) from the stdout of its attach stream."""
         assert self._reader is not None
-        demux = StreamDemuxer()
+        demux = StreamDemuxer() if attached else None
         lines = LineSplitter(self._max_line)
         try:
             while True:
                 data = await self._reader.read(1 << 16)
                 if not data:
                     break
+                if demux is None:
+                    for line in lines.feed(data):
+                        self._on_line(line)
+                    continue
                 for stream, chunk in demux.feed(data):
                     if stream == STDERR:
-                        log.info("handler %s: %s", self.name, chunk.decode(errors="replace").rstrip()[:2000])
+                        self._log_output(chunk)
                     elif stream == STDOUT:
                         for line in lines.feed(chunk):
                             self._on_line(line)
         except (OSError, FrameError) as exc:
-            log.warning("handler %s: attach stream failed: %s", self.name, exc)
+            log.warning("handler %s: %s failed: %s", self.name, "attach stream" if attached else "socket", exc)
         finally:
             self._gone.set()
             self._progress.set()
+
+    async def _log_loop(self, raw: socket.socket) -> None:
+        """The attach stream of a handler that speaks on its socket: stdout and stderr are both its log."""
+        reader, writer = await asyncio.open_connection(sock=raw)
+        demux = StreamDemuxer()
+        try:
+            while data := await reader.read(1 << 16):
+                for _stream, chunk in demux.feed(data):
+                    self._log_output(chunk)
+        except (OSError, FrameError) as exc:
+            log.warning("handler %s: attach stream failed: %s", self.name, exc)
+        finally:
+            # The handler exited: its socket closes too, but an exit before it connected is seen only here.
+            self._gone.set()
+            self._progress.set()
+            writer.close()
+
+    def _log_output(self, chunk: bytes) -> None:
+        log.info("handler %s: %s", self.name, chunk.decode(errors="replace").rstrip()[:2000])
 
     def _on_line(self, line: bytes) -> None:
         if not line.strip() and line:
@@ -307,7 +436,13 @@ class DockerHandler(HandlerRuntime):
             self._outcomes = [None] * len(events)
             todo = list(range(len(events)))
             while todo:
-                if self._closed or (not self._healthy and not await self._restart()):
+                restart = "started" if self._healthy or self._closed else await self._restart()
+                if restart == "exited":
+                    # As if it had read the batch and crashed: the oldest event is the likely cause.
+                    self._outcomes[todo[0]] = Failure("handler-exited", "the handler's container exited")
+                    todo = todo[1:]
+                    continue
+                if self._closed or restart == "unavailable":
                     detail = f"handler {self.state} after {self._failures} consecutive failures"
                     for slot in todo:
                         self._outcomes[slot] = Failure("handler-unavailable", detail)
@@ -404,6 +539,11 @@ def remove_device_containers(client: docker.DockerClient, device_id: str) -> int
     for container in found:
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             container.remove(force=True)
+        # ... and the socket directory each one mounted (the earlier run died before removing it).
+        for mount in container.attrs.get("Mounts") or []:
+            source = Path(mount.get("Source") or "")
+            if mount.get("Destination") == IO_DIR_IN_CONTAINER and source.name.startswith("edgefleet-io-"):
+                shutil.rmtree(source, ignore_errors=True)
     return len(found)
 
 

@@ -104,6 +104,7 @@ def bad_spec(image: str) -> dict[str, Any]:
     return {
         "name": "bad",
         "image": image,
+        "io": "stdio",  # it speaks on stdin/stdout, without the SDK: the attach stream's paths are tested here
         "event_timeout": f"{EVENT_TIMEOUT:g}s",
         "limits": {"memory": "64m", "cpus": 0.5, "pids": 16},
     }

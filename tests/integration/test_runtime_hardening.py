@@ -203,6 +203,12 @@ async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
 LIMITS = {"memory": "96m", "cpus": 0.5, "pids": 48, "tmpfs_size": "8m"}
 STATUS_PROBE = """
 import os, json
+def errno_of(call, *args):
+    try:
+        call(*args)
+    except OSError as exc:
+        return exc.errno
+    return 0
 status = dict(line.split(":", 1) for line in open("/proc/1/status"))
 print(json.dumps({
     "uid": status["Uid"].split(), "gid": status["Gid"].split(),
@@ -211,6 +217,10 @@ print(json.dumps({
     "sockets": [p for p in ("/var/run/docker.sock", "/run/docker.sock", "/run/edgefleet/docker.sock")
                 if os.path.exists(p)],
     "interfaces": sorted(os.listdir("/sys/class/net")),
+    "io_list": errno_of(os.listdir, "/run/edgefleet"),
+    "io_write": errno_of(lambda p: open(p, "w").close(), "/run/edgefleet/x"),
+    "io_socket": os.path.exists("/run/edgefleet/handler.sock"),
+    "handler_socket": os.environ.get("EDGEFLEET_HANDLER_SOCKET"),
 }))
 """
 
@@ -259,10 +269,14 @@ async def test_running_handler_container_is_hardened(
     assert not host["Devices"]
     assert host["Tmpfs"] == {"/tmp": "size=8m,mode=1777"}
     assert host["LogConfig"]["Type"] == "none"  # replies are not written to the device's disk
-    # No Docker socket, nor anything else, is mounted: neither a bind nor a volume.
+    # One bind mount: the agent's socket directory, read-only. No Docker socket, no volume.
     assert not host["Binds"]
-    assert attrs["Mounts"] == []
+    (mount,) = attrs["Mounts"]
+    assert (mount["Type"], mount["Destination"], mount["RW"]) == ("bind", "/run/edgefleet", False)
+    assert Path(mount["Source"]).name.startswith("edgefleet-io-")
+    assert not Path(mount["Source"]).exists()  # removed with the container when the agent stopped
     assert not any("docker.sock" in json.dumps(m) for m in attrs["Mounts"])
+    assert attrs["Config"]["OpenStdin"] is False  # the protocol runs on the socket, not through the engine
     # What the kernel says about the handler process itself (PID 1 of the container).
     assert probe.exit_code == 0, probe.output
     assert inside["uid"] == ["65534"] * 4
@@ -272,6 +286,10 @@ async def test_running_handler_container_is_hardened(
     assert inside["no_new_privs"] == "1"
     assert inside["sockets"] == []
     assert inside["interfaces"] == ["lo"]
+    assert inside["io_list"] == 13  # EACCES: the directory is 0711, the socket is reachable by name only
+    assert inside["io_write"] in (13, 30)  # EACCES or EROFS: not the handler's to write
+    assert inside["io_socket"] is True
+    assert inside["handler_socket"] == "/run/edgefleet/handler.sock"
 
 
 # -- 3. root inside, still a read-only root filesystem ----------------------------------------------------

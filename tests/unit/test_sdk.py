@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -197,3 +198,30 @@ def test_passthrough_handler_keeps_numbers_only() -> None:
     lines = [_event(1, 2.5), _event(2, {"a": 1, "b": "x", "c": False, "d": 3.5}), _event(3, "text")]
     replies, _ = _talk(HANDLERS_DIR / "passthrough" / "handler.py", lines)
     assert [r["values"] for r in replies] == [{"value": 2.5}, {"a": 1, "d": 3.5}, {}]
+
+
+def test_speaks_on_the_agents_socket_when_one_is_named(handler: Path, tmp_path: Path) -> None:
+    """With $EDGEFLEET_HANDLER_SOCKET set, the protocol runs over that socket and stdout stays unused; the
+    handler exits 0 when the agent closes its end."""
+    path = tmp_path / "handler.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+        server.settimeout(TIMEOUT)
+        with _spawn(handler, {"EDGEFLEET_HANDLER_SOCKET": str(path)}) as proc:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(TIMEOUT)
+                lines = [_event(1, 2), {"kind": "ping", "id": 2}]
+                conn.sendall(b"".join(json.dumps(m).encode() + b"\n" for m in lines))
+                conn.shutdown(socket.SHUT_WR)
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+            out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err.decode()
+    assert out == b""
+    assert [json.loads(line) for line in data.splitlines()] == [
+        {"kind": "result", "id": 1, "values": {"double": 4, "topic": "s/1", "ts": 10.5}},
+        {"kind": "pong", "id": 2},
+    ]
