@@ -154,7 +154,9 @@ class Dispatcher:
         self._has_items.set()
         await self._idle.wait()
         if self._committer is not None:
-            await self._committer
+            # wait() and not await: a committer cancelled with run() must not cancel the caller of drain().
+            await asyncio.wait([self._committer])
+            self._raise_commit_failure()
         if self._finishing:
             await asyncio.gather(*self._finishing)
 
