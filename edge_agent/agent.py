@@ -159,6 +159,7 @@ def _docker_engine(config: AgentConfig) -> Engine:
                 replica=i,
                 restart=policy,
                 connect_timeout=rt.health_timeout,
+                socket_root=rt.socket_dir,
             )
 
         if spec.replicas == 1 and not spec.max_replicas:

@@ -6,6 +6,7 @@ in :mod:`edge_agent.agent`.
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from edge_agent.errors import ConfigError
 from edge_agent.metrics import parse_listen
+from edge_agent.runtime.socket_dir import SOCKET_PATH_MAX, SOCKET_SUFFIX_MAX
 from edge_protocol.desired import is_pinned, load_public_key
 from edge_protocol.durations import Duration
 from edge_protocol.specs import NAME_PATTERN, HandlerSpec, SubscriptionSpec
@@ -77,6 +79,19 @@ class RuntimeConfig(_Section):
     image_grace: Duration = Field(
         default=3600.0, ge=0, description="unused handler images are removed this long after their last use"
     )
+    socket_dir: Path | None = Field(
+        default=None,
+        description="where handlers' sockets live; must be visible to the Docker engine (default: systemd's "
+        "$RUNTIME_DIRECTORY, else <tmp>/edgefleet-agent-<uid>)",
+    )
+
+    @field_validator("socket_dir")
+    @classmethod
+    def _short_enough(cls, value: Path | None) -> Path | None:
+        if value is not None and len(os.fsencode(value)) + SOCKET_SUFFIX_MAX > SOCKET_PATH_MAX:
+            limit = SOCKET_PATH_MAX - SOCKET_SUFFIX_MAX
+            raise ValueError(f"at most {limit} bytes: a unix socket path below it must fit in {SOCKET_PATH_MAX}")
+        return value
 
 
 class StatusConfig(_Section):

@@ -160,6 +160,15 @@ class Dispatcher:
         if self._finishing:
             await asyncio.gather(*self._finishing)
 
+    async def aclose(self) -> None:
+        """Stop committing and acknowledging (shutdown after the grace period, or a pipeline torn down): what is
+        not committed stays unacknowledged, and the broker redelivers it."""
+        tasks = [t for t in (self._committer, *self._finishing) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
     async def retire(self) -> None:
         """The subscription is removed or replaced: drain, then emit every open window and drop the checkpoint."""
         await self.drain()
@@ -199,8 +208,7 @@ class Dispatcher:
             if not self._queue:
                 self._tick()
                 continue
-            await self._room_to_commit()
-            n = min(len(self._queue), self._batch)
+            n = await self._room_to_commit()
             batch = [self._queue.popleft() for _ in range(n)]
             self._has_room.set()
             await self._process(batch)
@@ -265,11 +273,13 @@ class Dispatcher:
         if self._committer is not None and self._committer.done() and not self._committer.cancelled():
             self._committer.result()
 
-    async def _room_to_commit(self) -> None:
-        while self._uncommitted_events >= self._max_uncommitted:
+    async def _room_to_commit(self) -> int:
+        """The size of the next batch, once it fits within the bound on uncommitted events."""
+        while self._uncommitted_events + (n := min(len(self._queue), self._batch)) > self._max_uncommitted:
             self._raise_commit_failure()
             self._committed.clear()
             await self._committed.wait()
+        return n
 
     async def _commit_queued(self) -> None:
         """Commit everything queued, in groups, oldest first; then acknowledge the groups' events."""

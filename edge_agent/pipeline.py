@@ -231,6 +231,7 @@ class Pipeline:
     async def aclose(self) -> None:
         for task in self._tasks.values():
             task.cancel()
+        await asyncio.gather(*(d.aclose() for d in self._tasks))
         if self._watcher is not None:
             self._watcher.cancel()
         runtimes = [*self.runtimes.values(), *(p.old for p in self._probation.values())]

@@ -55,10 +55,11 @@ class HandlerSpec(WireModel):
     command: list[str] | None = None
     event_timeout: Duration = Field(default=5.0, gt=0, description="a reply later than this dead-letters the event")
     batch_size: int = Field(default=500, ge=1, le=10_000)
-    io: Literal["socket", "stdio"] = Field(
-        default="socket",
+    io: Literal["auto", "socket", "stdio"] = Field(
+        default="auto",
         description="where the handler speaks the protocol: the unix socket named by $EDGEFLEET_HANDLER_SOCKET "
-        "(the SDK's default; no engine in between), or stdin/stdout through the engine's attach stream",
+        "(the SDK's choice; no engine in between), stdin/stdout through the engine's attach stream, or auto: "
+        "whichever the handler uses, told apart at start",
     )
 
 

@@ -1,10 +1,11 @@
 """A handler as a long-lived, hardened Docker container, spoken to over a unix socket or its stdin/stdout.
 
-With ``io = "socket"`` (the default) the agent listens on a socket in a directory of its own, bind-mounted
-read-only into the container; the handler connects to it (``EDGEFLEET_HANDLER_SOCKET``) and the protocol runs
-directly between the two processes. The attach stream then carries only the handler's log. With ``io =
-"stdio"`` the protocol runs over the attach stream: every line passes through the engine and the container's
-shim, two more processes to wake per batch (docs/architecture.md).
+The agent listens on a socket in a directory of its own, bind-mounted read-only into the container; a handler
+that connects to it (``EDGEFLEET_HANDLER_SOCKET``, as the SDK does) speaks the protocol directly with the
+agent, and the attach stream carries only its log. A handler that speaks on stdin/stdout instead goes through
+the engine and the container's shim, two more processes to wake per batch (docs/architecture.md). With ``io =
+"auto"`` (the default) the agent tells them apart by a ping on stdin: whoever connects, or answers on stdout,
+has chosen; ``"socket"`` and ``"stdio"`` fix the channel.
 
 Lifecycle calls go through the Docker SDK in a thread; the streams are read by the event loop (one thread hop
 per read would cost more than the handler). Replies come back in order, so a line that does not parse is
@@ -32,6 +33,7 @@ from docker.types import LogConfig, Mount
 from edge_agent.errors import HandlerExitedAtStart, HandlerStartError
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome, RuntimeStats
 from edge_agent.runtime.jsonlines import STDERR, STDOUT, FrameError, LineSplitter, StreamDemuxer
+from edge_agent.runtime.socket_dir import default_socket_root, prepare_socket_root
 from edge_protocol.handler_io import ReplyError, decode_reply, encode_event, encode_ping
 from edge_protocol.specs import HandlerSpec
 
@@ -75,7 +77,7 @@ def hardened_create_args(
         "command": spec.command,
         # The generation lets a handler's next version start beside the running one during a switch.
         "name": f"edgefleet.{device_id}.{spec.name}.{replica}.{generation}",
-        "stdin_open": io_dir is None,
+        "stdin_open": spec.io != "socket",
         "network_mode": spec.network,
         "read_only": True,
         "tmpfs": {"/tmp": f"size={limits.tmpfs_size},mode=1777"},  # noqa: S108 - inside the container
@@ -115,6 +117,7 @@ class DockerHandler(HandlerRuntime):
         max_line: int = 1 << 20,
         restart: RestartPolicy | None = None,
         connect_timeout: float = 30.0,
+        socket_root: Path | None = None,
     ) -> None:
         self.name = spec.name
         self.spec = spec
@@ -127,12 +130,18 @@ class DockerHandler(HandlerRuntime):
         self._policy = restart or RestartPolicy()
         self._next_attempt = 0.0
         self._container: Container | None = None
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        """Where the protocol goes: the socket's writer, or the attach stream's (stdin)."""
+        self._attach_writer: asyncio.StreamWriter | None = None
         self._read_task: asyncio.Task[None] | None = None
-        self._log_task: asyncio.Task[None] | None = None
+        self._attach_task: asyncio.Task[None] | None = None
+        # Whether the attach stream's stdout carries the protocol (stdio) or the handler's log (socket).
+        self._stdout_is_protocol = False
         self._io_dir: Path | None = None
+        self._socket_root = socket_root
         self._connect_timeout = connect_timeout
+        self.io: Literal["socket", "stdio"] | None = None
+        """The channel the running container speaks on."""
         self._lock = asyncio.Lock()
         self._next_id = 1
         self._pending: dict[int, int] = {}
@@ -159,7 +168,7 @@ class DockerHandler(HandlerRuntime):
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._ensure_image)
-        server = self._listen() if self.spec.io == "socket" else None
+        server = self._listen() if self.spec.io != "stdio" else None
         try:
             container, raw = await asyncio.to_thread(self._create_and_attach)
         except BaseException:
@@ -170,17 +179,17 @@ class DockerHandler(HandlerRuntime):
         self._container = container
         self._gone = asyncio.Event()
         self._poisoned = False
-        if server is None:
-            self._reader, self._writer = await asyncio.open_connection(sock=raw)
-            self._read_task = asyncio.create_task(self._read_loop(True), name=f"agent.handler-read[{self.name}]")
-        else:
-            self._log_task = asyncio.create_task(self._log_loop(raw), name=f"agent.handler-log[{self.name}]")
+        self._stdout_is_protocol = self.spec.io != "socket"
+        attach_reader, self._attach_writer = await asyncio.open_connection(sock=raw)
+        self._attach_task = asyncio.create_task(
+            self._read_attach(attach_reader), name=f"agent.handler-attach[{self.name}]"
+        )
         try:
             await asyncio.to_thread(container.start)
-            if server is not None:
-                conn = await self._accept(server)
-                self._reader, self._writer = await asyncio.open_connection(sock=conn)
-                self._read_task = asyncio.create_task(self._read_loop(False), name=f"agent.handler-read[{self.name}]")
+            if server is None:
+                self._writer, self.io = self._attach_writer, "stdio"
+            else:
+                self.io = await self._connect(server)
         except docker.errors.APIError as exc:
             await self._discard()
             raise HandlerStartError(self.name, f"start refused: {exc.explanation or exc}") from exc
@@ -194,9 +203,13 @@ class DockerHandler(HandlerRuntime):
         log.info("handler %s started: container %s image %s", self.name, container.short_id, self.spec.image)
 
     def _listen(self) -> socket.socket:
-        """The socket the handler connects to, in a fresh directory only this container mounts. Its path stays
-        short (unix socket paths end at 107 bytes), so it lives in the temp directory, not the data directory."""
-        self._io_dir = Path(tempfile.mkdtemp(prefix="edgefleet-io-"))
+        """The socket the handler connects to, in a fresh directory only this container mounts, below the
+        agent's own socket root (0700: nobody else on the host reaches it)."""
+        try:
+            root = prepare_socket_root(self._socket_root or default_socket_root())
+            self._io_dir = Path(tempfile.mkdtemp(prefix="edgefleet-io-", dir=root))
+        except OSError as exc:
+            raise HandlerStartError(self.name, f"no directory for the handler's socket: {exc}") from exc
         # The handler runs as 65534: it needs to reach the socket (x on the directory) and write to it.
         self._io_dir.chmod(0o711)
         path = self._io_dir / SOCKET_NAME
@@ -212,28 +225,45 @@ class DockerHandler(HandlerRuntime):
             raise HandlerStartError(self.name, f"cannot listen on {path}: {exc}") from exc
         return server
 
-    async def _accept(self, server: socket.socket) -> socket.socket:
-        """The handler's connection; refused if it exits first or does not connect in time."""
+    async def _connect(self, server: socket.socket) -> Literal["socket", "stdio"]:
+        """Wait for the handler to connect (or, under ``auto``, to answer a ping on stdout instead); refused if
+        it exits first or does neither in time."""
         loop = asyncio.get_running_loop()
         accept = asyncio.ensure_future(loop.sock_accept(server))
         gone = asyncio.ensure_future(self._gone.wait())
+        waits: list[asyncio.Future[Any]] = [accept, gone]
+        pid = 0
+        if self.spec.io == "auto" and self._attach_writer is not None:
+            # A handler that speaks on stdin/stdout answers this there; one that speaks on the socket never reads it.
+            pid = self._next_id
+            self._next_id += 1
+            pong: asyncio.Future[Any] = loop.create_future()
+            self._pongs[pid] = pong
+            waits.append(pong)
+            with contextlib.suppress(OSError, ConnectionError):
+                self._attach_writer.write(encode_ping(pid))
+                await self._attach_writer.drain()
         try:
-            done, _ = await asyncio.wait([accept, gone], timeout=self._connect_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=self._connect_timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
+            self._pongs.pop(pid, None)
             if not accept.done():
                 accept.cancel()
-        if accept in done:
+        if accept.done() and not accept.cancelled() and accept.exception() is None:
             conn, _ = accept.result()
             conn.setblocking(False)
-            return conn
-        hint = 'a handler that speaks on stdin/stdout needs io = "stdio"'
-        if gone in done:
-            raise HandlerExitedAtStart(self.name, f"the handler exited before it connected to ${SOCKET_ENV} ({hint})")
-        raise HandlerStartError(
-            self.name, f"the handler did not connect to ${SOCKET_ENV} within {self._connect_timeout:g}s ({hint})"
-        )
+            self._stdout_is_protocol = False
+            reader, self._writer = await asyncio.open_connection(sock=conn)
+            self._read_task = asyncio.create_task(self._read_socket(reader), name=f"agent.handler-read[{self.name}]")
+            return "socket"
+        if len(waits) > 2 and waits[2].done():
+            self._writer = self._attach_writer
+            return "stdio"
+        either = f"connected to ${SOCKET_ENV}" + (" or answered a ping on stdout" if len(waits) > 2 else "")
+        if gone.done() and not gone.cancelled():
+            raise HandlerExitedAtStart(self.name, f"the handler exited before it {either}")
+        raise HandlerStartError(self.name, f"the handler has not {either} within {self._connect_timeout:g}s")
 
     def _remove_io_dir(self) -> None:
         if self._io_dir is not None:
@@ -265,7 +295,7 @@ class DockerHandler(HandlerRuntime):
         except docker.errors.APIError as exc:
             raise HandlerStartError(self.name, f"create refused: {exc.explanation or exc}") from exc
         # Attach before start so no early output is lost and nothing is buffered in the HTTP layer.
-        stdin = int(self._io_dir is None)
+        stdin = int(self.spec.io != "socket")
         sock_io = container.attach_socket(params={"stdin": stdin, "stdout": 1, "stderr": 1, "stream": 1})
         raw: socket.socket = getattr(sock_io, "_sock", sock_io)
         # Our own descriptor: the SDK's response objects may close theirs when collected.
@@ -285,17 +315,18 @@ class DockerHandler(HandlerRuntime):
             await self._discard()
 
     async def _discard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        for writer in {self._writer, self._attach_writer} - {None}:
+            assert writer is not None
+            writer.close()
             with contextlib.suppress(OSError, ConnectionError):
-                await self._writer.wait_closed()
-            self._writer = None
-        for task in (self._read_task, self._log_task):
+                await writer.wait_closed()
+        self._writer = self._attach_writer = None
+        for task in (self._read_task, self._attach_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._read_task = self._log_task = None
+        self._read_task = self._attach_task = None
         container, self._container = self._container, None
         if container is not None:
             await asyncio.to_thread(_stop_and_remove, container)
@@ -344,47 +375,37 @@ class DockerHandler(HandlerRuntime):
         return "started"
 
     # -- conversation --------------------------------------------------------------------------------
-    async def _read_loop(self, attached: bool) -> None:
-        """Replies, from the handler's socket, or (``attached``) from the stdout of its attach stream."""
-        assert self._reader is not None
-        demux = StreamDemuxer() if attached else None
+    async def _read_attach(self, reader: asyncio.StreamReader) -> None:
+        """The attach stream: stderr is the handler's log; so is stdout, unless it carries the protocol. Its end
+        is the container's exit (the only sign of one before the handler connected to its socket)."""
+        demux = StreamDemuxer()
         lines = LineSplitter(self._max_line)
         try:
-            while True:
-                data = await self._reader.read(1 << 16)
-                if not data:
-                    break
-                if demux is None:
-                    for line in lines.feed(data):
-                        self._on_line(line)
-                    continue
+            while data := await reader.read(1 << 16):
                 for stream, chunk in demux.feed(data):
-                    if stream == STDERR:
-                        self._log_output(chunk)
-                    elif stream == STDOUT:
+                    if stream == STDOUT and self._stdout_is_protocol:
                         for line in lines.feed(chunk):
                             self._on_line(line)
+                    elif stream in (STDOUT, STDERR):
+                        self._log_output(chunk)
         except (OSError, FrameError) as exc:
-            log.warning("handler %s: %s failed: %s", self.name, "attach stream" if attached else "socket", exc)
+            log.warning("handler %s: attach stream failed: %s", self.name, exc)
         finally:
             self._gone.set()
             self._progress.set()
 
-    async def _log_loop(self, raw: socket.socket) -> None:
-        """The attach stream of a handler that speaks on its socket: stdout and stderr are both its log."""
-        reader, writer = await asyncio.open_connection(sock=raw)
-        demux = StreamDemuxer()
+    async def _read_socket(self, reader: asyncio.StreamReader) -> None:
+        """Replies on the handler's socket; its end is the handler's."""
+        lines = LineSplitter(self._max_line)
         try:
             while data := await reader.read(1 << 16):
-                for _stream, chunk in demux.feed(data):
-                    self._log_output(chunk)
-        except (OSError, FrameError) as exc:
-            log.warning("handler %s: attach stream failed: %s", self.name, exc)
+                for line in lines.feed(data):
+                    self._on_line(line)
+        except OSError as exc:
+            log.warning("handler %s: socket failed: %s", self.name, exc)
         finally:
-            # The handler exited: its socket closes too, but an exit before it connected is seen only here.
             self._gone.set()
             self._progress.set()
-            writer.close()
 
     def _log_output(self, chunk: bytes) -> None:
         log.info("handler %s: %s", self.name, chunk.decode(errors="replace").rstrip()[:2000])

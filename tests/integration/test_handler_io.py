@@ -1,13 +1,12 @@
-"""Where a handler speaks the protocol: the agent's unix socket (default) or stdin/stdout, on the real engine.
+"""Where a handler speaks the protocol: the agent's unix socket or stdin/stdout, on the real engine.
 
-The socket lives in a directory the agent makes for each container and bind-mounts read-only; a handler that
-does not connect is refused at start with a reason that names the way out (``io = "stdio"``), and nothing of
-it is left behind: no container, no directory.
+The socket lives in a directory the agent makes for each container and bind-mounts read-only. Under ``auto``
+(the default) the SDK's handlers end up on the socket and a handler that reads stdin on stdio; one that does
+neither is refused at start, and nothing of it is left behind: no container, no directory.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,23 @@ import pytest
 from edge_agent.errors import HandlerStartError
 from edge_agent.runtime.base import Failure
 from edge_agent.runtime.docker import LABEL_DEVICE, DockerHandler
+from edge_agent.runtime.socket_dir import default_socket_root
 from edge_protocol.specs import HandlerSpec
 
 pytestmark = pytest.mark.integration
 
 PASSTHROUGH = "edgefleet/passthrough:dev"
 BASE = "edgefleet/base:bookworm"  # no entrypoint: ``command`` is the whole process
+# A handler without the SDK that reads stdin and answers on stdout, as the protocol allows.
+STDIO_HANDLER = """
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    reply = {"kind": "pong", "id": msg["id"]} if msg["kind"] == "ping" else {
+        "kind": "result", "id": msg["id"], "values": {"n": len(json.dumps(msg["payload"]))}}
+    sys.stdout.write(json.dumps(reply) + "\\n")
+    sys.stdout.flush()
+"""
 EVENTS: list[tuple[str, Any, float]] = [
     ("sensors/a/t", {"v": 1.5, "s": "x"}, 10.0),
     ("sensors/b/t", {"v": -2, "ok": True}, 11.0),
@@ -36,28 +46,47 @@ def _leftovers(client: docker.DockerClient, device_id: str) -> list[str]:
 
 
 def _io_dirs() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("edgefleet-io-*"))  # where the agent makes them
+    return set(default_socket_root().glob("edgefleet-io-*"))
 
 
-@pytest.mark.parametrize("io", ["socket", "stdio"])
+@pytest.mark.parametrize(("io", "channel"), [("auto", "socket"), ("socket", "socket"), ("stdio", "stdio")])
 async def test_the_sdk_answers_on_either_channel_alike(
-    docker_client: docker.DockerClient, handler_images: dict[str, str], device_id: str, io: str
+    docker_client: docker.DockerClient, handler_images: dict[str, str], device_id: str, io: str, channel: str
 ) -> None:
     before = _io_dirs()
     spec = HandlerSpec(name="pt", image=PASSTHROUGH, io=io)
     runtime = DockerHandler(spec, client=docker_client, device_id=device_id)
     await runtime.start()
     try:
+        assert runtime.io == channel
         assert await runtime.ping()
         outcomes = await runtime.process(EVENTS)
         made = _io_dirs() - before
-        assert len(made) == (1 if io == "socket" else 0)
+        assert len(made) == (0 if io == "stdio" else 1)
+        (root,) = {d.parent for d in made} or {default_socket_root()}
+        assert root.stat().st_mode & 0o777 == 0o700  # nobody but the agent reaches the sockets from the host
     finally:
         await runtime.aclose()
     assert not any(isinstance(o, Failure) for o in outcomes), outcomes
     assert [o.values for o in outcomes] == [{"v": 1.5}, {"v": -2}, {}]  # type: ignore[union-attr]
     assert _leftovers(docker_client, device_id) == []
     assert _io_dirs() - before == set()
+
+
+async def test_auto_finds_a_handler_that_speaks_on_stdin_and_stdout(
+    docker_client: docker.DockerClient, handler_images: dict[str, str], device_id: str
+) -> None:
+    spec = HandlerSpec(name="plain", image=BASE, command=["python3", "-c", STDIO_HANDLER])
+    runtime = DockerHandler(spec, client=docker_client, device_id=device_id)
+    await runtime.start()
+    try:
+        assert runtime.io == "stdio"
+        assert await runtime.ping()
+        outcomes = await runtime.process(EVENTS)
+    finally:
+        await runtime.aclose()
+    assert [o.values for o in outcomes] == [{"n": 20}, {"n": 21}, {"n": 6}]  # type: ignore[union-attr]
+    assert _leftovers(docker_client, device_id) == []
 
 
 async def test_a_handler_that_never_connects_is_refused_and_leaves_nothing(
@@ -68,8 +97,9 @@ async def test_a_handler_that_never_connects_is_refused_and_leaves_nothing(
     runtime = DockerHandler(spec, client=docker_client, device_id=device_id, connect_timeout=2.0)
     with pytest.raises(HandlerStartError) as refused:
         await runtime.start()
-    assert "did not connect to $EDGEFLEET_HANDLER_SOCKET within 2s" in str(refused.value)
-    assert 'io = "stdio"' in str(refused.value)
+    assert "has not connected to $EDGEFLEET_HANDLER_SOCKET or answered a ping on stdout within 2s" in str(
+        refused.value
+    )
     assert _leftovers(docker_client, device_id) == []
     assert _io_dirs() - before == set()
 
@@ -82,6 +112,6 @@ async def test_a_handler_that_exits_before_connecting_is_refused_at_once(
     started = time.monotonic()
     with pytest.raises(HandlerStartError) as refused:
         await runtime.start()
-    assert "exited before it connected" in str(refused.value)
+    assert "exited before it connected to $EDGEFLEET_HANDLER_SOCKET or answered" in str(refused.value)
     assert time.monotonic() - started < 30  # seen when its attach stream ends, not after the 60 s
     assert _leftovers(docker_client, device_id) == []
