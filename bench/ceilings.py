@@ -15,6 +15,7 @@ import docker
 from docker.types import Mount
 
 from bench.procs import Helper, percentile, publish_burst
+from edge_agent.runtime.docker import IO_DIR_IN_CONTAINER, SOCKET_ENV, SOCKET_NAME
 from edge_protocol.handler_io import encode_event
 from edge_protocol.specs import HandlerSpec
 from tests.support.brokers import Mosquitto
@@ -105,13 +106,13 @@ def container_echo(
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if via == "socket":
         io_dir.chmod(0o711)
-        server.bind(str(io_dir / "handler.sock"))
-        (io_dir / "handler.sock").chmod(0o666)
+        server.bind(str(io_dir / SOCKET_NAME))
+        (io_dir / SOCKET_NAME).chmod(0o666)
         server.listen(1)
         server.settimeout(30)
         args["stdin_open"] = False
-        args["environment"] = {"EDGEFLEET_HANDLER_SOCKET": "/run/edgefleet/handler.sock"}
-        args["mounts"] = [Mount(target="/run/edgefleet", source=str(io_dir), type="bind", read_only=True)]
+        args["environment"] = {SOCKET_ENV: f"{IO_DIR_IN_CONTAINER}/{SOCKET_NAME}"}
+        args["mounts"] = [Mount(target=IO_DIR_IN_CONTAINER, source=str(io_dir), type="bind", read_only=True)]
     container = client.containers.create(**args)
     try:
         if via == "socket":

@@ -232,16 +232,13 @@ class DockerHandler(HandlerRuntime):
         accept = asyncio.ensure_future(loop.sock_accept(server))
         gone = asyncio.ensure_future(self._gone.wait())
         waits: list[asyncio.Future[Any]] = [accept, gone]
-        pid = 0
+        pid, pong = 0, None
         if self.spec.io == "auto" and self._attach_writer is not None:
             # A handler that speaks on stdin/stdout answers this there; one that speaks on the socket never reads it.
-            pid = self._next_id
-            self._next_id += 1
-            pong: asyncio.Future[Any] = loop.create_future()
-            self._pongs[pid] = pong
+            line, pid, pong = self._new_ping()
             waits.append(pong)
             with contextlib.suppress(OSError, ConnectionError):
-                self._attach_writer.write(encode_ping(pid))
+                self._attach_writer.write(line)
                 await self._attach_writer.drain()
         try:
             await asyncio.wait(waits, timeout=self._connect_timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -257,10 +254,10 @@ class DockerHandler(HandlerRuntime):
             reader, self._writer = await asyncio.open_connection(sock=conn)
             self._read_task = asyncio.create_task(self._read_socket(reader), name=f"agent.handler-read[{self.name}]")
             return "socket"
-        if len(waits) > 2 and waits[2].done():
+        if pong is not None and pong.done():
             self._writer = self._attach_writer
             return "stdio"
-        either = f"connected to ${SOCKET_ENV}" + (" or answered a ping on stdout" if len(waits) > 2 else "")
+        either = f"connected to ${SOCKET_ENV}" + (" or answered a ping on stdout" if pong is not None else "")
         if gone.done() and not gone.cancelled():
             raise HandlerExitedAtStart(self.name, f"the handler exited before it {either}")
         raise HandlerStartError(self.name, f"the handler has not {either} within {self._connect_timeout:g}s")
@@ -282,20 +279,15 @@ class DockerHandler(HandlerRuntime):
             raise HandlerStartError(self.name, f"engine error: {exc}") from exc
 
     def _create_and_attach(self) -> tuple[Container, socket.socket]:
+        args = hardened_create_args(
+            self.spec, device_id=self._device, replica=self._replica, generation=self._generation, io_dir=self._io_dir
+        )
         try:
-            container = self._client.containers.create(
-                **hardened_create_args(
-                    self.spec,
-                    device_id=self._device,
-                    replica=self._replica,
-                    generation=self._generation,
-                    io_dir=self._io_dir,
-                )
-            )
+            container = self._client.containers.create(**args)
         except docker.errors.APIError as exc:
             raise HandlerStartError(self.name, f"create refused: {exc.explanation or exc}") from exc
         # Attach before start so no early output is lost and nothing is buffered in the HTTP layer.
-        stdin = int(self.spec.io != "socket")
+        stdin = int(args["stdin_open"])
         sock_io = container.attach_socket(params={"stdin": stdin, "stdout": 1, "stderr": 1, "stream": 1})
         raw: socket.socket = getattr(sock_io, "_sock", sock_io)
         # Our own descriptor: the SDK's response objects may close theirs when collected.
@@ -524,15 +516,20 @@ class DockerHandler(HandlerRuntime):
         self._outcomes[waiting[0]] = Failure(reason, detail)
         return waiting[1:]
 
-    async def ping(self) -> bool:
-        if not self._healthy or self._writer is None:
-            return False
+    def _new_ping(self) -> tuple[bytes, int, asyncio.Future[Any]]:
+        """A ping line, its id, and the future its pong resolves (the caller removes it from ``_pongs``)."""
         pid = self._next_id
         self._next_id += 1
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pongs[pid] = fut
+        return encode_ping(pid), pid, fut
+
+    async def ping(self) -> bool:
+        if not self._healthy or self._writer is None:
+            return False
+        line, pid, fut = self._new_ping()
         try:
-            self._writer.write(encode_ping(pid))
+            self._writer.write(line)
             await self._writer.drain()
             gone: asyncio.Future[Any] = asyncio.ensure_future(self._gone.wait())
             try:
