@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from bench.procs import VENV_BIN, Helper
-from hub.simulator import raise_open_files
+from fleet_simulator.fleet import raise_open_files
 from tests.support.service import free_port
 
 HUB = str(VENV_BIN / "hub")

@@ -17,7 +17,7 @@ import httpx
 
 from bench.hub import broker
 from bench.hub_procs import HubServer, Simulator
-from hub.keys import init_keys
+from hub.desired.keys import init_keys
 
 HANDLER = "sim-h"
 IMAGES = {"1.0": f"sim/handler@sha256:{'1' * 64}", "1.1": f"sim/handler@sha256:{'2' * 64}"}

@@ -1,6 +1,6 @@
 """``python -m hub``: the hub CLI."""
 
-from hub.cli import main
+from hub.cli.app import main
 
 if __name__ == "__main__":
     main()

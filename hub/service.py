@@ -15,17 +15,17 @@ from collections.abc import Iterator
 import uvicorn
 
 from edge_protocol.topics import Topics
-from hub.api import create_app
-from hub.broker import Broker
+from hub.api.app import create_app
 from hub.config import HubConfig
-from hub.desired import DesiredStore
+from hub.db.store import Store
+from hub.desired.documents import DesiredStore
+from hub.desired.keys import load_signing_key
+from hub.desired.publisher import DesiredPublisher
 from hub.errors import HubError
-from hub.ingest import Ingest
-from hub.keys import load_signing_key
-from hub.publisher import DesiredPublisher
-from hub.rollout_controller import RolloutController
-from hub.store import Store
-from hub.tokens import Tokens
+from hub.ingest.consumer import Ingest
+from hub.mqtt.broker import Broker
+from hub.rollouts.controller import RolloutController
+from hub.security.tokens import Tokens
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import pytest
 from edge_agent.agent import AgentState
 from edge_agent.config import AgentConfig
 from hub.config import HubConfig
-from hub.keys import init_keys
+from hub.desired.keys import init_keys
 from tests.integration.test_end_to_end import publish_all
 from tests.integration.test_hub_ingest import hub_config, running_hub
 from tests.support.brokers import Mosquitto

@@ -17,7 +17,7 @@ from edge_protocol.desired import DesiredDocument, load_public_key, verify_docum
 from edge_protocol.messages import Reported, Status
 from edge_protocol.topics import Topics
 from hub.config import HubConfig
-from hub.keys import init_keys
+from hub.desired.keys import init_keys
 from tests.integration.test_hub_ingest import hub_config, running_hub, wait_until
 from tests.support.brokers import Mosquitto
 

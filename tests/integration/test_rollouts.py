@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from hub.config import HubConfig
-from hub.keys import init_keys
+from hub.desired.keys import init_keys
 from tests.integration.test_control_plane import fleet_of
 from tests.integration.test_end_to_end import DeadLetters
 from tests.integration.test_hub_ingest import hub_config, running_hub

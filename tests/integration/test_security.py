@@ -22,10 +22,10 @@ from edge_agent.runtime.base import HandlerRuntime
 from edge_protocol.messages import Ack
 from edge_protocol.specs import HandlerSpec
 from edge_protocol.topics import Topics
-from hub import credentials
-from hub.ca import CertificateAuthority
 from hub.config import HubConfig
-from hub.store import Store
+from hub.db.store import Store
+from hub.security import credentials
+from hub.security.ca import CertificateAuthority
 from tests.integration.test_hub_ingest import running_hub
 from tests.support.brokers import Mosquitto
 from tests.support.running import running_agent, wait_for

@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from typer.testing import CliRunner
 
-from hub import cli
+from hub.cli import app as cli
 from hub.config import HubConfig
 from tests.support.brokers import Mosquitto
 from tests.support.service import HOST, free_port

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from edge_agent.broker.cloud import CloudBroker
-from hub.broker import Broker
 from hub.config import BrokerConfig
+from hub.mqtt.broker import Broker
 
 
 class PubackClient:

@@ -3,7 +3,7 @@
 Every statistic a subscription can ask for is checked against a reference computed here: exact for count, min,
 max, first and last; ``math.fsum``-based sums and moments within 1e-9 relative; quantiles within the sketch's 1%
 of the exact lower-rank quantile (numpy's ``method="lower"``: the value at index floor(q * (n - 1)) of the sorted
-data). Fleet-wide: windows of several simulated devices merged (``FieldState.merge`` and ``hub.rollup``) against
+data). Fleet-wide: windows of several simulated devices merged (``FieldState.merge`` and ``hub.ingest.rollup``) against
 the pooled data. Windows: out-of-order and late events (WindowSet and Dispatcher), session gaps, hopping overlaps.
 """
 
@@ -32,8 +32,8 @@ from edge_protocol.aggregate import FieldState, WindowResult
 from edge_protocol.deadletter import DeadLetter
 from edge_protocol.sketch import RELATIVE_ACCURACY
 from edge_protocol.specs import SubscriptionSpec, quantile_of
-from hub.records import StoredAggregate
-from hub.rollup import rollup
+from hub.db.records import StoredAggregate
+from hub.ingest.rollup import rollup
 
 FAR = 1e12
 QUANTILES = ["p50", "p90", "p95", "p99", "p37.5"]

@@ -11,11 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_protocol.topics import Topics
-from hub.api import create_app
-from hub.desired import DesiredStore
-from hub.fakes import FakeBus
-from hub.publisher import DesiredPublisher
-from hub.store import Store
+from hub.api.app import create_app
+from hub.db.store import Store
+from hub.desired.documents import DesiredStore
+from hub.desired.publisher import DesiredPublisher
+from hub.mqtt.fake import FakeBus
 
 FLEET = {"dev-a": {"site": "lab"}, "dev-b": {"site": "lab", "tier": "edge"}, "dev-c": {"site": "plant"}}
 TOPICS = Topics("unit")

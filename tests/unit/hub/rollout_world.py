@@ -12,17 +12,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_protocol.messages import HandlerReport, Reported
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
-from hub.catalog import Catalog
-from hub.desired import DesiredStore, current_record
-from hub.fakes import FakeBus
-from hub.fleet import Fleet
-from hub.labels import Selector
-from hub.publisher import DesiredPublisher
-from hub.releases import Releases
-from hub.rollout_controller import RolloutController
-from hub.rollout_store import RolloutRecord
-from hub.rollouts import Limits, Progress
-from hub.store import Store
+from hub.db.store import Store
+from hub.desired.catalog import Catalog
+from hub.desired.documents import DesiredStore, current_record
+from hub.desired.publisher import DesiredPublisher
+from hub.desired.releases import Releases
+from hub.fleet.labels import Selector
+from hub.fleet.registry import Fleet
+from hub.mqtt.fake import FakeBus
+from hub.rollouts.controller import RolloutController
+from hub.rollouts.plan import Limits, Progress
+from hub.rollouts.store import RolloutRecord
 from tests.unit.hub.conftest import TOPICS
 
 OLD = "127.0.0.1:5000/temp-c@sha256:" + "a" * 64

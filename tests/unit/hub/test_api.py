@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub.api import MAX_LIMIT, create_app
-from hub.store import Store
+from hub.api.app import MAX_LIMIT, create_app
+from hub.db.store import Store
 from tests.unit.hub.factories import record
 
 NOW = 10_000.0

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
-from hub.ca import CaError, CertificateAuthority
-from hub.cli import app
+from hub.cli.app import app
+from hub.security.ca import CaError, CertificateAuthority
 
 
 def mode(path: Path) -> int:

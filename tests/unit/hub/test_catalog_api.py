@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.api import create_app
-from hub.store import Store
+from hub.api.app import create_app
+from hub.db.store import Store
 from tests.unit.hub.conftest import NOW
 
 HANDLER: dict[str, Any] = {"name": "temp-c", "image": "edgefleet/temp-c:1", "limits": {"memory": "64m", "cpus": 0.5}}

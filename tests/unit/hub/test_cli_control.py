@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from hub import cli, cli_common
-from hub.api import create_app
-from hub.client import HubClient
-from hub.fleet import Fleet
-from hub.publisher import DesiredPublisher
-from hub.store import Store
+from hub.api.app import create_app
+from hub.cli import app as cli
+from hub.cli import common as cli_common
+from hub.cli.client import HubClient
+from hub.db.store import Store
+from hub.desired.publisher import DesiredPublisher
+from hub.fleet.registry import Fleet
 from tests.unit.hub.conftest import NOW
 from tests.unit.hub.factories import reported
 

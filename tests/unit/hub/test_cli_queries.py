@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hub import cli
-from hub.api import create_app
-from hub.client import HubClient
-from hub.store import Store
+from hub.api.app import create_app
+from hub.cli import app as cli
+from hub.cli.client import HubClient
+from hub.db.store import Store
 from tests.unit.hub.factories import record
 
 T0 = 1_200.0

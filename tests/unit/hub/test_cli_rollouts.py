@@ -11,13 +11,14 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from hub import cli, cli_common
-from hub.api import create_app
-from hub.client import HubClient
-from hub.publisher import DesiredPublisher
-from hub.registry import DigestResolver
-from hub.rollout_controller import RolloutController
-from hub.store import Store
+from hub.api.app import create_app
+from hub.cli import app as cli
+from hub.cli import common as cli_common
+from hub.cli.client import HubClient
+from hub.db.store import Store
+from hub.desired.image_registry import DigestResolver
+from hub.desired.publisher import DesiredPublisher
+from hub.rollouts.controller import RolloutController
 from tests.unit.hub.conftest import NOW
 
 REG = "127.0.0.1:5000"

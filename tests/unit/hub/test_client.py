@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from hub.client import HubClient
+from hub.cli.client import HubClient
 from hub.errors import ClientError
 
 

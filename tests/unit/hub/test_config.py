@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hub.cli import app
+from hub.cli.app import app
 from hub.config import HubConfig
 from hub.errors import ConfigError
 

@@ -16,13 +16,13 @@ from sqlalchemy.orm import Session
 
 from edge_protocol.desired import DesiredDocument, DesiredRefused, SignedDesired, verify_document
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
-from hub.catalog import Catalog, Snapshot, read_snapshot
-from hub.desired import KEEP_VERSIONS, DesiredStore
-from hub.fakes import FakeBus
-from hub.labels import Selector
-from hub.publisher import DesiredPublisher
-from hub.store import Store
-from hub.tables import Base
+from hub.db.store import Store
+from hub.db.tables import Base
+from hub.desired.catalog import Catalog, Snapshot, read_snapshot
+from hub.desired.documents import KEEP_VERSIONS, DesiredStore
+from hub.desired.publisher import DesiredPublisher
+from hub.fleet.labels import Selector
+from hub.mqtt.fake import FakeBus
 from tests.unit.hub.conftest import NOW, TOPICS
 
 TEMP = HandlerSpec(name="temp-c", image="edgefleet/temp-c:1")
@@ -161,7 +161,7 @@ def test_a_compile_that_read_an_older_catalog_cannot_publish_it_over_a_newer_one
             a_done.wait(1.0)  # with the lock, A cannot finish meanwhile: B goes on after 1 s
         return snapshot
 
-    monkeypatch.setattr("hub.desired.read_snapshot", stalling_read)
+    monkeypatch.setattr("hub.desired.documents.read_snapshot", stalling_read)
     with Store(db_url) as store_a, Store(db_url) as store_b:
         replica_a, replica_b = DesiredStore(store_a, signing_key), DesiredStore(store_b, signing_key)
         b = threading.Thread(target=replica_b.recompile, args=(["dev-a"],), name="replica-b")

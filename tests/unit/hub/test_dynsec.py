@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from edge_protocol.topics import Topics
-from hub.dynsec import (
+from hub.mqtt.fake import FakeBus
+from hub.security.dynsec import (
     CONTROL,
     RESPONSE,
     Dynsec,
@@ -24,7 +25,6 @@ from hub.dynsec import (
     revoke_commands,
     write_initial,
 )
-from hub.fakes import FakeBus
 
 TOPICS = Topics("fleet")
 

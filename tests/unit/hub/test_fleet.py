@@ -7,11 +7,11 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.broker import Inbound
-from hub.fakes import FakeBus
-from hub.ingest import Ingest
-from hub.publisher import DesiredPublisher
-from hub.store import Store
+from hub.db.store import Store
+from hub.desired.publisher import DesiredPublisher
+from hub.ingest.consumer import Ingest
+from hub.mqtt.broker import Inbound
+from hub.mqtt.fake import FakeBus
 from tests.unit.hub.conftest import NOW, TOPICS
 from tests.unit.hub.factories import reported, status
 

@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 from edge_protocol.messages import Ack, SequencedResult
 from edge_protocol.topics import Topics
-from hub.broker import Inbound
-from hub.fakes import FakeBus
-from hub.ingest import Ingest
-from hub.store import Store
+from hub.db.store import Store
+from hub.ingest.consumer import Ingest
+from hub.mqtt.broker import Inbound
+from hub.mqtt.fake import FakeBus
 from tests.unit.hub.factories import batch, record, status
 
 TOPICS = Topics("unit")

@@ -12,12 +12,12 @@ from sqlalchemy.orm import Session
 
 from edge_protocol.messages import Ack
 from edge_protocol.topics import Topics
+from hub.db.store import DeviceSeen, Store
 from hub.errors import StoreError
-from hub.fakes import FakeBus
-from hub.fleet import Fleet, ReportedState
-from hub.ingest import Ingest
-from hub.ingest_writes import BatchWrite, WriteQueue
-from hub.store import DeviceSeen, Store
+from hub.fleet.registry import Fleet, ReportedState
+from hub.ingest.consumer import Ingest
+from hub.ingest.writes import BatchWrite, WriteQueue
+from hub.mqtt.fake import FakeBus
 from tests.unit.hub.factories import batch, record, reported, status
 
 TOPICS = Topics("unit")

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from edge_protocol.desired import DesiredDocument, key_id, load_public_key, sign_document, verify_document
-from hub.cli import app
+from hub.cli.app import app
 from hub.config import HubConfig
+from hub.desired.keys import PRIVATE_NAME, PUBLIC_NAME, KeysExist, init_keys, load_signing_key
 from hub.errors import ConfigError
-from hub.keys import PRIVATE_NAME, PUBLIC_NAME, KeysExist, init_keys, load_signing_key
 
 
 def mode(path: Path) -> int:
@@ -83,7 +83,7 @@ def test_a_key_readable_by_others_is_loaded_with_a_warning(tmp_path: Path, caplo
         )
     )
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="hub.keys"):
+    with caplog.at_level(logging.WARNING, logger="hub.desired.keys"):
         load_signing_key(path)
     assert "chmod 600" in caplog.text
 

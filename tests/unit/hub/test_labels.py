@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub.api import create_app
-from hub.labels import LabelError, Selector, parse_assignments
-from hub.store import Store
+from hub.api.app import create_app
+from hub.db.store import Store
+from hub.fleet.labels import LabelError, Selector, parse_assignments
 from tests.unit.hub.factories import record
 
 FLEET = {"dev-a": {"site": "lyon", "tier": "edge"}, "dev-b": {"site": "lyon"}, "dev-c": {"site": "oslo"}}

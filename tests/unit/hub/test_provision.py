@@ -12,15 +12,15 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from edge_agent.config import load_config
-from hub import credentials
-from hub.ca import CertificateAuthority
-from hub.cli import app
+from hub.cli.app import app
 from hub.config import HubConfig
-from hub.dynsec import Dynsec
+from hub.db.store import Store
+from hub.desired.keys import init_keys
 from hub.errors import ConfigError, Conflict, NotFound, Unprocessable
-from hub.keys import init_keys
-from hub.provision import Provisioner
-from hub.store import Store
+from hub.security import credentials
+from hub.security.ca import CertificateAuthority
+from hub.security.dynsec import Dynsec
+from hub.security.provisioning import Provisioner
 from tests.unit.hub.test_dynsec import AnsweringBus
 
 NOW = 1_800_000_000.0

@@ -8,8 +8,8 @@ import hashlib
 import httpx
 import pytest
 
+from hub.desired.image_registry import ACCEPT, MANIFEST_TYPES, DigestResolver, ImageRef, is_loopback, needs_resolution
 from hub.errors import RegistryError
-from hub.registry import ACCEPT, MANIFEST_TYPES, DigestResolver, ImageRef, is_loopback, needs_resolution
 
 DIGEST = "sha256:" + "ab" * 32
 MANIFEST = b'{"schemaVersion": 2}'

@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.api import create_app
-from hub.desired import current_record
-from hub.publisher import DesiredPublisher
-from hub.registry import DigestResolver
-from hub.rollout_controller import RolloutController
-from hub.store import Store
+from hub.api.app import create_app
+from hub.db.store import Store
+from hub.desired.documents import current_record
+from hub.desired.image_registry import DigestResolver
+from hub.desired.publisher import DesiredPublisher
+from hub.rollouts.controller import RolloutController
 from tests.unit.hub.conftest import NOW
 
 DIGEST_10 = "sha256:" + "1" * 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub.rollouts import batch_size, plan
+from hub.rollouts.plan import batch_size, plan
 
 DEVICES = [f"d{i:02d}" for i in range(10, 0, -1)]  # given out of order
 

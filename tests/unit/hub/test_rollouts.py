@@ -8,11 +8,11 @@ import asyncio
 
 import pytest
 
+from hub.desired.releases import Releases
 from hub.errors import Conflict, Unprocessable
-from hub.labels import Selector
-from hub.releases import Releases
-from hub.rollout_controller import RolloutController
-from hub.rollouts import DeviceStatus, Limits, State
+from hub.fleet.labels import Selector
+from hub.rollouts.controller import RolloutController
+from hub.rollouts.plan import DeviceStatus, Limits, State
 from tests.unit.hub.rollout_world import HEALTH, LAB, NEW, OLD, PLANT, SOAK, World, world
 
 __all__ = ["world"]  # the fixture

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.api import create_app
-from hub.rollup import HOPPING_REASON, RollupError, check_not_hopping, rollup
-from hub.store import Store
+from hub.api.app import create_app
+from hub.db.store import Store
+from hub.ingest.rollup import HOPPING_REASON, RollupError, check_not_hopping, rollup
 from tests.unit.hub.factories import record
 
 T0 = 1_200.0  # a multiple of 60, so six 10 s windows from T0 fill one 1 min bucket

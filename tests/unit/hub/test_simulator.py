@@ -11,9 +11,8 @@ from edge_protocol.aggregate import window_id
 from edge_protocol.desired import DesiredDocument, sign_document
 from edge_protocol.messages import CLOUD_MESSAGE, AggregateBatch, Reported, SequencedResult, Status
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec, WindowSpec
-from hub.ingest import _refusal
-from hub.simulator import percentile
-from hub.simulator_messages import (
+from fleet_simulator.fleet import percentile
+from fleet_simulator.messages import (
     RecordTemplate,
     SimSubscription,
     SubscriptionCounters,
@@ -24,8 +23,9 @@ from hub.simulator_messages import (
     reported_payload,
     status_payload,
 )
-from hub.simulator_outbox import SimOutbox
-from hub.simulator_state import Behaviour, DeviceState
+from fleet_simulator.outbox import SimOutbox
+from fleet_simulator.state import Behaviour, DeviceState
+from hub.ingest.consumer import _refusal
 
 DEV = "sim-0007"
 SUB = SimSubscription.synthetic("sim", 10.0)

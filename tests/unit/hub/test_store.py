@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
+from hub.db.store import Store
+from hub.db.tables import Base
 from hub.errors import StoreError
-from hub.store import Store
-from hub.tables import Base
 from tests.unit.hub.factories import record
 
 

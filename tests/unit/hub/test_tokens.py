@@ -11,14 +11,14 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from hub import cli_common
-from hub.api import create_app
-from hub.cli import app
+from hub.api.app import create_app
+from hub.cli import common as cli_common
+from hub.cli.app import app
 from hub.config import HubConfig
+from hub.db.store import Store
 from hub.errors import Conflict, HubError
+from hub.security.tokens import Tokens
 from hub.service import _check_api_auth
-from hub.store import Store
-from hub.tokens import Tokens
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The fleet simulator: N virtual devices in one process that speak the agent's wire contract."""

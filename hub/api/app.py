@@ -1,0 +1,175 @@
+"""The hub's HTTP API (FastAPI). The CLI and, later, the web console use it; nothing else reads the store.
+
+``/healthz`` and ``/metrics`` are open (for probes and scrapers; they reveal no fleet data); everything under
+``/v1`` needs ``Authorization: Bearer <token>``: a token stored with ``hub token create`` (production) or the
+config's ``[api] token`` (development). With neither, the API is open (``hub serve`` allows that on loopback
+only).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime, and the
+# token dependency refers to a local of create_app that a string annotation could not resolve.
+
+import asyncio
+import hmac
+import time
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from edge_protocol.durations import parse_duration
+from hub import __version__
+from hub import metrics as _metrics  # noqa: F401 - registers the hub's counters even before ingest runs
+from hub.api.routes.catalog import catalog_router
+from hub.api.routes.fleet import fleet_router, selector_of
+from hub.api.routes.releases import releases_router
+from hub.api.schemas.fleet import AggregateOut, parse_statistics, parse_time
+from hub.db.store import Store
+from hub.desired.image_registry import DigestResolver
+from hub.desired.publisher import DesiredPublisher
+from hub.errors import Conflict, HubError, NotFound, RegistryError, StoreError, Unprocessable
+from hub.ingest.rollup import RollupError, rollup
+from hub.security.tokens import Tokens
+
+MAX_LIMIT = 10_000
+_STATUS: dict[type[HubError], int] = {NotFound: 404, Conflict: 409, Unprocessable: 422}
+
+_TIME_HELP = "epoch seconds, a duration ago (10m, 1h30m), or ISO 8601 with a time zone"
+_LABEL_HELP = "key=value; repeat it and every term must match the device's labels"
+
+
+def create_app(
+    store: Store,
+    token: str | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    desired: DesiredPublisher | None = None,
+    resolver: DigestResolver | None = None,
+) -> FastAPI:
+    """The API over ``store``; every /v1 endpoint requires a bearer token, ``token`` or one of the store's,
+    unless there is none at all.
+
+    ``desired`` compiles and publishes desired state after changes; without it (no signing key) handler,
+    subscription and rollout changes are refused with 409. ``resolver`` resolves image tags to registry
+    digests (tests give it a fake transport)."""
+    resolver = resolver or DigestResolver()
+    app = FastAPI(title="edgefleet hub", version=__version__)
+    bearer = HTTPBearer(auto_error=False, description="a token from `hub token create` (or the api.token)")
+    expected = token.encode() if token else None
+    tokens = Tokens(store)
+
+    async def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        presented = credentials.credentials if credentials is not None else None
+        # compare_digest: the time taken must not reveal how much of a guessed token was right.
+        if presented is not None and expected is not None and hmac.compare_digest(presented.encode(), expected):
+            return
+        stored = await asyncio.to_thread(tokens.check, presented)
+        if stored or (stored is None and expected is None):
+            return
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def to_time(value: str | None, name: str) -> float | None:
+        if value is None:
+            return None
+        try:
+            return parse_time(value, now=clock())
+        except ValueError as exc:
+            raise HTTPException(422, f"{name}: {exc}") from exc
+
+    @app.exception_handler(StoreError)
+    async def _store_unavailable(_request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": f"the store is unavailable: {exc.reason}"}, status_code=503)
+
+    @app.exception_handler(RegistryError)
+    async def _registry_failed(_request: Request, exc: RegistryError) -> JSONResponse:
+        return JSONResponse({"detail": f"registry: {exc}"}, status_code=502)
+
+    @app.exception_handler(NotFound)
+    @app.exception_handler(Conflict)
+    @app.exception_handler(Unprocessable)
+    async def _refused(_request: Request, exc: HubError) -> JSONResponse:
+        status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """200 when the store answers, 503 otherwise."""
+        await asyncio.to_thread(store.ping)
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text exposition of the hub's counters."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+    @v1.get("/aggregates", tags=["aggregates"])
+    async def aggregates(
+        device: str | None = None,
+        subscription: str | None = None,
+        since: Annotated[str | None, Query(description=f"windows starting at or after: {_TIME_HELP}")] = None,
+        until: Annotated[str | None, Query(description=f"windows starting before: {_TIME_HELP}")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many rows")] = 100,
+        label: Annotated[list[str] | None, Query(description=f"devices with this label: {_LABEL_HELP}")] = None,
+        group: Annotated[str | None, Query(description="only this group key")] = None,
+        rollup_: Annotated[
+            Literal["devices"] | None, Query(alias="rollup", description="merge the same window across devices")
+        ] = None,
+        every: Annotated[str | None, Query(description="merge windows into tumbling buckets this long (1m)")] = None,
+        stats: Annotated[list[str] | None, Query(description="statistics to show, e.g. count,mean,p99")] = None,
+    ) -> list[AggregateOut]:
+        """Stored window results, newest window first; optionally rolled up across devices and/or into coarser
+        buckets, merging the windows' states (never averaging finished figures)."""
+        chosen, bucket, selector = _statistics(stats), _bucket(every), selector_of(label)
+        selected = None
+        if selector:
+            selected = [dev.id for dev in await asyncio.to_thread(store.list_devices, selector)]
+            if not selected:
+                return []
+        rolling = rollup_ is not None or bucket is not None
+        rows = await asyncio.to_thread(
+            store.query_aggregates,
+            device=device,
+            subscription=subscription,
+            since=to_time(since, "since"),
+            until=to_time(until, "until"),
+            limit=None if rolling else limit,
+            devices=selected,
+            group=group,
+        )
+        try:
+            rolled = await asyncio.to_thread(rollup, rows, across_devices=rollup_ == "devices", every=bucket)
+        except RollupError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return [AggregateOut.of(r.aggregate, stats=chosen, devices=r.devices) for r in rolled[:limit]]
+
+    v1.include_router(fleet_router(store, desired))
+    v1.include_router(catalog_router(store, desired, clock, resolver))
+    v1.include_router(releases_router(store, desired, clock, resolver))
+    app.include_router(v1)
+    return app
+
+
+def _statistics(stats: list[str] | None) -> list[str] | None:
+    try:
+        return parse_statistics(stats)
+    except ValueError as exc:
+        raise HTTPException(422, f"stats: {exc}") from exc
+
+
+def _bucket(every: str | None) -> float | None:
+    if every is None:
+        return None
+    try:
+        seconds = parse_duration(every)
+    except ValueError as exc:
+        raise HTTPException(422, f"every: {exc}") from exc
+    if seconds <= 0:
+        raise HTTPException(422, "every: must be longer than zero")
+    return seconds

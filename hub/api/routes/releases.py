@@ -1,0 +1,103 @@
+"""API routes of releases (``/v1/handlers/{name}/releases``) and rollouts (``/v1/rollouts``).
+
+A release's image is resolved to its registry digest here, by the hub, so every replica and every device sees
+the same bytes whatever the tag points to later. Rollouts are started here and moved along by the controller
+(:mod:`hub.rollouts.controller`); pause, resume, abort and undo are compare-and-set changes like its own.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from hub.api.routes.catalog import NO_KEY
+from hub.api.schemas.catalog import VersionOut
+from hub.api.schemas.rollouts import ReleaseIn, ReleaseOut, RolloutIn, RolloutOut
+from hub.db.store import Store
+from hub.desired.image_registry import DigestResolver
+from hub.desired.publisher import DesiredPublisher
+from hub.desired.releases import Releases
+from hub.errors import Conflict, Unprocessable
+from hub.fleet.labels import Selector
+from hub.rollouts.controller import RolloutController
+from hub.rollouts.store import RolloutStore
+
+Command = Literal["pause", "resume", "abort", "undo"]
+
+
+def releases_router(
+    store: Store, desired: DesiredPublisher | None, clock: Callable[[], float], resolver: DigestResolver
+) -> APIRouter:
+    router = APIRouter()
+    releases = Releases(store, clock=clock)
+    rollouts = RolloutStore(store, clock=clock)
+
+    def controller() -> RolloutController:
+        if desired is None:
+            raise Conflict(NO_KEY)
+        return RolloutController(store, desired, clock=clock)
+
+    # -- releases --------------------------------------------------------------------------------------------
+
+    @router.get("/handlers/{name}/releases", tags=["releases"])
+    async def list_releases(name: str) -> list[ReleaseOut]:
+        """The handler's releases, oldest first; ``stable`` marks the one devices run by default."""
+        return [ReleaseOut.of(r) for r in await asyncio.to_thread(releases.list, name)]
+
+    @router.post("/handlers/{name}/releases", tags=["releases"], status_code=201)
+    async def add_release(name: str, body: ReleaseIn) -> ReleaseOut:
+        """Record a release: ``image`` by tag is resolved to its digest in the registry (502 when the registry
+        cannot say), by digest is taken as is; ``local_id`` is an image id never pushed to a registry."""
+        if body.local_id is not None:
+            image, source = body.local_id, "local"
+        else:
+            assert body.image is not None
+            image, source = await resolver.resolve(body.image), body.image
+        return ReleaseOut.of(await asyncio.to_thread(releases.add, name, body.version, image, source))
+
+    # -- rollouts --------------------------------------------------------------------------------------------
+
+    @router.get("/rollouts", tags=["rollouts"])
+    async def list_rollouts(
+        handler: Annotated[str | None, Query(description="only rollouts of this handler")] = None,
+    ) -> list[RolloutOut]:
+        """Every rollout, newest first."""
+        return [RolloutOut.of(r) for r in await asyncio.to_thread(rollouts.all, handler)]
+
+    @router.post("/rollouts", tags=["rollouts"], status_code=201)
+    async def start_rollout(body: RolloutIn) -> RolloutOut:
+        """Plan a rollout of a release to the devices matching ``target`` that run the handler (by id): the
+        ``canary`` first, then batches. The controller assigns the first step at its next tick (about 1 s)."""
+        controller()
+        try:
+            target = Selector.parse(body.target)
+        except ValueError as exc:
+            raise Unprocessable(f"target: {exc}") from exc
+        record = await asyncio.to_thread(rollouts.create, body.handler, body.release, target, body.limits)
+        return RolloutOut.of(record)
+
+    @router.get("/rollouts/{rollout_id}", tags=["rollouts"])
+    async def get_rollout(rollout_id: int) -> RolloutOut:
+        """One rollout: its state, step, and every device's progress and reason."""
+        return RolloutOut.of(await asyncio.to_thread(rollouts.get, rollout_id))
+
+    @router.post("/rollouts/{rollout_id}/{command}", tags=["rollouts"])
+    async def control_rollout(rollout_id: int, command: Command) -> RolloutOut:
+        """``pause`` (no more steps; devices stay), ``resume`` (the current step's waits start over), ``abort``
+        (stop for good; devices stay where they are) or ``undo`` (every device the rollout moved goes back to
+        its previous release, with a new desired version; a completed rollout's stable release too)."""
+        ctl = controller()
+        done = await asyncio.to_thread(ctl.changes.control, rollout_id, command)
+        made = await desired.changed(done.recompile) if desired is not None and done.recompile else []
+        before = {p.device: p.desired_version for p in done.rollout.devices}
+        await ctl.compile_pending(rollout_id)
+        record = await asyncio.to_thread(rollouts.get, rollout_id)
+        versions = {v.device: v.version for v in made}
+        versions.update({p.device: p.desired_version for p in record.devices
+                         if p.desired_version is not None and p.desired_version != before.get(p.device)})  # fmt: skip
+        return RolloutOut.of(record, [VersionOut(device=d, version=v) for d, v in sorted(versions.items())])
+
+    return router

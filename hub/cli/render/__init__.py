@@ -1,0 +1,1 @@
+"""How the CLI shows things to people: rich tables, progress bars, CSV."""

@@ -1,0 +1,1 @@
+"""The fleet registry: devices, their labels, status and reported state."""

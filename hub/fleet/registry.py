@@ -1,0 +1,151 @@
+"""The fleet registry: each device's status, labels, latest reported state and desired-state version.
+
+Ingest writes reported states here (one row per device, the newest by the agent's ``ts`` wins, so a retained
+message replayed on subscribe cannot overwrite a fresher one); the API reads whole device views.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from edge_protocol.messages import Reported
+from hub.db.records import DeviceInfo
+from hub.db.store import DeviceSeen, Store
+from hub.db.tables import DesiredRow, DeviceRow, ReportedRow
+from hub.fleet.labels import Selector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """One device as the registry shows it."""
+
+    info: DeviceInfo
+    reported: Reported | None = None
+    received_at: float | None = None
+    desired_version: int | None = None
+
+    @property
+    def applied_version(self) -> int | None:
+        return self.reported.applied_version if self.reported else None
+
+    @property
+    def losses_total(self) -> int:
+        if self.reported is None:
+            return 0
+        return sum(n for reasons in self.reported.losses.values() for n in reasons.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedState:
+    """A reported state to store: ``seen_at`` moves the device's ``last_seen``, ``received_at`` is the hub's."""
+
+    reported: Reported
+    seen_at: float
+    received_at: float
+
+
+class Fleet:
+    """Reported state in, device views out."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._upsert_reported: Any = None
+
+    def record_reported(self, reported: Reported, *, seen_at: float, received_at: float) -> None:
+        """Store ``reported`` unless a newer one is stored; ``seen_at`` moves the device's ``last_seen``."""
+        with self._store.transaction("record reported") as session:
+            self.write_reported(session, [ReportedState(reported, seen_at, received_at)])
+
+    def write_reported(self, session: Session, states: Sequence[ReportedState]) -> None:
+        """:meth:`record_reported` for several, within the caller's transaction (one executemany each)."""
+        if not states:
+            return
+        self._store.touch_devices(
+            session, [DeviceSeen(s.reported.device, s.seen_at, None, s.reported.agent_version) for s in states]
+        )
+        rows = [
+            {
+                "device": s.reported.device,
+                "reported_at": s.reported.ts,
+                "received_at": s.received_at,
+                "applied_version": s.reported.applied_version,
+                "state": s.reported.model_dump(mode="json"),
+            }
+            for s in states
+        ]
+        session.connection().execute(self._upsert(), rows)
+
+    def _upsert(self) -> Any:
+        # Built once: building it per reported state cost more than the write.
+        if self._upsert_reported is None:
+            table = ReportedRow.__table__
+            stmt = self._store.insert(table)
+            excluded = stmt.excluded
+            self._upsert_reported = stmt.on_conflict_do_update(
+                index_elements=[table.c.device],
+                set_={
+                    "reported_at": excluded.reported_at,
+                    "received_at": excluded.received_at,
+                    "applied_version": excluded.applied_version,
+                    "state": excluded.state,
+                },
+                # Newest by the agent's ts wins: a retained message replayed on subscribe is older.
+                where=excluded.reported_at >= table.c.reported_at,
+            )
+        return self._upsert_reported
+
+    def devices(self, selector: Selector | None = None) -> list[DeviceView]:
+        """Every device whose labels match ``selector`` (all without one), by id."""
+        with self._store.transaction("list devices") as session:
+            views = _views(session, None)
+        return [view for view in views if selector is None or selector.matches(view.info.labels)]
+
+    def device(self, device: str) -> DeviceView | None:
+        with self._store.transaction("get device") as session:
+            views = _views(session, device)
+        return views[0] if views else None
+
+
+def _views(session: Session, device: str | None) -> list[DeviceView]:
+    versions = select(DesiredRow.device, func.max(DesiredRow.version).label("version")).group_by(DesiredRow.device)
+    if device is not None:
+        versions = versions.where(DesiredRow.device == device)
+    latest = versions.subquery()
+    stmt = (
+        select(DeviceRow, ReportedRow, latest.c.version)
+        .outerjoin(ReportedRow, ReportedRow.device == DeviceRow.id)
+        .outerjoin(latest, latest.c.device == DeviceRow.id)
+        .order_by(DeviceRow.id)
+    )
+    if device is not None:
+        stmt = stmt.where(DeviceRow.id == device)
+    views = []
+    for dev, rep, version in session.execute(stmt):
+        reported = _parse(dev.id, rep.state) if rep is not None else None
+        info = DeviceInfo(
+            dev.id,
+            dev.first_seen,
+            dev.last_seen,
+            dev.online,
+            dev.agent_version or (reported.agent_version if reported else ""),
+            dict(dev.labels or {}),
+        )
+        views.append(DeviceView(info, reported, rep.received_at if rep is not None else None, version))
+    return views
+
+
+def _parse(device: str, state: dict[str, object]) -> Reported | None:
+    try:
+        return Reported.model_validate(state)
+    except ValidationError as exc:  # stored by an older hub whose Reported had another shape
+        log.warning("device %s: stored reported state no longer parses: %s", device, exc.errors()[0]["msg"])
+        return None

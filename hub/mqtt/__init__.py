@@ -1,0 +1,1 @@
+"""The hub's connection to the cloud broker, and a fake of it for unit tests."""

@@ -1,0 +1,1 @@
+"""The fleet's security: certificate authority, broker authorization, provisioning, credentials, API tokens."""
