@@ -6,6 +6,7 @@ in :mod:`edge_agent.agent`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -16,12 +17,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.errors import ConfigError
-from edge_agent.metrics import parse_listen
 from edge_agent.runtime.socket_dir import SOCKET_PATH_MAX, SOCKET_SUFFIX_MAX
 from edge_protocol.desired import is_pinned, load_public_key
 from edge_protocol.durations import Duration
 from edge_protocol.specs import NAME_PATTERN, HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import DEFAULT_PREFIX
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` on a loopback address; anything else is refused (the endpoint has no authentication)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected host:port, got {text!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"the status endpoint listens on loopback only, not {host}")
+    except ValueError as exc:
+        if host != "localhost":
+            raise ValueError(str(exc)) from None
+    return host, int(port)
 
 
 class _Section(BaseModel):
