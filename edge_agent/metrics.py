@@ -5,7 +5,6 @@ A custom collector reads the agent's counters when scraped, so the hot path pays
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -14,24 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from edge_agent.agent import AgentState
+    from edge_agent.state import AgentState
 
 log = logging.getLogger(__name__)
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``host:port`` on a loopback address; anything else is refused (the endpoint has no authentication)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        raise ValueError(f"expected host:port, got {text!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError(f"the status endpoint listens on loopback only, not {host}")
-    except ValueError as exc:
-        if host != "localhost":
-            raise ValueError(str(exc)) from None
-    return host, int(port)
 
 
 class AgentCollector(Collector):

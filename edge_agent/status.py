@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry
 
-from edge_agent.metrics import AgentCollector, parse_listen
+from edge_agent.config import parse_listen
+from edge_agent.metrics import AgentCollector
 
 if TYPE_CHECKING:
-    from edge_agent.agent import AgentState
+    from edge_agent.state import AgentState
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from edge_agent.agent import AgentState
 from edge_agent.config import AgentConfig
+from edge_agent.state import AgentState
 from hub.config import HubConfig
 from hub.desired.keys import init_keys
 from tests.integration.test_end_to_end import publish_all

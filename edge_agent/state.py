@@ -1,0 +1,103 @@
+"""``AgentState``: what a running agent exposes to tests, to its status endpoint and to its reported state.
+
+Its own module so that the readers of the state (status, metrics) and the code that fills it (agent) do not
+import each other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.broker import LocalBroker
+from edge_agent.dispatcher import Dispatcher
+from edge_agent.errors import OutboxError
+from edge_agent.outbox import Outbox
+from edge_agent.pipeline import Pipeline
+from edge_agent.reconciler import Reconciler
+from edge_agent.runtime.base import HandlerRuntime
+from edge_agent.uplink import Uplink
+from edge_protocol.messages import HandlerReport, Reported, SubscriptionReport
+
+
+@dataclass
+class AgentState:
+    """What a running agent exposes to tests and to its reported state."""
+
+    pipeline: Pipeline | None = None
+    outbox: Outbox | None = None
+    uplink: Uplink | None = None
+    intake: LocalBroker | None = None
+    reconciler: Reconciler | None = None
+    alarms: set[str] = field(default_factory=set)
+    last_losses: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def dispatchers(self) -> dict[str, Dispatcher]:
+        return self.pipeline.dispatchers if self.pipeline is not None else {}
+
+    @property
+    def runtimes(self) -> dict[str, HandlerRuntime]:
+        return self.pipeline.runtimes if self.pipeline is not None else {}
+
+    @property
+    def update_errors(self) -> dict[str, tuple[str, str]]:
+        return self.pipeline.update_errors if self.pipeline is not None else {}
+
+    def counters(self) -> dict[str, Any]:
+        return {name: d.counters.as_dict() for name, d in self.dispatchers.items()}
+
+    def alarm(self, name: str, on: bool) -> None:
+        if on:
+            self.alarms.add(name)
+        else:
+            self.alarms.discard(name)
+
+    async def reported(self, device_id: str) -> Reported:
+        """The reported state: applied version, handlers, counters, the outbox's loss ledger and alarms."""
+        handlers = [
+            HandlerReport(
+                name=name,
+                image=getattr(getattr(runtime, "spec", None), "image", ""),
+                healthy=runtime.healthy,
+                state=runtime.state,
+                restarts=int(getattr(runtime, "restarts", 0)),
+                container=getattr(runtime, "container_id", None),
+                processed=runtime.stats.processed,
+                errors=runtime.stats.errors,
+                lag_ms=runtime.stats.take_lag_ms(),
+                update_failed_image=self.update_errors.get(name, (None, None))[0],
+                update_error=self.update_errors.get(name, (None, None))[1],
+                replicas=len(getattr(runtime, "replicas", [runtime])),
+                arrival_rate=getattr(runtime, "arrival_rate", None),
+                capacity_per_replica=getattr(runtime, "capacity", None),
+            )
+            for name, runtime in self.runtimes.items()
+        ]
+        subs = {
+            name: SubscriptionReport(**d.counters.as_dict(), backlog=d.backlog) for name, d in self.dispatchers.items()
+        }
+        losses: dict[str, dict[str, int]] = {}
+        pending = 0
+        if self.outbox is not None:
+            try:
+                losses = self.last_losses = await self.outbox.losses()
+                self.alarms.discard("outbox-unreadable")
+            except OutboxError:
+                self.alarms.add("outbox-unreadable")
+            pending = self.outbox.pending
+        rec = self.reconciler
+        return Reported(
+            device=device_id,
+            agent_version=__version__,
+            applied_version=rec.applied_version if rec else None,
+            handlers=handlers,
+            subscriptions=subs,
+            losses=losses,
+            outbox_pending=pending,
+            alarms=sorted(self.alarms),
+            last_refusal=rec.last_refusal if rec else None,
+            ts=time.time(),
+        )
