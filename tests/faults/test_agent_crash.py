@@ -22,30 +22,17 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import Outages
-from tests.faults.support import (
-    SENTINEL_GROUP,
-    TEMP_C,
-    LinkProxy,
-    PacedPublisher,
-    Totals,
-    agent_process,
-    agent_toml,
-    dead_letters,
-    hub_rows,
-    integrity_check,
-    labelled_containers,
-    outbox_losses,
-    outbox_pending,
-    publish_all,
-    running_hub,
-    scrape,
-    sentinel_event,
-    temperature_events,
-    temps_subscription,
-)
+from tests.support.agent_config import agent_toml
 from tests.support.brokers import Mosquitto
-from tests.support.running import wait_for
+from tests.support.daemons import agent_process
+from tests.support.engine import labelled_containers
+from tests.support.link_proxy import LinkProxy
+from tests.support.mqtt_clients import PacedPublisher, dead_letters, publish_all
+from tests.support.prometheus import scrape
+from tests.support.readers import Totals, hub_rows, integrity_check, outbox_losses, outbox_pending
+from tests.support.running import running_hub, wait_for
 from tests.support.service import free_port
+from tests.support.workloads import SENTINEL_GROUP, TEMP_C, sentinel_event, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration
 

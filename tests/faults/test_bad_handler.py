@@ -23,21 +23,14 @@ import docker.errors
 import orjson
 import pytest
 
-from tests.faults.support import (
-    TEMP_C,
-    Totals,
-    agent_config,
-    agent_process,
-    agent_toml,
-    dead_letters,
-    labelled_containers,
-    outbox_results,
-    publish_all,
-    temperature_events,
-    temps_subscription,
-)
+from tests.support.agent_config import agent_config, agent_toml
 from tests.support.brokers import Mosquitto
+from tests.support.daemons import agent_process
+from tests.support.engine import labelled_containers
+from tests.support.mqtt_clients import dead_letters, publish_all
+from tests.support.readers import Totals, outbox_results
 from tests.support.running import running_agent, wait_for
+from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.faults.support import TEMP_C, agent_config, dead_letters, publish_all, temperature_events, temps_subscription
+from tests.support.agent_config import agent_config
 from tests.support.brokers import Mosquitto
+from tests.support.mqtt_clients import dead_letters, publish_all
 from tests.support.running import running_agent, wait_for
+from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration
 

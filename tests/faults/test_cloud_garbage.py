@@ -13,22 +13,16 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from edge_agent.agent import AgentState
+from edge_agent.state import AgentState
 from edge_protocol.aggregate import FieldAccumulator, WindowResult, window_id
 from edge_protocol.messages import Status
 from edge_protocol.topics import Topics
-from tests.faults.support import (
-    TEMP_C,
-    Totals,
-    agent_config,
-    hub_rows,
-    publish_all,
-    running_hub,
-    temperature_events,
-    temps_subscription,
-)
+from tests.support.agent_config import agent_config
 from tests.support.brokers import Mosquitto
-from tests.support.running import running_agent, wait_for
+from tests.support.mqtt_clients import publish_all
+from tests.support.readers import Totals, hub_rows
+from tests.support.running import running_agent, running_hub, wait_for
+from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration
 

@@ -8,19 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.faults.support import (
-    TEMP_C,
-    PacedPublisher,
-    Totals,
-    agent_config,
-    hub_process,
-    hub_rows,
-    integrity_check,
-    temperature_events,
-    temps_subscription,
-)
+from tests.support.agent_config import agent_config
 from tests.support.brokers import Mosquitto
+from tests.support.daemons import hub_process
+from tests.support.mqtt_clients import PacedPublisher
+from tests.support.readers import Totals, hub_rows, integrity_check
 from tests.support.running import running_agent, wait_for
+from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration
 

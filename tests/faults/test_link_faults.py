@@ -17,23 +17,13 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import Outages
-from tests.faults.support import (
-    SENTINEL_GROUP,
-    TEMP_C,
-    LinkProxy,
-    PacedPublisher,
-    Totals,
-    agent_config,
-    hub_rows,
-    publish_all,
-    reported_since,
-    running_hub,
-    sentinel_event,
-    temperature_events,
-    temps_subscription,
-)
+from tests.support.agent_config import agent_config
 from tests.support.brokers import Mosquitto
-from tests.support.running import running_agent, wait_for
+from tests.support.link_proxy import LinkProxy
+from tests.support.mqtt_clients import PacedPublisher, publish_all
+from tests.support.readers import Totals, hub_rows, reported_since
+from tests.support.running import running_agent, running_hub, wait_for
+from tests.support.workloads import SENTINEL_GROUP, TEMP_C, sentinel_event, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration
 

@@ -29,25 +29,12 @@ from edge_agent.errors import OutboxError
 from edge_agent.outbox import Outbox
 from edge_protocol.aggregate import WindowResult
 from tests.faults.conftest import Outages
-from tests.faults.support import (
-    SENTINEL_GROUP,
-    TEMP_C,
-    PacedPublisher,
-    Totals,
-    agent_config,
-    broker_stat,
-    hub_device,
-    hub_rows,
-    outbox_pending,
-    publish_all,
-    reported_since,
-    running_hub,
-    sentinel_event,
-    temperature_events,
-    temps_subscription,
-)
+from tests.support.agent_config import agent_config
 from tests.support.brokers import Mosquitto
-from tests.support.running import running_agent, wait_for
+from tests.support.mqtt_clients import PacedPublisher, broker_stat, publish_all
+from tests.support.readers import Totals, hub_device, hub_rows, outbox_pending, reported_since
+from tests.support.running import running_agent, running_hub, wait_for
+from tests.support.workloads import SENTINEL_GROUP, TEMP_C, sentinel_event, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration
 

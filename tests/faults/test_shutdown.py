@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.faults.support import TEMP_C, agent_process, agent_toml, hub_process, temps_subscription
+from tests.support.agent_config import agent_toml
+from tests.support.daemons import agent_process, hub_process
 from tests.support.running import wait_for
+from tests.support.workloads import TEMP_C, temps_subscription
 
 pytestmark = pytest.mark.integration
 

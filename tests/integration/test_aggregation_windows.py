@@ -20,9 +20,12 @@ import httpx
 import orjson
 import pytest
 
-from tests.faults.support import agent_process, agent_toml, dead_letters, outbox_results, publish_all, running_hub
+from tests.support.agent_config import agent_toml
 from tests.support.brokers import Mosquitto
-from tests.support.running import agent_config, running_agent, wait_for
+from tests.support.daemons import agent_process
+from tests.support.mqtt_clients import dead_letters, publish_all
+from tests.support.readers import outbox_results
+from tests.support.running import agent_config, running_agent, running_hub, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -31,20 +31,14 @@ from docker.types import LogConfig
 
 from edge_agent.runtime.docker import LABEL_DEVICE, LABEL_HANDLER, LABEL_REPLICA, hardened_create_args
 from edge_protocol.specs import HandlerSpec
-from tests.faults.support import (
-    TEMP_C,
-    agent_config,
-    agent_process,
-    agent_toml,
-    dead_letters,
-    outbox_results,
-    publish_all,
-    temperature_events,
-    temps_subscription,
-)
+from tests.support.agent_config import agent_config, agent_toml
 from tests.support.brokers import Mosquitto
+from tests.support.daemons import agent_process
 from tests.support.engine import HANDLER_IMAGES, ensure_handler_images, remove_labelled
+from tests.support.mqtt_clients import dead_letters, publish_all
+from tests.support.readers import outbox_results
 from tests.support.running import running_agent, wait_for
+from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration
 
@@ -523,7 +517,7 @@ async def test_replicas_grow_under_load_and_shrink_when_it_stops(
     tmp_path: Path,
 ) -> None:
     """Observable behaviour only: how many containers of the handler run, sampled through the Docker SDK."""
-    from tests.faults.support import PacedPublisher
+    from tests.support.mqtt_clients import PacedPublisher
 
     config = agent_config(
         device_id=device_id,

@@ -103,3 +103,7 @@ def demux(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
         if not chunk:
             return
         buf += chunk
+
+
+def labelled_containers(client: docker.DockerClient, device_id: str, *, running_only: bool = False) -> list[Any]:
+    return client.containers.list(all=not running_only, filters={"label": f"{DEVICE_LABEL}={device_id}"})

@@ -6,12 +6,20 @@ import asyncio
 import contextlib
 import io
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from edge_agent.agent import AgentState, serve
+import httpx
+
+from edge_agent.agent import serve
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.state import AgentState
+from hub.config import HubConfig
+from hub.service import serve as hub_serve
+from tests.support.brokers import Mosquitto
+from tests.support.service import free_port
 
 
 async def wait_for(
@@ -108,3 +116,26 @@ async def running_agent(config: AgentConfig, **kwargs: Any) -> AsyncIterator[tup
             raise AssertionError(f"the agent did not stop within 30s of its stop event:\n{stuck}")
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+@contextlib.asynccontextmanager
+async def running_hub(
+    cloud: Mosquitto, prefix: str, db: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.Task[None]]]:
+    """The hub's ``serve()`` in-process (as in the end-to-end test); cancelled and awaited at exit."""
+    port = free_port()
+    config = HubConfig(
+        broker={"host": cloud.host, "port": cloud.port, "prefix": prefix, "client_id": f"hub-{uuid.uuid4().hex[:8]}"},
+        store={"url": f"sqlite:///{db}"},
+        api={"host": "127.0.0.1", "port": port},
+    )
+    ready = asyncio.Event()
+    task = asyncio.create_task(hub_serve(config, ready=ready), name="test.hub")
+    try:
+        await wait_for(lambda: ready.is_set() or task.done(), timeout=30, what="hub ready")
+        if task.done():
+            task.result()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+            yield api, task
+    finally:
+        await cancel_and_wait(task, what="the hub")
