@@ -249,7 +249,9 @@ class Dispatcher:
             events.append((msg.topic, payload, self._event_time(payload, msg.arrived)))
             sources.append((msg, payload))
         keys = [self._key(t, p, {}) for t, p, _ in events] if self._key is not None else None
-        outcomes = await self.runtime.process(events, keys) if events else []
+        now = self._clock()
+        queued = [now - msg.arrived for msg, _ in sources]
+        outcomes = await self.runtime.process(events, keys, queued) if events else []
         for (msg, payload), (topic, _p, ts), outcome in zip(sources, events, outcomes, strict=True):
             self._apply(waits, msg, topic, payload, ts, outcome)
         closed = self.windows.close_due(self._watermark())
@@ -332,18 +334,12 @@ class Dispatcher:
         self, waits: list[Awaitable[None]], msg: Incoming, topic: str, payload: Any, ts: float, outcome: Outcome
     ) -> None:
         """One handler outcome: into its window (and its local publications out), or to the dead letters."""
-        stats = self.runtime.stats
-        lag = self._clock() - msg.arrived
-        stats.lag_max = max(stats.lag_max, lag)
         if isinstance(outcome, Failure):
-            stats.errors += 1
-            self._deadletter(waits, msg, outcome.reason, outcome.detail)  # type: ignore[arg-type]
+            self._deadletter(waits, msg, outcome.reason, outcome.detail)
             return
         if outcome.kind == "error":
-            stats.errors += 1
             self._deadletter(waits, msg, "handler-error", outcome.error)
             return
-        stats.processed += 1
         values = numeric_values(outcome.values, self.spec.fields)
         group = self._group(topic, payload, outcome.values)
         if not self.windows.add(group, values, ts):

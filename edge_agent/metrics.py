@@ -53,7 +53,7 @@ class AgentCollector(Collector):
         restarts = CounterMetricFamily("edgefleet_agent_handler_restarts", "container restarts", labels=["handler"])
         for name, runtime in dict(s.runtimes).items():
             up.add_metric([name], 1.0 if runtime.healthy else 0.0)
-            restarts.add_metric([name], int(getattr(runtime, "restarts", 0)))
+            restarts.add_metric([name], runtime.restarts)
         yield up
         yield restarts
         pending = GaugeMetricFamily("edgefleet_agent_outbox_pending", "records waiting for the hub's ack")

@@ -133,7 +133,7 @@ class Pipeline:
                 await self._on_image(name, spec.image)
             if old is not None and problem is None and self._probation_time > 0:
                 loop = asyncio.get_running_loop()
-                self._probation[name] = Probation(old, loop.time() + self._probation_time, _restarts(runtime))
+                self._probation[name] = Probation(old, loop.time() + self._probation_time, runtime.restarts)
                 if self._watcher is None:
                     self._watcher = self._tg.create_task(self._watch_probation(), name="agent.probation")
             elif old is not None:
@@ -169,7 +169,7 @@ class Pipeline:
                 now = asyncio.get_running_loop().time()
                 for name, probation in list(self._probation.items()):
                     new = self.runtimes.get(name)
-                    if new is not None and (_restarts(new) > probation.restarts or new.state == "failed"):
+                    if new is not None and (new.restarts > probation.restarts or new.state == "failed"):
                         await self._revert(name, probation, new)
                     elif now >= probation.until:
                         del self._probation[name]
@@ -178,9 +178,9 @@ class Pipeline:
     async def _revert(self, name: str, probation: Probation, new: HandlerRuntime) -> None:
         bad = self.handler_specs[name]
         log.error("handler %s: %s crash-loops after the switch; back to the previous version", name, bad.image)
-        restarts = _restarts(new) - probation.restarts
+        restarts = new.restarts - probation.restarts
         self.update_errors[name] = (bad.image, f"crash-loop: {restarts} restarts within the probation time")
-        old_spec = getattr(probation.old, "spec", bad)
+        old_spec = probation.old.spec
         self._switch(name, old_spec, probation.old)
         del self._probation[name]
         if self._on_image is not None:
@@ -245,10 +245,6 @@ class Probation:
     old: HandlerRuntime
     until: float
     restarts: int
-
-
-def _restarts(runtime: HandlerRuntime) -> int:
-    return int(getattr(runtime, "restarts", 0))
 
 
 def checkpoint_key(spec: SubscriptionSpec) -> str:

@@ -55,27 +55,29 @@ class AgentState:
         else:
             self.alarms.discard(name)
 
+    def _handler_report(self, name: str, runtime: HandlerRuntime) -> HandlerReport:
+        described = runtime.describe()
+        failed_image, update_error = self.update_errors.get(name, (None, None))
+        return HandlerReport(
+            name=name,
+            image=described.image,
+            healthy=runtime.healthy,
+            state=runtime.state,
+            restarts=described.restarts,
+            container=described.container,
+            processed=runtime.stats.processed,
+            errors=runtime.stats.errors,
+            lag_ms=runtime.stats.take_lag_ms(),
+            update_failed_image=failed_image,
+            update_error=update_error,
+            replicas=described.replicas,
+            arrival_rate=described.arrival_rate,
+            capacity_per_replica=described.capacity_per_replica,
+        )
+
     async def reported(self, device_id: str) -> Reported:
         """The reported state: applied version, handlers, counters, the outbox's loss ledger and alarms."""
-        handlers = [
-            HandlerReport(
-                name=name,
-                image=getattr(getattr(runtime, "spec", None), "image", ""),
-                healthy=runtime.healthy,
-                state=runtime.state,
-                restarts=int(getattr(runtime, "restarts", 0)),
-                container=getattr(runtime, "container_id", None),
-                processed=runtime.stats.processed,
-                errors=runtime.stats.errors,
-                lag_ms=runtime.stats.take_lag_ms(),
-                update_failed_image=self.update_errors.get(name, (None, None))[0],
-                update_error=self.update_errors.get(name, (None, None))[1],
-                replicas=len(getattr(runtime, "replicas", [runtime])),
-                arrival_rate=getattr(runtime, "arrival_rate", None),
-                capacity_per_replica=getattr(runtime, "capacity", None),
-            )
-            for name, runtime in self.runtimes.items()
-        ]
+        handlers = [self._handler_report(name, runtime) for name, runtime in self.runtimes.items()]
         subs = {
             name: SubscriptionReport(**d.counters.as_dict(), backlog=d.backlog) for name, d in self.dispatchers.items()
         }

@@ -1,13 +1,20 @@
-"""The handler-runtime boundary: send a batch of events, get one outcome per event."""
+"""The handler-runtime boundary: send a batch of events, get one outcome per event.
+
+Everything callers (pipeline, dispatcher, reported state, metrics) read of a runtime is declared here, so none
+has to probe a runtime for what it might have.
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edge_protocol.deadletter import DeadLetterReason
 from edge_protocol.handler_io import PublishRequest, Reply
+from edge_protocol.specs import HandlerSpec
 
 EventTuple = tuple[str, Any, float]
 """(topic, payload as JSON value, event ts)"""
@@ -15,9 +22,9 @@ EventTuple = tuple[str, Any, float]
 
 @dataclass(slots=True)
 class Failure:
-    """Why an event got no result; ``reason`` is a dead-letter reason."""
+    """Why an event got no result: the reason its dead letter carries, and a detail."""
 
-    reason: str
+    reason: DeadLetterReason
     detail: str
 
 
@@ -34,26 +41,63 @@ class RuntimeStats:
         self.errors = 0
         self.lag_max = 0.0
 
+    def record(self, outcomes: Sequence[Outcome], lag: float) -> None:
+        """Count one batch's outcomes; ``lag`` is the longest arrival-to-outcome time among its events."""
+        for outcome in outcomes:
+            if isinstance(outcome, Failure) or outcome.kind == "error":
+                self.errors += 1
+            else:
+                self.processed += 1
+        if outcomes:
+            self.lag_max = max(self.lag_max, lag)
+
     def take_lag_ms(self) -> float | None:
         """The worst arrival-to-outcome time since the last call, in ms (None when nothing was processed)."""
         lag, self.lag_max = self.lag_max, 0.0
         return round(lag * 1000, 3) if lag else None
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimeDescription:
+    """What the reported state shows of a runtime beside its health and counters."""
+
+    image: str
+    restarts: int
+    container: str | None
+    """The container serving now (for a pool, that of its first healthy replica)."""
+    replicas: int = 1
+    arrival_rate: float | None = None
+    """E: events per second offered in the pool's last evaluation window (None unless scaled by load)."""
+    capacity_per_replica: float | None = None
+    """m: events per busy second of one replica in that window."""
+
+
 class HandlerRuntime(abc.ABC):
     """One running handler. ``process`` never raises for a single bad event: it returns a Failure for it."""
 
     name: str
+    spec: HandlerSpec
     stats: RuntimeStats
+
+    async def process(
+        self, events: list[EventTuple], keys: list[str] | None = None, queued: Sequence[float] | None = None
+    ) -> list[Outcome]:
+        """Outcomes in the order of ``events``, counted in ``stats``. ``keys`` (one per event) keep each key's
+        events in order when the runtime spreads a batch over replicas; ``queued`` (one per event) is how long
+        each waited before this call, so that the lag counted runs from its arrival."""
+        started = time.monotonic()
+        outcomes = await self._process(events, keys)
+        waited = max(queued, default=0.0) if queued is not None else 0.0
+        self.stats.record(outcomes, waited + time.monotonic() - started)
+        return outcomes
+
+    @abc.abstractmethod
+    async def _process(self, events: list[EventTuple], keys: list[str] | None) -> list[Outcome]:
+        """The runtime's own part of ``process``: one outcome per event, in order."""
 
     @abc.abstractmethod
     async def start(self) -> None:
         """Start (or adopt) the handler; raise HandlerStartError when it cannot run."""
-
-    @abc.abstractmethod
-    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
-        """Outcomes in the order of ``events``; ``keys`` (one per event) keep each key's events in order when
-        the runtime spreads a batch over replicas."""
 
     @abc.abstractmethod
     async def ping(self) -> bool:
@@ -73,12 +117,32 @@ class HandlerRuntime(abc.ABC):
         """running, restarting, failed or stopped."""
         return "running" if self.healthy else "restarting"
 
+    @property
+    def restarts(self) -> int:
+        """Times the handler was replaced after an exit or a hang (a crash loop shows here)."""
+        return 0
+
+    @property
+    def container_id(self) -> str | None:
+        """The container serving now, if the handler runs in one."""
+        return None
+
+    def describe(self) -> RuntimeDescription:
+        return RuntimeDescription(image=self.spec.image, restarts=self.restarts, container=self.container_id)
+
+
+IN_PROCESS_IMAGE = "in-process"
+"""The image a FunctionRuntime made without a spec reports: it runs no image."""
+
 
 class FunctionRuntime(HandlerRuntime):
     """In-process runtime around a Python function, for unit tests (the fake of this boundary)."""
 
-    def __init__(self, name: str, func: Callable[[str, Any, float], dict[str, Any]]) -> None:
+    def __init__(
+        self, name: str, func: Callable[[str, Any, float], dict[str, Any]], *, spec: HandlerSpec | None = None
+    ) -> None:
         self.name = name
+        self.spec = spec or HandlerSpec(name=name, image=IN_PROCESS_IMAGE)
         self.stats = RuntimeStats()
         self._func = func
         self._started = False
@@ -87,7 +151,7 @@ class FunctionRuntime(HandlerRuntime):
     async def start(self) -> None:
         self._started = True
 
-    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
+    async def _process(self, events: list[EventTuple], keys: list[str] | None) -> list[Outcome]:
         out: list[Outcome] = []
         for i, (topic, payload, ts) in enumerate(events):
             self.calls += 1

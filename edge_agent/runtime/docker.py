@@ -34,6 +34,7 @@ from edge_agent.errors import HandlerExitedAtStart, HandlerStartError
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome, RuntimeStats
 from edge_agent.runtime.jsonlines import STDERR, STDOUT, FrameError, LineSplitter, StreamDemuxer
 from edge_agent.runtime.socket_dir import default_socket_root, prepare_socket_root
+from edge_protocol.deadletter import DeadLetterReason
 from edge_protocol.handler_io import ReplyError, decode_reply, encode_event, encode_ping
 from edge_protocol.specs import HandlerSpec
 
@@ -154,12 +155,16 @@ class DockerHandler(HandlerRuntime):
         self._poisoned = False
         self._failures = 0
         self._pongs: dict[int, asyncio.Future[Any]] = {}
-        self.restarts = 0
+        self._restarts = 0
         self.invalid_lines = 0
 
     @property
     def healthy(self) -> bool:
         return self._healthy
+
+    @property
+    def restarts(self) -> int:
+        return self._restarts
 
     @property
     def container_id(self) -> str | None:
@@ -349,7 +354,7 @@ class DockerHandler(HandlerRuntime):
             return "unavailable"
         delay = self._policy.delay(self._failures)
         self._failures += 1
-        self.restarts += 1
+        self._restarts += 1
         if self.failed:
             self._next_attempt = loop.time() + self._policy.max
             log.error("handler %s failed %d times in a row; marked failed, next attempt in %.0fs",
@@ -444,7 +449,7 @@ class DockerHandler(HandlerRuntime):
         self._failures = 0
         self._progress.set()
 
-    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
+    async def _process(self, events: list[EventTuple], keys: list[str] | None) -> list[Outcome]:
         async with self._lock:
             self._outcomes = [None] * len(events)
             todo = list(range(len(events)))
@@ -506,7 +511,7 @@ class DockerHandler(HandlerRuntime):
                 return self._charge_oldest("handler-timeout", f"no reply within {timeout:g}s")
         return []
 
-    def _charge_oldest(self, reason: str, detail: str) -> list[int]:
+    def _charge_oldest(self, reason: DeadLetterReason, detail: str) -> list[int]:
         """The oldest waiting event caused the exit or hang: dead-letter it, retry the others."""
         self._healthy = False
         waiting = [self._pending[i] for i in self._order if i in self._pending]

@@ -17,7 +17,7 @@ import time
 import zlib
 from collections.abc import Callable
 
-from edge_agent.runtime.base import EventTuple, HandlerRuntime, Outcome, RuntimeStats
+from edge_agent.runtime.base import EventTuple, HandlerRuntime, Outcome, RuntimeDescription, RuntimeStats
 from edge_protocol.specs import HandlerSpec
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,21 @@ class ReplicaPool(HandlerRuntime):
 
     @property
     def restarts(self) -> int:
-        return sum(int(getattr(r, "restarts", 0)) for r in self.replicas)
+        return sum(r.restarts for r in self.replicas)
 
     @property
     def container_id(self) -> str | None:
-        return next((getattr(r, "container_id", None) for r in self.replicas if r.healthy), None)
+        return next((r.container_id for r in self.replicas if r.healthy), None)
+
+    def describe(self) -> RuntimeDescription:
+        return RuntimeDescription(
+            image=self.spec.image,
+            restarts=self.restarts,
+            container=self.container_id,
+            replicas=len(self.replicas),
+            arrival_rate=self.arrival_rate,
+            capacity_per_replica=self.capacity,
+        )
 
     async def start(self) -> None:
         self.replicas = [self._make(i) for i in range(self._min)]
@@ -102,7 +112,7 @@ class ReplicaPool(HandlerRuntime):
         size = math.ceil(count / n)
         return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
 
-    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
+    async def _process(self, events: list[EventTuple], keys: list[str] | None) -> list[Outcome]:
         async with self._lock:
             started = self._clock()
             parts = [p for p in self._parts(len(events), keys) if p]

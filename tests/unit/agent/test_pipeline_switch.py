@@ -37,13 +37,17 @@ class FakeLocal:
 
 
 class Fake(FunctionRuntime):
-    """A runtime whose start, ping and restarts are set by the test."""
+    """A runtime whose start, ping and restarts (``crashes``) are set by the test."""
 
     def __init__(self, spec: HandlerSpec, *, start_ok: bool = True, ping_ok: bool = True) -> None:
-        super().__init__(spec.name, lambda _t, _p, _ts: {"image": spec.image})
-        self.spec, self._start_ok, self._ping_ok = spec, start_ok, ping_ok
-        self.restarts = 0
+        super().__init__(spec.name, lambda _t, _p, _ts: {"image": spec.image}, spec=spec)
+        self._start_ok, self._ping_ok = start_ok, ping_ok
+        self.crashes = 0
         self.closed = False
+
+    @property
+    def restarts(self) -> int:
+        return self.crashes
 
     async def start(self) -> None:
         if not self._start_ok:
@@ -128,7 +132,7 @@ async def test_a_crash_loop_during_probation_puts_the_old_version_back(rig: Any)
     v1 = pipeline.runtimes["h"]
     await pipeline.apply([spec("v2")], [SUB])
     v2 = pipeline.runtimes["h"]
-    v2.restarts = 2
+    v2.crashes = 2
     await _wait(lambda: pipeline.runtimes["h"] is v1)
     assert pipeline.dispatchers["s"].runtime is v1
     assert pipeline.handler_specs["h"].image == "v1"

@@ -25,10 +25,10 @@ class Timed(FunctionRuntime):
         self._clock, self._cost, self._seen = clock, cost, seen
         self.closed = False
 
-    async def process(self, events: list[EventTuple], keys: list[str] | None = None) -> list[Outcome]:
+    async def _process(self, events: list[EventTuple], keys: list[str] | None) -> list[Outcome]:
         self._seen.append(len(events))
         self._clock.now += self._cost
-        return await super().process(events)
+        return await super()._process(events, keys)
 
     async def aclose(self) -> None:
         self.closed = True
