@@ -72,7 +72,7 @@ def _count_lines(sock: socket.socket, want: int, stop: threading.Event, attached
 
 
 def _hardened(device_id: str, image: str) -> dict[str, Any]:
-    """The hardening every handler gets (DESIGN.md sections 5 and 8), with a HandlerSpec's default limits.
+    """The hardening every handler gets (docs/security.md: Handler containers), with a HandlerSpec's default limits.
 
     Spelled out here rather than taken from the agent's runtime, whose signature moves with its features.
     """

@@ -18,7 +18,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")
-CHUNK = 50_000  # lines per mosquitto_pub: QoS 1 message ids wrap at 65,535 (DESIGN.md section 8)
+CHUNK = 50_000  # lines per mosquitto_pub: QoS 1 message ids wrap at 65,535
 
 
 def cpu_seconds(pid: int) -> float:

@@ -10,7 +10,7 @@ Usage (inside a handler image, next to this file)::
 
     run(handle)                         # returns (exit status 0) when the agent closes the stream
 
-Wire protocol, one UTF-8 JSON object per line (docs: DESIGN.md section 4):
+Wire protocol, one UTF-8 JSON object per line (the agent's side: edge_protocol/handler_io.py):
   agent -> handler  {"kind":"event","id":N,"topic":"...","payload":<JSON>,"ts":<float>}
                     {"kind":"ping","id":N}
   handler -> agent  {"kind":"result","id":N,"values":{...},"publish":[{"topic":"...","payload":...}]}

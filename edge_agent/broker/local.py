@@ -1,6 +1,6 @@
 """Intake from the device broker: a paho client on the agent's event loop, events handed over in batches.
 
-paho's callback costs half of aiomqtt's per message (DESIGN.md §2), and paho 2 has the manual acknowledgement
+paho's callback costs half of aiomqtt's per message (docs/decisions.md), and paho 2 has the manual acknowledgement
 that at-least-once intake needs (aiomqtt 2.5 does not). The client has no network thread: the event loop reads
 its socket (edge_agent/broker/on_loop.py). When the hand-off list is full, reading stops: the backlog stays in
 the broker's session, and memory stays bounded by ``max_buffered`` plus what one read decodes plus one batch in
