@@ -31,6 +31,8 @@ from hub.db.store import Store
 from hub.desired.image_registry import DigestResolver
 from hub.desired.publisher import DesiredPublisher
 from hub.errors import Conflict, HubError, NotFound, RegistryError, StoreError, Unprocessable
+from hub.fleet.devices import Devices
+from hub.ingest.aggregates import Aggregates
 from hub.ingest.rollup import RollupError, rollup
 from hub.security.tokens import Tokens
 
@@ -60,6 +62,7 @@ def create_app(
     bearer = HTTPBearer(auto_error=False, description="a token from `hub token create` (or the api.token)")
     expected = token.encode() if token else None
     tokens = Tokens(store)
+    devices, windows = Devices(store), Aggregates(store)
 
     async def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -129,12 +132,12 @@ def create_app(
         chosen, bucket, selector = _statistics(stats), _bucket(every), selector_of(label)
         selected = None
         if selector:
-            selected = [dev.id for dev in await asyncio.to_thread(store.list_devices, selector)]
+            selected = [dev.id for dev in await asyncio.to_thread(devices.all, selector)]
             if not selected:
                 return []
         rolling = rollup_ is not None or bucket is not None
         rows = await asyncio.to_thread(
-            store.query_aggregates,
+            windows.query,
             device=device,
             subscription=subscription,
             since=to_time(since, "since"),

@@ -1,1 +1,1 @@
-"""The hub's SQL store: the engine and its transactions, the tables, the plain records it returns."""
+"""The hub's SQL store: the engine, its transactions and the tables; each table's queries live with its owner."""

@@ -32,6 +32,7 @@ from hub.db.tables import DesiredRow, DeviceRow
 from hub.desired.catalog import Snapshot, read_snapshot
 from hub.desired.releases import assigned_images
 from hub.errors import StoreConflict, StoreError
+from hub.fleet.devices import Devices
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class DesiredStore:
 
     def recompile(self, devices: Iterable[str] | None = None) -> list[DesiredVersion]:
         """Compile ``devices`` (None: every known device; unknown ids are skipped), by id."""
-        ids = sorted(set(devices)) if devices is not None else [d.id for d in self.store.list_devices()]
+        ids = sorted(set(devices)) if devices is not None else [d.id for d in Devices(self.store).all()]
         out: list[DesiredVersion] = []
         for start in range(0, len(ids), CHUNK):
             out += self._recompile_chunk(ids[start : start + CHUNK])

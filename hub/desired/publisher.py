@@ -25,6 +25,7 @@ from hub import metrics
 from hub.db.store import Store
 from hub.desired.documents import DesiredStore, DesiredVersion
 from hub.errors import BrokerError, StoreError
+from hub.fleet.devices import Devices
 from hub.fleet.labels import Selector
 from hub.mqtt.broker import MessageBus
 
@@ -79,7 +80,7 @@ class DesiredPublisher:
         chosen = list(selectors)
         if not chosen:
             return []
-        devices = await asyncio.to_thread(self._store.list_devices)
+        devices = await asyncio.to_thread(Devices(self._store).all)
         return await self.changed(d.id for d in devices if any(s.matches(d.labels) for s in chosen))
 
     async def device_seen(self, device: str) -> None:

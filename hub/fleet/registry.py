@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edge_protocol.messages import Reported
-from hub.db.records import DeviceInfo
-from hub.db.store import DeviceSeen, Store
+from hub.db.store import Store
 from hub.db.tables import DesiredRow, DeviceRow, ReportedRow
+from hub.fleet.devices import DeviceInfo, Devices, DeviceSeen
 from hub.fleet.labels import Selector
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Fleet:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._devices = Devices(store)
         self._upsert_reported: Any = None
 
     def record_reported(self, reported: Reported, *, seen_at: float, received_at: float) -> None:
@@ -69,7 +70,7 @@ class Fleet:
         """:meth:`record_reported` for several, within the caller's transaction (one executemany each)."""
         if not states:
             return
-        self._store.touch_devices(
+        self._devices.touch(
             session, [DeviceSeen(s.reported.device, s.seen_at, None, s.reported.agent_version) for s in states]
         )
         rows = [

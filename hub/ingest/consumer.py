@@ -25,9 +25,10 @@ from pydantic import ValidationError
 from edge_protocol.messages import CLOUD_MESSAGE, Ack, AggregateBatch, Reported, SequencedResult, Status, ranges_of
 from edge_protocol.topics import Topics
 from hub import metrics
-from hub.db.store import DeviceSeen, Store
+from hub.db.store import Store
 from hub.desired.publisher import DesiredPublisher
 from hub.errors import BrokerError, StoreError
+from hub.fleet.devices import DeviceSeen
 from hub.fleet.registry import ReportedState
 from hub.ingest.writes import BatchWrite, WriteQueue
 from hub.mqtt.broker import Inbound, MessageBus

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edge_protocol.aggregate import FieldState
-from hub.db.records import StoredAggregate
+from hub.ingest.aggregates import StoredAggregate
 
 ROLLUP_KINDS = ("devices",)
 _EPSILON = 1e-9

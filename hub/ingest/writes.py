@@ -24,9 +24,11 @@ from sqlalchemy.orm import Session
 
 from edge_protocol.messages import SequencedResult
 from hub import metrics
-from hub.db.store import DeviceSeen, Store
+from hub.db.store import Store
 from hub.errors import StoreError
+from hub.fleet.devices import Devices, DeviceSeen
 from hub.fleet.registry import Fleet, ReportedState
+from hub.ingest.aggregates import Aggregates
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class WriteQueue:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._aggregates = Aggregates(store)
+        self._devices = Devices(store)
         self._fleet = Fleet(store)
         self._max_group = max_group
         self._max_queued = max_queued
@@ -181,8 +185,8 @@ class WriteQueue:
         # only statuses among themselves (online) and reported states among themselves need their order.
         batches = [(w.device, w.records) for w in writes if isinstance(w, BatchWrite)]
         if batches:
-            self._store.insert_batches(session, batches, self._clock())
-        self._store.touch_devices(session, [w for w in writes if isinstance(w, DeviceSeen)])
+            self._aggregates.insert_batches(session, batches, self._clock())
+        self._devices.touch(session, [w for w in writes if isinstance(w, DeviceSeen)])
         self._fleet.write_reported(session, [w for w in writes if isinstance(w, ReportedState)])
 
     @staticmethod

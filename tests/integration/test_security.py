@@ -24,6 +24,7 @@ from edge_protocol.specs import HandlerSpec
 from edge_protocol.topics import Topics
 from hub.config import HubConfig
 from hub.db.store import Store
+from hub.fleet.devices import Devices
 from hub.security import credentials
 from hub.security.ca import CertificateAuthority
 from tests.integration.test_hub_ingest import running_hub
@@ -82,7 +83,7 @@ def test_provision_writes_a_config_the_agent_accepts(secure_cloud: SecureCloud) 
     assert list(eku) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH]
     with Store(secure_cloud.config.store.url) as store:
         issued = credentials.credentials(store, device)
-        labels = {d.id: d.labels for d in store.list_devices()}[device]
+        labels = {d.id: d.labels for d in Devices(store).all()}[device]
     assert [(c.kind, c.serial, c.revoked_at) for c in issued] == [
         ("certificate", format(cert.serial_number, "x"), None)
     ]

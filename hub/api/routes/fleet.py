@@ -16,6 +16,7 @@ from hub.db.store import Store
 from hub.desired.documents import current_record
 from hub.desired.publisher import DesiredPublisher
 from hub.errors import NotFound
+from hub.fleet.devices import Devices
 from hub.fleet.labels import LabelError, Selector, check_key, check_labels
 from hub.fleet.registry import Fleet
 
@@ -26,6 +27,7 @@ def fleet_router(store: Store, desired: DesiredPublisher | None) -> APIRouter:
     """Routes over ``store``; label changes recompile the device's desired state through ``desired``."""
     router = APIRouter(tags=["devices"])
     fleet = Fleet(store)
+    known = Devices(store)
 
     @router.get("/devices")
     async def devices(
@@ -61,7 +63,7 @@ def fleet_router(store: Store, desired: DesiredPublisher | None) -> APIRouter:
             to_remove = [check_key(key) for key in body.remove]
         except LabelError as exc:
             raise HTTPException(422, str(exc)) from exc
-        labels = await asyncio.to_thread(store.update_labels, device_id, to_set, to_remove)
+        labels = await asyncio.to_thread(known.update_labels, device_id, to_set, to_remove)
         if labels is None:
             raise NotFound(f"unknown device {device_id!r}: the hub has not heard from it")
         if desired is not None:

@@ -11,8 +11,9 @@ from edge_protocol.aggregate import FieldState
 from edge_protocol.durations import parse_duration
 from edge_protocol.messages import HandlerReport, SubscriptionReport
 from edge_protocol.specs import parse_statistic
-from hub.db.records import DeviceInfo, StoredAggregate
+from hub.fleet.devices import DeviceInfo
 from hub.fleet.registry import DeviceView
+from hub.ingest.aggregates import StoredAggregate
 
 
 class _Out(BaseModel):

@@ -32,7 +32,7 @@ from edge_protocol.aggregate import FieldState, WindowResult
 from edge_protocol.deadletter import DeadLetter
 from edge_protocol.sketch import RELATIVE_ACCURACY
 from edge_protocol.specs import SubscriptionSpec, quantile_of
-from hub.db.records import StoredAggregate
+from hub.ingest.aggregates import StoredAggregate
 from hub.ingest.rollup import rollup
 
 FAR = 1e12

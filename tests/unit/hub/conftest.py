@@ -15,6 +15,7 @@ from hub.api.app import create_app
 from hub.db.store import Store
 from hub.desired.documents import DesiredStore
 from hub.desired.publisher import DesiredPublisher
+from hub.fleet.devices import Devices
 from hub.mqtt.fake import FakeBus
 
 FLEET = {"dev-a": {"site": "lab"}, "dev-b": {"site": "lab", "tier": "edge"}, "dev-c": {"site": "plant"}}
@@ -37,8 +38,8 @@ def fleet_store(db_url: str) -> Iterator[Store]:
     """A store that knows dev-a (site=lab), dev-b (site=lab, tier=edge) and dev-c (site=plant)."""
     with Store(db_url) as store:
         for device, labels in FLEET.items():
-            store.record_status(device, online=True, agent_version="0.2.0", seen_at=NOW)
-            store.update_labels(device, labels)
+            Devices(store).record_status(device, online=True, agent_version="0.2.0", seen_at=NOW)
+            Devices(store).update_labels(device, labels)
         yield store
 
 

@@ -17,6 +17,7 @@ from hub.desired.catalog import Catalog
 from hub.desired.documents import DesiredStore, current_record
 from hub.desired.publisher import DesiredPublisher
 from hub.desired.releases import Releases
+from hub.fleet.devices import Devices
 from hub.fleet.labels import Selector
 from hub.fleet.registry import Fleet
 from hub.mqtt.fake import FakeBus
@@ -124,8 +125,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = Clock()
     with Store(f"sqlite:///{tmp_path / 'hub.db'}") as store:
         for device in [*LAB, PLANT]:
-            store.record_status(device, online=True, agent_version="0.3.0", seen_at=clock())
-            store.update_labels(device, {"site": "plant" if device == PLANT else "lab"})
+            Devices(store).record_status(device, online=True, agent_version="0.3.0", seen_at=clock())
+            Devices(store).update_labels(device, {"site": "plant" if device == PLANT else "lab"})
         catalog = Catalog(store, clock=clock)
         catalog.put_handler(HandlerSpec(name="temp-c", image=OLD), replace=False)
         catalog.put_subscription(

@@ -10,6 +10,7 @@ import pytest
 
 from hub.api.app import MAX_LIMIT, create_app
 from hub.db.store import Store
+from hub.ingest.aggregates import Aggregates
 from tests.unit.hub.factories import record
 
 NOW = 10_000.0
@@ -19,8 +20,9 @@ TOKEN = "s3cret-token"
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store(f"sqlite:///{tmp_path / 'hub.db'}") as opened:
-        opened.store_batch("dev-a", [record(i, start=NOW - 60.0 * i) for i in range(1, 6)])  # 1..5 minutes ago
-        opened.store_batch("dev-b", [record(1, device="dev-b", subscription="hum", start=NOW - 90.0)])
+        aggregates = Aggregates(opened)
+        aggregates.store_batch("dev-a", [record(i, start=NOW - 60.0 * i) for i in range(1, 6)])  # 1..5 minutes ago
+        aggregates.store_batch("dev-b", [record(1, device="dev-b", subscription="hum", start=NOW - 90.0)])
         yield opened
 
 

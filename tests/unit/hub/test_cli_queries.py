@@ -16,6 +16,8 @@ from hub.api.app import create_app
 from hub.cli import app as cli
 from hub.cli.client import HubClient
 from hub.db.store import Store
+from hub.fleet.devices import Devices
+from hub.ingest.aggregates import Aggregates
 from tests.unit.hub.factories import record
 
 T0 = 1_200.0
@@ -26,7 +28,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     with Store(f"sqlite:///{tmp_path / 'hub.db'}") as opened:
         for n, device in enumerate(("dev-a", "dev-b", "dev-c")):
             values = tuple(float(v + 10 * n) for v in range(1, 5))
-            opened.store_batch(device, [record(1, device=device, start=T0, values=values, sketch=True)])
+            Aggregates(opened).store_batch(device, [record(1, device=device, start=T0, values=values, sketch=True)])
         app = create_app(opened, clock=lambda: T0 + 600)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # starlette's notice about its httpx-based TestClient
@@ -67,7 +69,7 @@ def test_label_errors_exit_2_with_the_reason(store: Store) -> None:
 
 
 def test_csv_output_parses(store: Store) -> None:
-    store.update_labels("dev-c", {"site": "oslo"})
+    Devices(store).update_labels("dev-c", {"site": "oslo"})
     text = run("aggregates", "--csv", "--stats", "count,mean,p99")
     header, *lines = list(csv.reader(io.StringIO(text)))
     assert header[-4:] == ["field", "count", "mean", "p99"]

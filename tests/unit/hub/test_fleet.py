@@ -9,6 +9,7 @@ import pytest
 
 from hub.db.store import Store
 from hub.desired.publisher import DesiredPublisher
+from hub.fleet.devices import Devices
 from hub.ingest.consumer import Ingest
 from hub.mqtt.broker import Inbound
 from hub.mqtt.fake import FakeBus
@@ -102,5 +103,5 @@ async def test_a_report_for_another_device_or_garbage_is_rejected(
 async def test_without_a_publisher_ingest_still_records(fleet_store: Store, bus: FakeBus) -> None:
     ingest = Ingest(fleet_store, bus, TOPICS, clock=lambda: NOW)
     await deliver(ingest, "dev-z", reported("dev-z", applied=None))
-    assert [d.id for d in fleet_store.list_devices()][-1] == "dev-z"
+    assert [d.id for d in Devices(fleet_store).all()][-1] == "dev-z"
     assert bus.published == []

@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 from edge_protocol.messages import Ack, SequencedResult
 from edge_protocol.topics import Topics
 from hub.db.store import Store
+from hub.fleet.devices import Devices
+from hub.ingest.aggregates import Aggregates
 from hub.ingest.consumer import Ingest
 from hub.mqtt.broker import Inbound
 from hub.mqtt.fake import FakeBus
@@ -62,7 +64,7 @@ async def test_a_batch_is_stored_and_acked_as_exact_ranges(ingest: Ingest, bus: 
     # Seq 3 never arrived: "highest seq = 4" would let the agent delete it; ranges do not.
     assert acks(bus) == [(TOPICS.acks("dev-a"), Ack(device="dev-a", ranges=[(1, 2), (4, 4)]))]
     assert bus.published[0].qos == 1
-    assert len(store.query_aggregates()) == 3
+    assert len(Aggregates(store).query()) == 3
 
 
 async def test_a_resent_batch_is_acked_again_and_stored_once(ingest: Ingest, bus: FakeBus, store: Store) -> None:
@@ -70,7 +72,7 @@ async def test_a_resent_batch_is_acked_again_and_stored_once(ingest: Ingest, bus
     await deliver(ingest, AGG, sent)
     await deliver(ingest, AGG, sent)
     assert [a.ranges for _, a in acks(bus)] == [[(1, 2)], [(1, 2)]]
-    assert len(store.query_aggregates()) == 2
+    assert len(Aggregates(store).query()) == 2
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,7 @@ async def test_unusable_messages_are_counted_not_fatal(
     await deliver(ingest, AGG, payload)
     assert rejected(reason) == before + 1
     assert bus.published == []
-    assert store.query_aggregates() == []
+    assert Aggregates(store).query() == []
 
 
 async def test_a_topic_outside_the_prefix_is_counted(ingest: Ingest, bus: FakeBus) -> None:
@@ -106,7 +108,7 @@ async def test_records_that_do_not_fit_are_refused_and_not_acked(ingest: Ingest,
     before = metric("edgefleet_hub_records_refused_total", reason="foreign_window_id")
     await deliver(ingest, AGG, text)
     assert [a.ranges for _, a in acks(bus)] == [[(1, 1), (3, 3)]]
-    assert [r.window_start for r in store.query_aggregates()] == [20.0, 0.0]
+    assert [r.window_start for r in Aggregates(store).query()] == [20.0, 0.0]
     assert metric("edgefleet_hub_records_refused_total", reason="foreign_window_id") == before + 1
 
 
@@ -115,23 +117,23 @@ async def test_a_non_finite_number_rejects_the_message(ingest: Ingest, bus: Fake
     text = batch("dev-a", record(1, start=0, values=(7.0,))).model_dump_json().replace('"sum":7.0', '"sum":NaN')
     await deliver(ingest, AGG, text)
     assert acks(bus) == []
-    assert store.query_aggregates() == []
+    assert Aggregates(store).query() == []
 
 
 async def test_status_updates_the_device(ingest: Ingest, bus: FakeBus, store: Store) -> None:
     await deliver(ingest, TOPICS.status("dev-a"), status("dev-a", version="1.2.3", ts=100.0).model_dump_json())
-    (dev,) = store.list_devices()
+    (dev,) = Devices(store).all()
     assert (dev.online, dev.agent_version, dev.last_seen) == (True, "1.2.3", 5000.0)  # live: the hub's clock
     will = status("dev-a", online=False, ts=50.0).model_dump_json()  # a will carries the connect time
     await deliver(ingest, TOPICS.status("dev-a"), will)
-    (dev,) = store.list_devices()
+    (dev,) = Devices(store).all()
     assert (dev.online, dev.last_seen) == (False, 5000.0)
     assert bus.published == []
 
 
 async def test_a_retained_status_counts_from_its_own_time(ingest: Ingest, bus: FakeBus, store: Store) -> None:
     await deliver(ingest, TOPICS.status("dev-q"), status("dev-q", ts=123.0).model_dump_json(), retain=True)
-    (dev,) = store.list_devices()
+    (dev,) = Devices(store).all()
     assert (dev.id, dev.last_seen) == ("dev-q", 123.0)
 
 
@@ -152,7 +154,7 @@ async def test_a_lost_ack_is_sent_when_the_agent_resends(ingest: Ingest, bus: Fa
     bus.fail_publish = False
     await deliver(ingest, AGG, sent)
     assert [a.ranges for _, a in acks(bus)] == [[(1, 1)]]
-    assert len(store.query_aggregates()) == 1
+    assert len(Aggregates(store).query()) == 1
 
 
 async def test_run_subscribes_processes_and_stops_on_cancel(ingest: Ingest, bus: FakeBus) -> None:
@@ -177,14 +179,16 @@ async def test_a_batch_being_stored_at_shutdown_is_finished_and_acked(
     ingest: Ingest, bus: FakeBus, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-    real = store.insert_batches
+    real = Aggregates.insert_batches
 
-    def slow_insert_batches(session: Session, batches: list[tuple[str, list[SequencedResult]]], now: float) -> None:
+    def slow_insert_batches(
+        self: Aggregates, session: Session, batches: list[tuple[str, list[SequencedResult]]], now: float
+    ) -> None:
         entered.set()
         release.wait(10)  # fault: a slow disk
-        real(session, batches, now)
+        real(self, session, batches, now)
 
-    monkeypatch.setattr(store, "insert_batches", slow_insert_batches)
+    monkeypatch.setattr(Aggregates, "insert_batches", slow_insert_batches)
     async with asyncio.timeout(10):
         task = asyncio.create_task(ingest.run(), name="test.ingest")
         bus.inject(AGG, batch("dev-a", record(1)).model_dump_json())

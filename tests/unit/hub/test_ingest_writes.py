@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 
 from edge_protocol.messages import Ack
 from edge_protocol.topics import Topics
-from hub.db.store import DeviceSeen, Store
+from hub.db.store import Store
 from hub.errors import StoreError
+from hub.fleet.devices import Devices, DeviceSeen
 from hub.fleet.registry import Fleet, ReportedState
+from hub.ingest.aggregates import Aggregates
 from hub.ingest.consumer import Ingest
 from hub.ingest.writes import BatchWrite, WriteQueue
 from hub.mqtt.fake import FakeBus
@@ -36,19 +38,19 @@ class CountingStore:
         self.transactions = 0
         self.poisoned: str | None = None
         real_transaction = store.transaction
-        real_insert = store.insert_batches
+        real_insert = Aggregates.insert_batches
 
         def transaction(operation: str) -> Any:
             self.transactions += 1
             return real_transaction(operation)
 
-        def insert_batches(session: Session, batches: Any, now: float) -> None:
+        def insert_batches(aggregates: Aggregates, session: Session, batches: Any, now: float) -> None:
             if any(device == self.poisoned for device, _ in batches):
                 raise StoreError("store_batch", "refused by the database")
-            real_insert(session, batches, now)
+            real_insert(aggregates, session, batches, now)
 
         monkeypatch.setattr(store, "transaction", transaction)
-        monkeypatch.setattr(store, "insert_batches", insert_batches)
+        monkeypatch.setattr(Aggregates, "insert_batches", insert_batches)
 
 
 async def test_queued_writes_share_one_transaction(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,8 +63,8 @@ async def test_queued_writes_share_one_transaction(store: Store, monkeypatch: py
     await writes.flush()
     assert [f.result() for f in futures] == [True] * 22
     assert counting.transactions == 1
-    assert len(store.query_aggregates(limit=None)) == 20
-    devices = {d.id: d for d in store.list_devices()}
+    assert len(Aggregates(store).query(limit=None)) == 20
+    devices = {d.id: d for d in Devices(store).all()}
     assert len(devices) == 20
     assert devices["dev-0"].online is False  # the status applied after the batch's "seen"
     assert devices["dev-0"].agent_version == "1.0.0"
@@ -78,7 +80,7 @@ async def test_a_group_is_capped_in_records(store: Store, monkeypatch: pytest.Mo
         await writes.put(BatchWrite(f"dev-{i}", [record(s, device=f"dev-{i}", start=10.0 * s) for s in (1, 2)]))
     await writes.flush()
     assert counting.transactions == 2
-    assert len(store.query_aggregates(limit=None)) == 8
+    assert len(Aggregates(store).query(limit=None)) == 8
 
 
 async def test_a_refused_write_does_not_take_its_group_down(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,7 +93,7 @@ async def test_a_refused_write_does_not_take_its_group_down(store: Store, monkey
     await writes.flush()
     assert (good.result(), bad.result(), other.result()) == (True, False, True)
     assert counting.transactions == 4  # the group, then each write on its own
-    assert [a.device for a in store.query_aggregates()] == ["dev-a"]
+    assert [a.device for a in Aggregates(store).query()] == ["dev-a"]
 
 
 async def test_put_waits_for_room_and_close_fails_what_is_queued(store: Store) -> None:
@@ -108,7 +110,7 @@ async def test_put_waits_for_room_and_close_fails_what_is_queued(store: Store) -
     await asyncio.wait_for(runner, 5)
     late = await writes.put(BatchWrite("dev-a", [record(4, start=30.0)]))
     assert late.result() is False
-    assert len(store.query_aggregates()) == 3
+    assert len(Aggregates(store).query()) == 3
 
 
 async def test_run_commits_a_burst_of_messages_in_few_transactions(
@@ -132,7 +134,7 @@ async def test_run_commits_a_burst_of_messages_in_few_transactions(
     acks = [Ack.model_validate_json(p.payload) for p in bus.published]
     acked = {ack.device: ack.ranges for ack in acks}
     assert acked == {device: [(1, 1)] for device in devices}
-    assert len(store.query_aggregates(limit=None)) == len(devices)
-    assert all(d.online for d in store.list_devices())
+    assert len(Aggregates(store).query(limit=None)) == len(devices)
+    assert all(d.online for d in Devices(store).all())
     # 400 messages; per-message commits would be 400 transactions.
     assert counting.transactions < 100, counting.transactions

@@ -11,7 +11,9 @@ import pytest
 
 from hub.api.app import create_app
 from hub.db.store import Store
+from hub.fleet.devices import Devices
 from hub.fleet.labels import LabelError, Selector, parse_assignments
+from hub.ingest.aggregates import Aggregates
 from tests.unit.hub.factories import record
 
 FLEET = {"dev-a": {"site": "lyon", "tier": "edge"}, "dev-b": {"site": "lyon"}, "dev-c": {"site": "oslo"}}
@@ -21,8 +23,8 @@ FLEET = {"dev-a": {"site": "lyon", "tier": "edge"}, "dev-b": {"site": "lyon"}, "
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store(f"sqlite:///{tmp_path / 'hub.db'}") as opened:
         for device, labels in FLEET.items():
-            opened.store_batch(device, [record(1, device=device, start=1000.0)])
-            opened.update_labels(device, labels)
+            Aggregates(opened).store_batch(device, [record(1, device=device, start=1000.0)])
+            Devices(opened).update_labels(device, labels)
         yield opened
 
 
@@ -59,10 +61,10 @@ def test_selector_errors_say_what_is_wrong(terms: list[str], message: str) -> No
 
 
 def test_store_sets_and_removes_labels(store: Store) -> None:
-    assert store.update_labels("dev-a", {"rack": "r1"}, ["tier", "absent"]) == {"site": "lyon", "rack": "r1"}
-    assert store.update_labels("nope", {"a": "b"}) is None
-    assert [d.id for d in store.list_devices(Selector.parse(["site=lyon"]))] == ["dev-a", "dev-b"]
-    assert store.list_devices()[0].labels == {"site": "lyon", "rack": "r1"}
+    assert Devices(store).update_labels("dev-a", {"rack": "r1"}, ["tier", "absent"]) == {"site": "lyon", "rack": "r1"}
+    assert Devices(store).update_labels("nope", {"a": "b"}) is None
+    assert [d.id for d in Devices(store).all(Selector.parse(["site=lyon"]))] == ["dev-a", "dev-b"]
+    assert Devices(store).all()[0].labels == {"site": "lyon", "rack": "r1"}
 
 
 def test_a_database_from_before_labels_gets_the_column(tmp_path: Path) -> None:
@@ -74,8 +76,8 @@ def test_a_database_from_before_labels_gets_the_column(tmp_path: Path) -> None:
         )
         conn.execute("INSERT INTO devices VALUES ('old', 1.0, 2.0, 1, '0.1')")
     with Store(f"sqlite:///{path}") as store:
-        assert store.list_devices()[0].labels == {}
-        assert store.update_labels("old", {"site": "lyon"}) == {"site": "lyon"}
+        assert Devices(store).all()[0].labels == {}
+        assert Devices(store).update_labels("old", {"site": "lyon"}) == {"site": "lyon"}
 
 
 async def test_devices_filter_by_every_label_term(api: httpx.AsyncClient) -> None:

@@ -17,6 +17,7 @@ from hub.config import HubConfig
 from hub.db.store import Store
 from hub.desired.keys import init_keys
 from hub.errors import ConfigError, Conflict, NotFound, Unprocessable
+from hub.fleet.devices import Devices
 from hub.security import credentials
 from hub.security.ca import CertificateAuthority
 from hub.security.dynsec import Dynsec
@@ -69,7 +70,7 @@ async def test_provision_with_a_certificate(
     }
     assert done.labels == {"site": "lab"}
     assert done.credential.kind == "certificate"
-    assert [d.labels for d in store.list_devices()] == [{"site": "lab"}]
+    assert [d.labels for d in Devices(store).all()] == [{"site": "lab"}]
     assert [c.serial for c in credentials.active(store, "dev-1", NOW)] == [done.credential.serial]
     assert [c["command"] for c in json.loads(bus.published[0].payload)["commands"]][-1] == "createClient"
     with pytest.raises(Conflict, match="revoke it first"):

@@ -10,6 +10,7 @@ import pytest
 
 from hub.desired.releases import Releases
 from hub.errors import Conflict, Unprocessable
+from hub.fleet.devices import Devices
 from hub.fleet.labels import Selector
 from hub.rollouts.controller import RolloutController
 from hub.rollouts.plan import DeviceStatus, Limits, State
@@ -115,7 +116,7 @@ async def test_a_health_timeout_halts_with_the_reason(world: World) -> None:
 
 async def test_an_offline_device_times_out_and_is_named_offline(world: World) -> None:
     w = world
-    w.store.record_status("d1", online=False, agent_version="0.3.0", seen_at=w.clock())
+    Devices(w.store).record_status("d1", online=False, agent_version="0.3.0", seen_at=w.clock())
     rid = w.start()
     await w.tick()
     w.clock.advance(HEALTH + 1)

@@ -13,6 +13,7 @@ import pytest
 
 from hub.api.app import create_app
 from hub.db.store import Store
+from hub.ingest.aggregates import Aggregates
 from hub.ingest.rollup import HOPPING_REASON, RollupError, check_not_hopping, rollup
 from tests.unit.hub.factories import record
 
@@ -66,7 +67,7 @@ async def test_rollup_across_devices_equals_one_pass_over_all_values(store: Stor
     for i, device in enumerate(("dev-a", "dev-b", "dev-c")):
         vals = values(rng, 200 + 50 * i)
         pooled += vals
-        store.store_batch(device, [record(1, device=device, start=T0, values=vals, sketch=True)])
+        Aggregates(store).store_batch(device, [record(1, device=device, start=T0, values=vals, sketch=True)])
     (row,) = await get(api, rollup="devices", stats=",".join(STATS))
     assert (row["devices"], row["device"], row["events"]) == (3, "*", len(pooled))
     assert (row["window_start"], row["window_end"]) == (T0, T0 + 10)
@@ -83,7 +84,7 @@ async def test_six_10s_windows_make_one_1m_row(store: Store, api: httpx.AsyncCli
         vals = values(rng, 100 + i)
         pooled += vals
         records.append(record(i + 1, start=T0 + 10 * i, values=vals, sketch=True))
-    store.store_batch("dev-a", records)
+    Aggregates(store).store_batch("dev-a", records)
     (row,) = await get(api, every="1m", stats=",".join(STATS))
     assert (row["window_start"], row["window_end"], row["devices"], row["device"]) == (T0, T0 + 60, 1, "dev-a")
     assert_pooled(row["fields"]["temp"], pooled)
@@ -99,21 +100,21 @@ async def test_devices_and_buckets_combine(store: Store, api: httpx.AsyncClient)
             if i < 6:
                 pooled += vals
             recs.append(record(i + 1, device=device, start=T0 + 10 * i, values=vals, sketch=True))
-        store.store_batch(device, recs)
+        Aggregates(store).store_batch(device, recs)
     rows = await get(api, rollup="devices", every="1m", stats=",".join(STATS))
     assert [(r["window_start"], r["devices"], r["events"]) for r in rows] == [(T0 + 60, 2, 240), (T0, 2, 240)]
     assert_pooled(rows[1]["fields"]["temp"], pooled)
 
 
 async def test_a_window_without_a_sketch_leaves_quantiles_empty(store: Store, api: httpx.AsyncClient) -> None:
-    store.store_batch("dev-a", [record(1, start=T0, sketch=True)])
-    store.store_batch("dev-b", [record(1, device="dev-b", start=T0, sketch=False)])
+    Aggregates(store).store_batch("dev-a", [record(1, start=T0, sketch=True)])
+    Aggregates(store).store_batch("dev-b", [record(1, device="dev-b", start=T0, sketch=False)])
     (row,) = await get(api, rollup="devices", stats="count,p99")
     assert row["fields"]["temp"]["stats"] == {"count": 6.0, "p99": None}
 
 
 async def test_default_stats_are_the_subscriptions(store: Store, api: httpx.AsyncClient) -> None:
-    store.store_batch("dev-a", [record(1, start=T0, stats=("count", "max"))])
+    Aggregates(store).store_batch("dev-a", [record(1, start=T0, stats=("count", "max"))])
     (row,) = await get(api)
     assert (row["stats"], row["fields"]["temp"]["stats"], row["devices"]) == (
         ["count", "max"],
@@ -124,7 +125,7 @@ async def test_default_stats_are_the_subscriptions(store: Store, api: httpx.Asyn
 
 async def test_hopping_windows_are_refused(store: Store, api: httpx.AsyncClient) -> None:
     # size 10 s, hop 5 s: [T0, T0+10) and [T0+5, T0+15) overlap.
-    store.store_batch("dev-a", [record(1, start=T0), record(2, start=T0 + 5)])
+    Aggregates(store).store_batch("dev-a", [record(1, start=T0), record(2, start=T0 + 5)])
     for params in ({"rollup": "devices"}, {"every": "1m"}):
         body = await get(api, 422, **params)
         assert body["detail"] == HOPPING_REASON
@@ -132,7 +133,7 @@ async def test_hopping_windows_are_refused(store: Store, api: httpx.AsyncClient)
 
 
 async def test_every_must_be_a_multiple_of_the_window_size(store: Store, api: httpx.AsyncClient) -> None:
-    store.store_batch("dev-a", [record(1, start=T0, size=10.0)])
+    Aggregates(store).store_batch("dev-a", [record(1, start=T0, size=10.0)])
     body = await get(api, 422, every="15s")
     assert "not a multiple of the windows' size (10s)" in body["detail"]
     assert (await get(api, 422, every="soon"))["detail"].startswith("every: not a duration")
@@ -153,21 +154,21 @@ async def test_bad_rollup_options_are_422(
 
 async def test_rollup_limit_applies_to_the_rolled_rows(store: Store, api: httpx.AsyncClient) -> None:
     for device in ("dev-a", "dev-b"):
-        store.store_batch(device, [record(i + 1, device=device, start=T0 + 10 * i) for i in range(5)])
+        Aggregates(store).store_batch(device, [record(i + 1, device=device, start=T0 + 10 * i) for i in range(5)])
     rows = await get(api, rollup="devices", limit=2)
     assert [(r["window_start"], r["devices"]) for r in rows] == [(T0 + 40, 2), (T0 + 30, 2)]
 
 
 def test_rollup_without_options_passes_rows_through(store: Store) -> None:
-    store.store_batch("dev-a", [record(1, start=T0), record(2, start=T0 + 5)])  # even hopping ones
-    rows = store.query_aggregates()
+    Aggregates(store).store_batch("dev-a", [record(1, start=T0), record(2, start=T0 + 5)])  # even hopping ones
+    rows = Aggregates(store).query()
     assert [r.aggregate for r in rollup(rows, across_devices=False, every=None)] == rows
 
 
 def test_windows_of_different_sizes_under_one_start_are_refused(store: Store) -> None:
-    store.store_batch("dev-a", [record(1, start=T0, size=10.0)])
-    store.store_batch("dev-b", [record(1, device="dev-b", start=T0, size=60.0)])
-    rows = store.query_aggregates()
+    Aggregates(store).store_batch("dev-a", [record(1, start=T0, size=10.0)])
+    Aggregates(store).store_batch("dev-b", [record(1, device="dev-b", start=T0, size=60.0)])
+    rows = Aggregates(store).query()
     with pytest.raises(RollupError, match="different sizes"):
         rollup(rows, across_devices=True, every=None)
     # Both fit one 1 min bucket, as multiples of their own sizes.
@@ -176,6 +177,6 @@ def test_windows_of_different_sizes_under_one_start_are_refused(store: Store) ->
 
 
 def test_adjacent_windows_of_separate_series_are_not_hopping(store: Store) -> None:
-    store.store_batch("dev-a", [record(i + 1, start=T0 + 10 * i) for i in range(3)])
-    store.store_batch("dev-b", [record(1, device="dev-b", start=T0 + 5)])  # another device: not an overlap
-    check_not_hopping(store.query_aggregates())
+    Aggregates(store).store_batch("dev-a", [record(i + 1, start=T0 + 10 * i) for i in range(3)])
+    Aggregates(store).store_batch("dev-b", [record(1, device="dev-b", start=T0 + 5)])  # another device: not an overlap
+    check_not_hopping(Aggregates(store).query())

@@ -1,0 +1,215 @@
+"""The aggregates table: window results stored once per window id, and the queries the API runs on them.
+
+Its one owner: ingest writes here (a result delivered twice is stored once), the API reads here and
+:mod:`hub.ingest.rollup` merges what it reads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from pydantic import TypeAdapter
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edge_protocol.aggregate import FieldState
+from edge_protocol.messages import SequencedResult
+from hub.db.store import Store
+from hub.db.tables import AggregateRow
+from hub.errors import StoreError
+from hub.fleet.devices import Devices, DeviceSeen
+
+_FIELDS_JSON: TypeAdapter[dict[str, FieldState]] = TypeAdapter(dict[str, FieldState])
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAggregate:
+    """One stored window result, as the API returns it."""
+
+    window_id: str
+    device: str
+    subscription: str
+    revision: str
+    group: str
+    window_start: float
+    window_end: float
+    part: int
+    events: int
+    fields: dict[str, FieldState]
+    stats: list[str]
+    stored_at: float
+
+
+class Aggregates:
+    """Stores batches of window results and queries them; storing marks the devices seen."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._devices = Devices(store)
+        self._prepared: _Statements | None = None
+
+    def store_batch(self, device: str, records: Sequence[SequencedResult], *, now: float | None = None) -> list[int]:
+        """Store ``records`` of ``device`` in one transaction; return the sequences now durable.
+
+        A window id already stored is skipped (a result delivered twice is stored once) and still counts as
+        durable, so its sequence is returned and can be acked again.
+        """
+        if not records:
+            return []
+        with self._store.transaction("store_batch") as session:
+            self.insert_batches(session, [(device, records)], time.time() if now is None else now)
+        return [rec.seq for rec in records]
+
+    def insert_batches(
+        self, session: Session, batches: Sequence[tuple[str, Sequence[SequencedResult]]], now: float
+    ) -> None:
+        """Insert the records of several devices' batches and mark those devices seen, within ``session``.
+
+        The statements are compiled once (:class:`_Statements`): building a multi-row ``VALUES`` per batch
+        made SQLAlchemy compile it anew every time (most of the hub's ingest CPU, docs/performance.md).
+        """
+        statements = self._statements()
+        order = statements.columns
+        rows = []
+        for device, records in batches:
+            for rec in records:
+                result = rec.result
+                row = {
+                    "window_id": result.id,
+                    "device": device,
+                    "subscription": result.subscription,
+                    "revision": result.revision,
+                    "group": result.group,
+                    "window_start": result.window_start,
+                    "window_end": result.window_end,
+                    "part": result.part,
+                    "events": result.events,
+                    "fields": _FIELDS_JSON.dump_json(result.fields).decode(),
+                    "stats": orjson.dumps(result.stats).decode(),
+                    "stored_at": now,
+                }
+                rows.append(tuple(row[name] for name in order) if order else row)
+        if not rows:
+            return
+        connection = session.connection()
+        # The driver's own execution of SQL compiled once, JSON already text: SQLAlchemy's per-row parameter
+        # processing cost more than SQLite's insert itself (docs/performance.md).
+        if order is None:
+            connection.exec_driver_sql(statements.insert, rows)
+        else:
+            # SQLite: rows in multi-row VALUES, not executemany. The sqlite3 module lets go of the GIL for each
+            # statement step, and from a worker thread that meant a GIL handover per row with the event loop
+            # (parsing the next messages) holding it in between: a convoy that cost a third of ingest's CPU.
+            at = 0
+            for size in _chunk_sizes(len(rows)):
+                flat = tuple(value for row in rows[at : at + size] for value in row)
+                connection.exec_driver_sql(statements.insert_rows[size], flat)
+                at += size
+        self._devices.touch(session, [DeviceSeen(device, now) for device in dict.fromkeys(d for d, _ in batches)])
+
+    def query(
+        self,
+        device: str | None = None,
+        subscription: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 100,
+        *,
+        devices: Sequence[str] | None = None,
+        group: str | None = None,
+    ) -> list[StoredAggregate]:
+        """Windows that started in ``[since, until)``, newest first, at most ``limit`` (None: all).
+
+        ``devices`` restricts to those ids (a label selector's devices); ``group`` to one group key.
+        """
+        stmt = select(AggregateRow)
+        if device is not None:
+            stmt = stmt.where(AggregateRow.device == device)
+        if devices is not None:
+            stmt = stmt.where(AggregateRow.device.in_(list(devices)))
+        if subscription is not None:
+            stmt = stmt.where(AggregateRow.subscription == subscription)
+        if group is not None:
+            stmt = stmt.where(AggregateRow.group == group)
+        if since is not None:
+            stmt = stmt.where(AggregateRow.window_start >= since)
+        if until is not None:
+            stmt = stmt.where(AggregateRow.window_start < until)
+        stmt = stmt.order_by(AggregateRow.window_start.desc(), AggregateRow.window_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._store.transaction("query_aggregates") as session:
+            return [_to_aggregate(row) for row in session.scalars(stmt)]
+
+    def _statements(self) -> _Statements:
+        if self._prepared is None:
+            self._prepared = _Statements.build(self._store)
+        return self._prepared
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The aggregates INSERT, compiled once for the store's dialect."""
+
+    insert: str
+    columns: tuple[str, ...] | None
+    """The parameter order of a positional paramstyle (SQLite's ``?``); None for named ones (psycopg's)."""
+    insert_rows: dict[int, str]
+    """Positional only: the INSERT of n rows in one ``VALUES`` list, for each size :func:`_chunk_sizes` uses."""
+
+    @classmethod
+    def build(cls, store: Store) -> _Statements:
+        compiled = store.insert(AggregateRow.__table__).on_conflict_do_nothing().compile(dialect=store.dialect)
+        order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+        rows: dict[int, str] = {}
+        if order is not None:
+            head, values, tail = _split_values(compiled.string)
+            rows = {n: head + ", ".join([values] * n) + tail for n in _chunk_sizes(2 * ROWS_PER_STATEMENT - 1)}
+        return cls(insert=compiled.string, columns=order, insert_rows=rows)
+
+
+ROWS_PER_STATEMENT = 256
+"""Rows per multi-row INSERT on SQLite: 3,072 parameters, well below its limit of 32,766."""
+
+
+def _chunk_sizes(count: int) -> list[int]:
+    """Full statements, then the rest in powers of two: at most nine distinct statements to prepare and cache."""
+    sizes = [ROWS_PER_STATEMENT] * (count // ROWS_PER_STATEMENT)
+    rest = count % ROWS_PER_STATEMENT
+    bit = ROWS_PER_STATEMENT // 2
+    while rest:
+        if rest >= bit:
+            sizes.append(bit)
+            rest -= bit
+        bit //= 2
+    return sizes
+
+
+def _split_values(single_row: str) -> tuple[str, str, str]:
+    """Split a one-row INSERT at its ``VALUES`` tuple: (what precedes it, the tuple, what follows)."""
+    head, sep, rest = single_row.partition(" VALUES ")
+    close = rest.index(")") + 1
+    values, tail = rest[:close], rest[close:]
+    if not sep or not values.startswith("(") or "(" in values[1:]:
+        raise StoreError("insert", f"unexpected form of the compiled insert: {single_row!r}")
+    return head + sep, values, tail
+
+
+def _to_aggregate(row: AggregateRow) -> StoredAggregate:
+    return StoredAggregate(
+        window_id=row.window_id,
+        device=row.device,
+        subscription=row.subscription,
+        revision=row.revision,
+        group=row.group,
+        window_start=row.window_start,
+        window_end=row.window_end,
+        part=row.part,
+        events=row.events,
+        fields={name: FieldState.model_validate(state) for name, state in row.fields.items()},
+        stats=list(row.stats),
+        stored_at=row.stored_at,
+    )
