@@ -9,6 +9,7 @@ from typing import Any
 
 from bench.agentproc import AgentProcess
 from bench.procs import RssSampler, cpu_seconds, memory_kib, publish_burst
+from tests.support.agent_config import SHORT_GRACE, agent_document
 
 # One agent serves every phase on its device broker: one subscription per phase, so each phase counts from
 # its own zero in the outbox and the idle ones cost nothing.
@@ -17,7 +18,7 @@ LATENCY_TOPIC = "bench/in/lat"
 LATENCY_OUT = "bench/out/#"
 
 
-def agent_config(
+def bench_document(
     device_id: str,
     data_dir: Path,
     local_port: int,
@@ -25,25 +26,26 @@ def agent_config(
     cloud_port: int | None = None,
     subscriptions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """An agent config (as TOML-able dict) with passthrough and echo handlers."""
+    """The benchmark's agent config document: passthrough and echo handlers, one subscription per phase."""
     if subscriptions is None:
         subscriptions = [
             {"name": "q0", "topic": "bench/q0/#", "handler": "pt", "qos": 0, "window": {"size": "1s"}},
             {"name": "q1", "topic": "bench/q1/#", "handler": "pt", "qos": 1, "window": {"size": "1s"}},
             {"name": "lat", "topic": "bench/in/#", "handler": "echo", "qos": 1, "window": {"size": "1s"}},
         ]
-    return {
-        "device_id": device_id,
-        "data_dir": str(data_dir),
-        "grace_period": "5s",
-        "local_broker": {"port": local_port, "protocol": AGENT_PROTOCOL[0]},
-        "cloud": {"port": cloud_port} if cloud_port else {"enabled": False},
-        "handlers": [
+    return agent_document(
+        device_id=device_id,
+        data_dir=data_dir,
+        device_port=local_port,
+        cloud_port=cloud_port,
+        handlers=[
             {"name": "pt", "image": "edgefleet/passthrough:dev"},
             {"name": "echo", "image": "edgefleet/echo:dev"},
         ],
-        "subscriptions": subscriptions,
-    }
+        subscriptions=subscriptions,
+        local_broker={"protocol": AGENT_PROTOCOL[0]},
+        grace_period=SHORT_GRACE,
+    )
 
 
 AGENT_PROTOCOL = ["5"]

@@ -136,7 +136,7 @@ def run_agent(
 ) -> dict[str, Any]:
     info: dict[str, Any] = {}
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
-        agent = AgentProcess(pipeline.agent_config(device_id, Path(tmp), broker.port), docker_client=client)
+        agent = AgentProcess(pipeline.bench_document(device_id, Path(tmp), broker.port), docker_client=client)
         dead: DeadLetters | None = None
         try:
             info["start_s"] = agent.start()

@@ -19,7 +19,7 @@ import docker
 import paho.mqtt.client as mqtt
 
 from bench.agentproc import AgentProcess
-from bench.pipeline import agent_config
+from bench.pipeline import bench_document
 from bench.procs import Helper
 from edge_protocol.messages import Ack, ranges_of
 from edge_protocol.topics import Topics
@@ -86,7 +86,7 @@ def upstream(
     """Run a second agent with 10 s windows and a cloud broker; publish ``rate``/s for ``seconds``."""
     with Mosquitto() as local, Mosquitto() as cloud, tempfile.TemporaryDirectory(prefix="bench-up-") as tmp:
         subs = [{"name": "up", "topic": "bench/up/#", "handler": "pt", "qos": 1, "window": {"size": f"{window}s"}}]
-        config = agent_config(device_id, Path(tmp), local.port, cloud_port=cloud.port, subscriptions=subs)
+        config = bench_document(device_id, Path(tmp), local.port, cloud_port=cloud.port, subscriptions=subs)
         config["handlers"] = config["handlers"][:1]
         hub = HubStub(cloud, device_id)
         agent = AgentProcess(config, docker_client=docker_client)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -31,6 +32,7 @@ from tests.support.registry import (
     remove_local_copies,
     unreachable_port,
 )
+from tests.support.rig import Rig
 from tests.support.secure_broker import SecureCloud
 
 # No per-example deadline: a loaded CI machine (2 cores, engine and brokers running) makes timing
@@ -151,3 +153,9 @@ def secure_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureClo
     """
     with SecureCloud(tmp_path_factory.mktemp("secure-cloud"), f"s{uuid.uuid4().hex[:8]}") as cloud:
         yield cloud
+
+
+@pytest.fixture
+def rig(device_broker: Mosquitto, device_id: str, topic_prefix: str, tmp_path: Path) -> Rig:
+    """The shared device broker, this test's device id and topic prefix, and ``tmp_path / "agent"`` as data dir."""
+    return Rig(broker=device_broker, device_id=device_id, prefix=topic_prefix, data_dir=tmp_path / "agent")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import Outages
-from tests.support.agent_config import agent_toml
+from tests.support.agent_config import QUICK_CLOUD
 from tests.support.brokers import Mosquitto
 from tests.support.daemons import agent_process
 from tests.support.engine import labelled_containers
@@ -30,6 +30,7 @@ from tests.support.link_proxy import LinkProxy
 from tests.support.mqtt_clients import PacedPublisher, dead_letters, publish_all
 from tests.support.prometheus import scrape
 from tests.support.readers import Totals, hub_rows, integrity_check, outbox_losses, outbox_pending
+from tests.support.rig import Rig
 from tests.support.running import running_hub, wait_for
 from tests.support.service import free_port
 from tests.support.workloads import SENTINEL_GROUP, TEMP_C, sentinel_event, temperature_events, temps_subscription
@@ -53,8 +54,7 @@ async def test_agent_sigkill_mid_stream(
     fresh_broker: Any,
     docker_client: Any,
     handler_images: dict[str, str],
-    device_id: str,
-    topic_prefix: str,
+    rig: Rig,
     tmp_path: Path,
     outages: Outages,
     n_events: int | None,
@@ -64,7 +64,7 @@ async def test_agent_sigkill_mid_stream(
 ) -> None:
     down = outages.pick(0, 10) if kills > 1 else 0.0
     async with LinkProxy(fresh_broker()) as proxy:
-        await _kill_mid_stream(proxy, fresh_broker(), docker_client, device_id, topic_prefix, tmp_path,
+        await _kill_mid_stream(proxy, fresh_broker(), docker_client, rig.with_broker(proxy.broker), tmp_path,
                                n_events=n_events, kills=kills, rate=rate, hold_acks=hold_acks, down=down)
 
 
@@ -72,8 +72,7 @@ async def _kill_mid_stream(
     proxy: LinkProxy,
     cloud: Mosquitto,
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
+    rig: Rig,
     tmp_path: Path,
     *,
     n_events: int | None,
@@ -82,7 +81,7 @@ async def _kill_mid_stream(
     hold_acks: str,
     down: float,
 ) -> None:
-    device = proxy.broker
+    device, device_id, topic_prefix = rig.broker, rig.device_id, rig.prefix
     # An open-ended stream is cut short (PacedPublisher.finish) after the last restart; this only bounds it.
     cap = n_events or int(rate * kills * (down + 20))
     messages, celsius = temperature_events(topic_prefix, cap, seed=cap + kills)
@@ -91,12 +90,11 @@ async def _kill_mid_stream(
     hub_db = tmp_path / "hub.db"
     status = f"127.0.0.1:{free_port()}"
     metrics_url = f"http://{status}/metrics"
-    config = agent_toml(
-        device_id=device_id,
+    config = rig.agent_document(
         data_dir=data_dir,
         device_port=proxy.port,  # the agent reaches its broker through the proxy
         cloud_port=cloud.port,
-        prefix=topic_prefix,
+        cloud_extra=QUICK_CLOUD,
         handlers=[TEMP_C],
         subscriptions=[temps_subscription(topic_prefix)],
         status={"listen": status},

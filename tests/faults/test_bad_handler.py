@@ -23,12 +23,12 @@ import docker.errors
 import orjson
 import pytest
 
-from tests.support.agent_config import agent_config, agent_toml
 from tests.support.brokers import Mosquitto
 from tests.support.daemons import agent_process
 from tests.support.engine import labelled_containers
 from tests.support.mqtt_clients import dead_letters, publish_all
 from tests.support.readers import Totals, outbox_results
+from tests.support.rig import Rig
 from tests.support.running import running_agent, wait_for
 from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
@@ -112,28 +112,22 @@ def event(prefix: str, name: str, payload: dict[str, Any]) -> tuple[str, bytes]:
 
 
 async def test_endless_line_is_rejected_and_memory_stays_bounded(
-    device_broker: Mosquitto,
     docker_client: docker.DockerClient,
     bad_image: str,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
     """The agent (a real process, for its RSS) reads a handler's endless line, rejects the event, stays small
     and keeps serving its other subscription meanwhile."""
     data_dir = tmp_path / "agent-data"
-    config = agent_toml(
-        device_id=device_id,
+    config = rig.agent_document(
         data_dir=data_dir,
-        device_port=device_broker.port,
-        cloud_port=None,
-        prefix=topic_prefix,
         handlers=[bad_spec(bad_image), TEMP_C],
-        subscriptions=[bad_subscription(topic_prefix), temps_subscription(topic_prefix)],
+        subscriptions=[bad_subscription(rig.prefix), temps_subscription(rig.prefix)],
         runtime=FAST_RESTARTS,
     )
-    endless = event(topic_prefix, "endless", {"do": "endless"})
-    temps, _celsius = temperature_events(topic_prefix, 200, seed=61)
+    endless = event(rig.prefix, "endless", {"do": "endless"})
+    temps, _celsius = temperature_events(rig.prefix, 200, seed=61)
     peak_rss = 0
 
     def sample() -> None:
@@ -144,18 +138,18 @@ async def test_endless_line_is_rejected_and_memory_stays_bounded(
         results = outbox_results(data_dir / "outbox.sqlite")
         return Totals([r for r in results if r["subscription"] == "temps"]).events
 
-    with agent_process(config, tmp_path / "agent") as agent, dead_letters(device_broker, topic_prefix) as letters:
+    with agent_process(config, tmp_path / "agent") as agent, dead_letters(rig.broker, rig.prefix) as letters:
         await agent.start()
         start_rss, _ = agent.memory_kib()
-        await asyncio.to_thread(publish_all, device_broker, [endless])
+        await asyncio.to_thread(publish_all, rig.broker, [endless])
         await wait_for(lambda: (sample(), bool(letters.records))[1], timeout=30, what="the endless event dead-lettered",
                        detail=agent.tail)
         # The handler goes on streaming its line (nothing replaces it until its next event): meanwhile the
         # agent's other subscription is served and memory stays flat.
-        await asyncio.to_thread(publish_all, device_broker, temps)
+        await asyncio.to_thread(publish_all, rig.broker, temps)
         await wait_for(lambda: (sample(), temps_committed() >= len(temps))[1], timeout=30,
                        what="the other subscription's events committed", detail=agent.tail)
-        bad_running = labelled_containers(docker_client, device_id, running_only=True)
+        bad_running = labelled_containers(docker_client, rig.device_id, running_only=True)
         _rss, hwm = agent.memory_kib()
         record = letters.records[0]
         print(f"\nendless line: {record.reason} ({record.detail}); other subscription: {temps_committed()} events "
@@ -169,27 +163,20 @@ async def test_endless_line_is_rejected_and_memory_stays_bounded(
 
 
 async def test_events_flow_again_soon_after_an_endless_line(
-    device_broker: Mosquitto,
     docker_client: docker.DockerClient,
     bad_image: str,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
-        cloud_port=None,
-        prefix=topic_prefix,
+    config = rig.agent_config(
         handlers=[bad_spec(bad_image)],
-        subscriptions=[bad_subscription(topic_prefix)],
+        subscriptions=[bad_subscription(rig.prefix)],
         runtime=FAST_RESTARTS,
     )
     # Whatever the agent must close, it must close itself: with the cyclic GC off, less is closed for it by luck.
     gc.disable()
     try:
-        await _endless_then_valid(config, device_broker, topic_prefix)
+        await _endless_then_valid(config, rig.broker, rig.prefix)
     finally:
         gc.enable()
 
@@ -216,31 +203,24 @@ async def _endless_then_valid(config: Any, device_broker: Mosquitto, topic_prefi
 
 
 async def test_crash_loop_is_dead_lettered_and_the_handler_restarted(
-    device_broker: Mosquitto,
     docker_client: docker.DockerClient,
     bad_image: str,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
-        cloud_port=None,
-        prefix=topic_prefix,
+    config = rig.agent_config(
         handlers=[bad_spec(bad_image)],
-        subscriptions=[bad_subscription(topic_prefix)],
+        subscriptions=[bad_subscription(rig.prefix)],
         runtime=FAST_RESTARTS,
     )
-    crashes = [event(topic_prefix, "crash", {"do": "crash", "n": i}) for i in range(3)]
-    valid = [event(topic_prefix, "ok", {"v": i}) for i in range(3)]
-    with dead_letters(device_broker, topic_prefix) as letters:
+    crashes = [event(rig.prefix, "crash", {"do": "crash", "n": i}) for i in range(3)]
+    valid = [event(rig.prefix, "ok", {"v": i}) for i in range(3)]
+    with dead_letters(rig.broker, rig.prefix) as letters:
         async with running_agent(config) as (state, agent_task):
             runtime = state.runtimes["bad"]
             counters = state.dispatchers["bad"].counters
             first_container = runtime.container_id  # type: ignore[attr-defined]
-            await asyncio.to_thread(publish_all, device_broker, crashes + valid)
+            await asyncio.to_thread(publish_all, rig.broker, crashes + valid)
             await wait_for(lambda: counters.processed >= len(valid) and len(letters.records) >= len(crashes),
                            timeout=60, what="crashes dead-lettered and valid events processed",
                            detail=lambda: (state.counters(), getattr(runtime, "restarts", None)))
@@ -251,39 +231,32 @@ async def test_crash_loop_is_dead_lettered_and_the_handler_restarted(
             assert runtime.restarts >= len(crashes)  # type: ignore[attr-defined]
             assert runtime.healthy
             assert runtime.container_id not in (None, first_container)  # type: ignore[attr-defined]
-            running = labelled_containers(docker_client, device_id, running_only=True)
+            running = labelled_containers(docker_client, rig.device_id, running_only=True)
             assert [c.id for c in running] == [runtime.container_id]  # type: ignore[attr-defined]
             assert not agent_task.done()
 
 
 async def test_hanging_handler_times_out_within_event_timeout(
-    device_broker: Mosquitto,
     docker_client: docker.DockerClient,
     bad_image: str,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
-        cloud_port=None,
-        prefix=topic_prefix,
+    config = rig.agent_config(
         handlers=[bad_spec(bad_image)],
-        subscriptions=[bad_subscription(topic_prefix)],
+        subscriptions=[bad_subscription(rig.prefix)],
         runtime=FAST_RESTARTS,
     )
-    hang = event(topic_prefix, "hang", {"do": "hang"})
-    valid = [event(topic_prefix, "ok", {"v": i}) for i in range(3)]
-    with dead_letters(device_broker, topic_prefix) as letters:
+    hang = event(rig.prefix, "hang", {"do": "hang"})
+    valid = [event(rig.prefix, "ok", {"v": i}) for i in range(3)]
+    with dead_letters(rig.broker, rig.prefix) as letters:
         async with running_agent(config) as (state, agent_task):
             counters = state.dispatchers["bad"].counters
             published = time.monotonic()
-            await asyncio.to_thread(publish_all, device_broker, [hang])
+            await asyncio.to_thread(publish_all, rig.broker, [hang])
             await wait_for(lambda: bool(letters.records), timeout=10 * EVENT_TIMEOUT, what="the hang dead-lettered")
             elapsed = time.monotonic() - published
-            await asyncio.to_thread(publish_all, device_broker, valid)
+            await asyncio.to_thread(publish_all, rig.broker, valid)
             await wait_for(lambda: counters.processed >= len(valid), timeout=30, what="valid events after the hang",
                            detail=state.counters)
             print(f"\nhang: dead-lettered after {elapsed:.2f}s ({letters.records[0].detail})")

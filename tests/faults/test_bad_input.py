@@ -10,9 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.agent_config import agent_config
-from tests.support.brokers import Mosquitto
 from tests.support.mqtt_clients import dead_letters, publish_all
+from tests.support.rig import Rig
 from tests.support.running import running_agent, wait_for
 from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
@@ -36,44 +35,37 @@ BAD_INPUT: dict[bytes, str] = {
 
 
 async def test_bad_input_is_dead_lettered_and_counted(
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
-    before, celsius_before = temperature_events(topic_prefix, 100, seed=51)
-    among, celsius_among = temperature_events(topic_prefix, 100, seed=52)
-    after, celsius_after = temperature_events(topic_prefix, 100, seed=53)
+    before, celsius_before = temperature_events(rig.prefix, 100, seed=51)
+    among, celsius_among = temperature_events(rig.prefix, 100, seed=52)
+    after, celsius_after = temperature_events(rig.prefix, 100, seed=53)
     valid = len(celsius_before) + len(celsius_among) + len(celsius_after)
-    bad = [(f"{topic_prefix}/sensors/bad{i}/temperature", payload) for i, payload in enumerate(BAD_INPUT)]
+    bad = [(f"{rig.prefix}/sensors/bad{i}/temperature", payload) for i, payload in enumerate(BAD_INPUT)]
     # Bad input interleaved with valid events: every 10th message is bad.
     mixed = list(among)
     for i, message in enumerate(bad):
         mixed.insert(i * 10, message)
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
-        cloud_port=None,
-        prefix=topic_prefix,
+    config = rig.agent_config(
         handlers=[TEMP_C],
-        subscriptions=[temps_subscription(topic_prefix)],
+        subscriptions=[temps_subscription(rig.prefix)],
         max_payload_bytes=MAX_PAYLOAD,
     )
-    with dead_letters(device_broker, topic_prefix) as letters:
+    with dead_letters(rig.broker, rig.prefix) as letters:
         async with running_agent(config) as (state, agent_task):
             dispatcher = state.dispatchers["temps"]
             counters = dispatcher.counters
-            await asyncio.to_thread(publish_all, device_broker, before)
+            await asyncio.to_thread(publish_all, rig.broker, before)
             await wait_for(lambda: counters.processed >= len(before), timeout=30, what="valid events before",
                            detail=state.counters)
-            await asyncio.to_thread(publish_all, device_broker, mixed)
+            await asyncio.to_thread(publish_all, rig.broker, mixed)
             await wait_for(lambda: len(letters.records) >= len(bad), timeout=30, what="a dead letter per bad event",
                            detail=lambda: (state.counters(), letters.reasons().values()))
             # Still processing: valid events published after the bad ones go through.
-            await asyncio.to_thread(publish_all, device_broker, after)
+            await asyncio.to_thread(publish_all, rig.broker, after)
             await wait_for(lambda: counters.processed >= valid and dispatcher.settled, timeout=30,
                            what="valid events after the bad ones processed", detail=state.counters)
 
@@ -83,7 +75,7 @@ async def test_bad_input_is_dead_lettered_and_counted(
             got = letters.reasons()
             assert len(letters.records) == len(bad)
             assert got == BAD_INPUT, {p[:40]: (got.get(p), want) for p, want in BAD_INPUT.items() if got.get(p) != want}
-            assert all(d.detail and d.subscription == "temps" and d.topic.startswith(f"{topic_prefix}/sensors/bad")
+            assert all(d.detail and d.subscription == "temps" and d.topic.startswith(f"{rig.prefix}/sensors/bad")
                        for d in letters.records)
             oversized = next(d for d in letters.records if d.reason == "oversized")
             assert str(MAX_PAYLOAD) in oversized.detail
@@ -95,30 +87,23 @@ async def test_bad_input_is_dead_lettered_and_counted(
 
 @pytest.mark.parametrize("depth", [300, 1000])
 async def test_nesting_orjson_parses_but_cannot_encode_is_dead_lettered(
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
     depth: int,
+    rig: Rig,
 ) -> None:
     deep = b"[" * depth + b"]" * depth  # valid JSON within orjson's parse limit (1024); 600 bytes at depth 300
-    valid, _celsius = temperature_events(topic_prefix, 10, seed=54)
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
-        cloud_port=None,
-        prefix=topic_prefix,
+    valid, _celsius = temperature_events(rig.prefix, 10, seed=54)
+    config = rig.agent_config(
         handlers=[TEMP_C],
-        subscriptions=[temps_subscription(topic_prefix)],
+        subscriptions=[temps_subscription(rig.prefix)],
     )
-    with dead_letters(device_broker, topic_prefix) as letters:
+    with dead_letters(rig.broker, rig.prefix) as letters:
         async with running_agent(config) as (state, agent_task):
             counters = state.dispatchers["temps"].counters
-            topic = f"{topic_prefix}/sensors/deep/temperature"
-            await asyncio.to_thread(publish_all, device_broker, [(topic, deep), *valid])
+            topic = f"{rig.prefix}/sensors/deep/temperature"
+            await asyncio.to_thread(publish_all, rig.broker, [(topic, deep), *valid])
             await wait_for(lambda: (bool(letters.records) and counters.processed >= len(valid)) or agent_task.done(),
                            timeout=30, what="the deep event dead-lettered and the valid ones processed",
                            detail=state.counters)

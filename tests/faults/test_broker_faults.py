@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import Outages
-from tests.support.agent_config import agent_config
-from tests.support.brokers import Mosquitto
+from tests.support.agent_config import QUICK_CLOUD
 from tests.support.mqtt_clients import PacedPublisher, publish_all
 from tests.support.readers import Totals, hub_device, hub_rows, reported_since
+from tests.support.rig import Rig
 from tests.support.running import running_agent, running_hub, wait_for
 from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
@@ -27,31 +27,26 @@ pytestmark = pytest.mark.integration
 
 async def test_cloud_broker_sigkill_store_and_forward(
     fresh_broker: Any,
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
     outages: Outages,
+    rig: Rig,
 ) -> None:
     cloud = fresh_broker()
     outage = outages.pick(0, 60)
-    before, celsius_before = temperature_events(topic_prefix, 1_000, seed=31)
-    during, celsius_during = temperature_events(topic_prefix, 10_000, seed=32)
+    before, celsius_before = temperature_events(rig.prefix, 1_000, seed=31)
+    during, celsius_during = temperature_events(rig.prefix, 10_000, seed=32)
     celsius = celsius_before + celsius_during
     db = tmp_path / "hub.db"
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
+    config = rig.agent_config(
         cloud_port=cloud.port,
-        prefix=topic_prefix,
+        cloud_extra=QUICK_CLOUD,
         handlers=[TEMP_C],
-        subscriptions=[temps_subscription(topic_prefix)],
+        subscriptions=[temps_subscription(rig.prefix)],
     )
     async with (
-        running_hub(cloud, topic_prefix, db) as (api, hub_task),
+        running_hub(cloud, rig.prefix, db) as (api, hub_task),
         running_agent(config) as (state, agent_task),
     ):
         dispatcher = state.dispatchers["temps"]
@@ -60,29 +55,29 @@ async def test_cloud_broker_sigkill_store_and_forward(
         outbox, uplink = state.outbox, state.uplink
 
         def progress() -> str:
-            return f"{state.counters()} pending={outbox.pending}; hub: {Totals(hub_rows(db, device_id))}"
+            return f"{state.counters()} pending={outbox.pending}; hub: {Totals(hub_rows(db, rig.device_id))}"
 
         def all_committed(n: int) -> bool:
             return dispatcher.counters.processed >= n and dispatcher.settled
 
-        await asyncio.to_thread(publish_all, device_broker, before)
+        await asyncio.to_thread(publish_all, rig.broker, before)
         await wait_for(lambda: all_committed(len(before)) and outbox.pending == 0, timeout=30,
                        what="the first events stored", detail=progress)
-        assert Totals(hub_rows(db, device_id)).events == len(before)
+        assert Totals(hub_rows(db, rig.device_id)).events == len(before)
 
         cloud.kill()
         down_since = time.monotonic()
         if outage:
-            with PacedPublisher(device_broker, during, rate=len(during) / outage) as publisher:
+            with PacedPublisher(rig.broker, during, rate=len(during) / outage) as publisher:
                 await wait_for(publisher.done.is_set, timeout=outage + 60, what="events published during the outage")
                 assert publisher.error is None
         else:
-            await asyncio.to_thread(publish_all, device_broker, during)
+            await asyncio.to_thread(publish_all, rig.broker, during)
         await wait_for(lambda: all_committed(len(celsius)), timeout=60, what="events processed while the cloud is down",
                        detail=progress)
         pending_while_down = outbox.pending
         assert pending_while_down > 0, "closed windows must wait in the outbox while the cloud broker is down"
-        assert Totals(hub_rows(db, device_id)).events == len(before)
+        assert Totals(hub_rows(db, rig.device_id)).events == len(before)
         assert not agent_task.done()
 
         await asyncio.sleep(max(0.0, down_since + outage - time.monotonic()))
@@ -90,11 +85,11 @@ async def test_cloud_broker_sigkill_store_and_forward(
         await asyncio.to_thread(cloud.restart)
         await wait_for(lambda: outbox.pending == 0, timeout=60, what="the outbox drained after the broker restart",
                        detail=progress)
-        totals = Totals(hub_rows(db, device_id), "c")
+        totals = Totals(hub_rows(db, rig.device_id), "c")
         losses = await outbox.losses()
         drained_at = time.time()
         uplink.report_soon()  # the hub shows the device's ledger (and its empty outbox) from its reported state
-        await wait_for(lambda: _reported_drained(api, device_id, drained_at), timeout=30,
+        await wait_for(lambda: _reported_drained(api, rig.device_id, drained_at), timeout=30,
                        what="the drained outbox reported to the hub")
         print(f"\ncloud broker kill -9: published={len(celsius)} ({len(during)} while down {down_for:.1f}s) "
               f"stored={totals.events} windows={totals.rows} outbox pending while down={pending_while_down} "
@@ -104,7 +99,7 @@ async def test_cloud_broker_sigkill_store_and_forward(
         assert totals.count == len(celsius)
         assert math.isclose(totals.sum, math.fsum(celsius), rel_tol=1e-9, abs_tol=1e-6)
         assert losses == {}, "the agent dropped records although its outbox had room"
-        assert (await hub_device(api, device_id))["losses"] == {}
+        assert (await hub_device(api, rig.device_id))["losses"] == {}
         assert not agent_task.done()
         assert not hub_task.done()
 
@@ -114,22 +109,16 @@ async def test_device_broker_restart_agent_resumes(
     fresh_broker: Any,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
     how: str,
+    rig: Rig,
 ) -> None:
     device = fresh_broker()
-    first, celsius_first = temperature_events(topic_prefix, 500, seed=41)
-    second, celsius_second = temperature_events(topic_prefix, 500, seed=42)
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device.port,
-        cloud_port=None,
-        prefix=topic_prefix,
+    first, celsius_first = temperature_events(rig.prefix, 500, seed=41)
+    second, celsius_second = temperature_events(rig.prefix, 500, seed=42)
+    config = rig.with_broker(device).agent_config(
         handlers=[TEMP_C],
-        subscriptions=[temps_subscription(topic_prefix)],
+        subscriptions=[temps_subscription(rig.prefix)],
     )
     async with running_agent(config) as (state, agent_task):
         dispatcher = state.dispatchers["temps"]

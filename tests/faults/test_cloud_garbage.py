@@ -17,10 +17,11 @@ from edge_agent.state import AgentState
 from edge_protocol.aggregate import FieldAccumulator, WindowResult, window_id
 from edge_protocol.messages import Status
 from edge_protocol.topics import Topics
-from tests.support.agent_config import agent_config
+from tests.support.agent_config import QUICK_CLOUD
 from tests.support.brokers import Mosquitto
 from tests.support.mqtt_clients import publish_all
 from tests.support.readers import Totals, hub_rows
+from tests.support.rig import Rig
 from tests.support.running import running_agent, running_hub, wait_for
 from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
@@ -29,29 +30,23 @@ pytestmark = pytest.mark.integration
 
 @contextlib.asynccontextmanager
 async def hub_and_agent(
-    cloud: Mosquitto, device: Mosquitto, device_id: str, prefix: str, tmp_path: Path
+    cloud: Mosquitto, rig: Rig, tmp_path: Path
 ) -> AsyncIterator[tuple[AgentState, asyncio.Task[None], asyncio.Task[None], Path]]:
     db = tmp_path / "hub.db"
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device.port,
-        cloud_port=cloud.port,
-        prefix=prefix,
-        handlers=[TEMP_C],
-        subscriptions=[temps_subscription(prefix)],
+    config = rig.agent_config(
+        cloud_port=cloud.port, cloud_extra=QUICK_CLOUD, handlers=[TEMP_C],
+        subscriptions=[temps_subscription(rig.prefix)],
     )
-    async with running_hub(cloud, prefix, db) as (_api, hub_task), running_agent(config) as (state, agent_task):
+    async with running_hub(cloud, rig.prefix, db) as (_api, hub_task), running_agent(config) as (state, agent_task):
         assert state.uplink is not None
         await wait_for(state.uplink._cloud.connected.is_set, timeout=30, what="the agent's uplink connected")
         yield state, agent_task, hub_task, db
 
 
-async def valid_traffic_still_works(
-    state: AgentState, device: Mosquitto, db: Path, device_id: str, prefix: str, n: int = 500
-) -> None:
-    messages, celsius = temperature_events(prefix, n, seed=71)
-    await asyncio.to_thread(publish_all, device, messages)
+async def valid_traffic_still_works(state: AgentState, rig: Rig, db: Path, n: int = 500) -> None:
+    device_id = rig.device_id
+    messages, celsius = temperature_events(rig.prefix, n, seed=71)
+    await asyncio.to_thread(publish_all, rig.broker, messages)
     assert state.outbox is not None
     outbox = state.outbox
     await wait_for(
@@ -85,27 +80,25 @@ def ack_garbage(device_id: str) -> list[bytes]:
 
 async def test_garbage_on_the_agents_acks_topic(
     fresh_broker: Any,
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
     cloud = fresh_broker()
-    garbage = ack_garbage(device_id)
-    setup = hub_and_agent(cloud, device_broker, device_id, topic_prefix, tmp_path)
+    garbage = ack_garbage(rig.device_id)
+    setup = hub_and_agent(cloud, rig, tmp_path)
     async with setup as (state, agent_task, hub_task, db):
         assert state.uplink is not None
         uplink = state.uplink
-        topic = Topics(topic_prefix).acks(device_id)
+        topic = Topics(rig.prefix).acks(rig.device_id)
         await asyncio.to_thread(publish_all, cloud, [(topic, payload) for payload in garbage])
         await wait_for(lambda: uplink.invalid_messages >= len(garbage) or agent_task.done(), timeout=30,
                        what="every garbage ack counted", detail=lambda: uplink.invalid_messages)
         assert not agent_task.done()
         assert uplink.invalid_messages == len(garbage)
         assert uplink.acked == 0
-        await valid_traffic_still_works(state, device_broker, db, device_id, topic_prefix)
+        await valid_traffic_still_works(state, rig, db)
         assert uplink.invalid_messages == len(garbage)
         assert not agent_task.done()
         assert not hub_task.done()
@@ -113,24 +106,22 @@ async def test_garbage_on_the_agents_acks_topic(
 
 async def test_ack_with_sequences_beyond_64_bits_does_not_stop_the_agent(
     fresh_broker: Any,
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
     cloud = fresh_broker()
     # orjson cannot even write this number; JSON can
-    huge = b'{"kind": "ack", "v": 1, "device": "%s", "ranges": [[1, %d]]}' % (device_id.encode(), 10**30)
-    async with hub_and_agent(cloud, device_broker, device_id, topic_prefix, tmp_path) as (state, agent_task, _h, db):
+    huge = b'{"kind": "ack", "v": 1, "device": "%s", "ranges": [[1, %d]]}' % (rig.device_id.encode(), 10**30)
+    async with hub_and_agent(cloud, rig, tmp_path) as (state, agent_task, _h, db):
         assert state.uplink is not None
         uplink = state.uplink
-        await asyncio.to_thread(publish_all, cloud, [(Topics(topic_prefix).acks(device_id), huge)])
+        await asyncio.to_thread(publish_all, cloud, [(Topics(rig.prefix).acks(rig.device_id), huge)])
         await wait_for(lambda: uplink.invalid_messages >= 1 or agent_task.done(), timeout=30,
                        what="the out-of-range ack counted (or the agent dead)")
         assert not agent_task.done(), f"the agent died: {agent_task.exception()!r}"
-        await valid_traffic_still_works(state, device_broker, db, device_id, topic_prefix)
+        await valid_traffic_still_works(state, rig, db)
 
 
 def _rejected(reason: str) -> float:
@@ -167,17 +158,15 @@ def _batch(device: str, records: list[dict[str, Any]], **changes: Any) -> bytes:
 
 async def test_garbage_on_the_hubs_aggregates_topic(
     fresh_broker: Any,
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
     cloud = fresh_broker()
-    topics = Topics(topic_prefix)
-    topic = topics.aggregates(device_id)
-    status = Status(device=device_id, online=True, ts=time.time()).model_dump_json().encode()
+    topics = Topics(rig.prefix)
+    topic = topics.aggregates(rig.device_id)
+    status = Status(device=rig.device_id, online=True, ts=time.time()).model_dump_json().encode()
     # reason -> (where, payload): counted by the hub under `edgefleet_hub_messages_rejected_total{reason}`
     rejected = [
         ("empty", topic, b""),
@@ -186,25 +175,25 @@ async def test_garbage_on_the_hubs_aggregates_topic(
         ("not_json", topic, b"[" * 100_000),
         ("invalid", topic, b'{"kind": "aggregates"}'),
         ("invalid", topic, b'{"kind": "bogus", "device": "x"}'),
-        ("invalid", topic, _batch(device_id, [])),  # a batch needs at least one record
-        ("invalid", topic, _batch(device_id, [_record(device_id, seq=0)])),  # sequences start at 1
-        ("invalid", topic, _batch(device_id, [_record(device_id, events=-1)])),
+        ("invalid", topic, _batch(rig.device_id, [])),  # a batch needs at least one record
+        ("invalid", topic, _batch(rig.device_id, [_record(rig.device_id, seq=0)])),  # sequences start at 1
+        ("invalid", topic, _batch(rig.device_id, [_record(rig.device_id, events=-1)])),
         # 1e999 parses as infinity: a field state refuses it, a window's bounds are refused by the hub below
-        ("invalid", topic, _batch(device_id, [_record(device_id)]).replace(b'"sum":20.0', b'"sum":1e999')),
+        ("invalid", topic, _batch(rig.device_id, [_record(rig.device_id)]).replace(b'"sum":20.0', b'"sum":1e999')),
         ("device_mismatch", topic, _batch("someone-else", [_record("someone-else")])),
         ("wrong_kind", topic, status),
     ]
     # An event count beyond SQLite's 64-bit integers: the models do not bound it, the store cannot take it.
-    too_big = _batch(device_id, [_record(device_id, seq=8)]).replace(b'"events":1,', b'"events":%d,' % 10**30)
+    too_big = _batch(rig.device_id, [_record(rig.device_id, seq=8)]).replace(b'"events":1,', b'"events":%d,' % 10**30)
     # Valid batches whose records the hub must refuse (not store, not ack):
     refused = [
-        ("foreign_window_id", topic, _batch(device_id, [_record(device_id, owner="someone-else", seq=5)])),
-        ("non_finite", topic, _batch(device_id, [_record(device_id, seq=6, window_end=0.5)]).replace(
+        ("foreign_window_id", topic, _batch(rig.device_id, [_record(rig.device_id, owner="someone-else", seq=5)])),
+        ("non_finite", topic, _batch(rig.device_id, [_record(rig.device_id, seq=6, window_end=0.5)]).replace(
             b'"window_end":0.5', b'"window_end":1e999')),
     ]
     before_rejected = {reason: _rejected(reason) for reason in {r for r, _t, _p in rejected} | {"internal_error"}}
     before_refused = {reason: _refused(reason) for reason, _t, _p in refused}
-    setup = hub_and_agent(cloud, device_broker, device_id, topic_prefix, tmp_path)
+    setup = hub_and_agent(cloud, rig, tmp_path)
     async with setup as (state, agent_task, hub_task, db):
         await asyncio.to_thread(publish_all, cloud, [(t, p) for _r, t, p in rejected + refused] + [(topic, too_big)])
 
@@ -233,7 +222,7 @@ async def test_garbage_on_the_hubs_aggregates_topic(
         # The oversized count is rejected as invalid (bounded models) or, today, as the store's internal error.
         assert got["invalid"] + got["internal_error"] == want["invalid"] + 1, got
         assert {**got, "invalid": 0, "internal_error": 0} == {**want, "invalid": 0, "internal_error": 0}
-        assert hub_rows(db, device_id) == [], "garbage must not be stored"
-        await valid_traffic_still_works(state, device_broker, db, device_id, topic_prefix)
+        assert hub_rows(db, rig.device_id) == [], "garbage must not be stored"
+        await valid_traffic_still_works(state, rig, db)
         assert not agent_task.done()
         assert not hub_task.done()

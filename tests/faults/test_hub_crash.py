@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent_config import agent_config
-from tests.support.brokers import Mosquitto
+from tests.support.agent_config import QUICK_CLOUD
 from tests.support.daemons import hub_process
 from tests.support.mqtt_clients import PacedPublisher
 from tests.support.readers import Totals, hub_rows, integrity_check
+from tests.support.rig import Rig
 from tests.support.running import running_agent, wait_for
 from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
@@ -21,25 +21,20 @@ pytestmark = pytest.mark.integration
 
 async def test_hub_sigkill_while_agent_forwards(
     fresh_broker: Any,
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
     cloud = fresh_broker()
-    messages, celsius = temperature_events(topic_prefix, 3_000, seed=2)
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
+    messages, celsius = temperature_events(rig.prefix, 3_000, seed=2)
+    config = rig.agent_config(
         cloud_port=cloud.port,
-        prefix=topic_prefix,
+        cloud_extra=QUICK_CLOUD,
         handlers=[TEMP_C],
-        subscriptions=[temps_subscription(topic_prefix)],
+        subscriptions=[temps_subscription(rig.prefix)],
     )
-    with hub_process(cloud, topic_prefix, tmp_path / "hub") as (hub, db, _url):
+    with hub_process(cloud, rig.prefix, tmp_path / "hub") as (hub, db, _url):
         await hub.start()
         async with running_agent(config) as (state, agent_task):
             dispatcher = state.dispatchers["temps"]
@@ -52,26 +47,26 @@ async def test_hub_sigkill_while_agent_forwards(
 
             def progress() -> str:
                 return (f"{state.counters()} pending={outbox.pending} sent={uplink.sent} acked={uplink.acked} "
-                        f"resends={uplink.resends}; hub: {Totals(hub_rows(db, device_id))}")
+                        f"resends={uplink.resends}; hub: {Totals(hub_rows(db, rig.device_id))}")
 
-            with PacedPublisher(device_broker, messages, rate=600.0) as publisher:
-                await wait_for(lambda: bool(hub_rows(db, device_id)), timeout=30, what="first windows stored",
+            with PacedPublisher(rig.broker, messages, rate=600.0) as publisher:
+                await wait_for(lambda: bool(hub_rows(db, rig.device_id)), timeout=30, what="first windows stored",
                                detail=progress)
                 assert not publisher.done.is_set(), "the hub must be killed while events still flow"
                 hub.kill()
-                stored_at_kill = Totals(hub_rows(db, device_id))
+                stored_at_kill = Totals(hub_rows(db, rig.device_id))
                 sent_at_kill = uplink.sent
                 # The agent goes on forwarding into the void (the hub keeps no broker session): those batches
                 # must come back through resends, not be deleted on a broker PUBACK.
                 await wait_for(lambda: uplink.sent > sent_at_kill, timeout=30,
                                what="the agent forwarding while the hub is down", detail=progress)
                 assert integrity_check(db) == "ok"
-                assert Totals(hub_rows(db, device_id)).events == stored_at_kill.events
+                assert Totals(hub_rows(db, rig.device_id)).events == stored_at_kill.events
                 await hub.start()
                 await wait_for(publisher.done.is_set, timeout=60, what="every event published")
             await wait_for(settled, timeout=60, what="every window stored and acknowledged", detail=progress)
 
-            totals = Totals(hub_rows(db, device_id), "c")
+            totals = Totals(hub_rows(db, rig.device_id), "c")
             print(f"\nhub kill -9: published={len(celsius)} stored={totals.events} windows={totals.rows} "
                   f"(stored at kill: {stored_at_kill.events}); agent sent={uplink.sent} resends={uplink.resends}")
             assert totals.rows == totals.distinct, "a window stored twice"

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import Outages
-from tests.support.agent_config import agent_config
-from tests.support.brokers import Mosquitto
+from tests.support.agent_config import QUICK_CLOUD
 from tests.support.link_proxy import LinkProxy
 from tests.support.mqtt_clients import PacedPublisher, publish_all
 from tests.support.readers import Totals, hub_rows, reported_since
+from tests.support.rig import Rig
 from tests.support.running import running_agent, running_hub, wait_for
 from tests.support.workloads import SENTINEL_GROUP, TEMP_C, sentinel_event, temperature_events, temps_subscription
 
@@ -33,36 +33,30 @@ RATE = 300.0  # events per second, throughout
 
 async def test_link_cut_and_restored_five_times(
     fresh_broker: Any,
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
     outages: Outages,
+    rig: Rig,
 ) -> None:
     cloud = fresh_broker()
     down = outages.pick(2, 20)
     # More than the stream needs: it is ended (PacedPublisher.finish) once the link is back for good.
-    messages, celsius = temperature_events(topic_prefix, int(RATE * CUTS * (down + 15)), seed=51)
+    messages, celsius = temperature_events(rig.prefix, int(RATE * CUTS * (down + 15)), seed=51)
     db = tmp_path / "hub.db"
 
     def sensor_rows() -> list[dict[str, Any]]:
-        return [r for r in hub_rows(db, device_id) if r["group"] != SENTINEL_GROUP]
+        return [r for r in hub_rows(db, rig.device_id) if r["group"] != SENTINEL_GROUP]
 
     async with LinkProxy(cloud) as link:
-        config = agent_config(
-            device_id=device_id,
-            data_dir=tmp_path / "agent",
-            device_port=device_broker.port,
+        config = rig.agent_config(
             cloud_port=link.port,  # the agent's cloud link goes through the proxy
-            prefix=topic_prefix,
             handlers=[TEMP_C],
-            subscriptions=[temps_subscription(topic_prefix)],
-            cloud_extra={"report_interval": "1s"},
+            subscriptions=[temps_subscription(rig.prefix)],
+            cloud_extra={**QUICK_CLOUD, "report_interval": "1s"},
         )
         async with (
-            running_hub(cloud, topic_prefix, db) as (api, hub_task),
+            running_hub(cloud, rig.prefix, db) as (api, hub_task),
             running_agent(config) as (state, agent_task),
         ):
             dispatcher = state.dispatchers["temps"]
@@ -76,7 +70,7 @@ async def test_link_cut_and_restored_five_times(
                         f"hub: {Totals(sensor_rows())}")
 
             pending_while_down: list[int] = []
-            with PacedPublisher(device_broker, messages, RATE) as publisher:
+            with PacedPublisher(rig.broker, messages, RATE) as publisher:
                 for cut in range(CUTS + 1):
                     # The link carries windows again (windows closed since it came back reach the hub).
                     stored = Totals(sensor_rows()).events
@@ -92,9 +86,9 @@ async def test_link_cut_and_restored_five_times(
                     await link.restore()
                 published = await asyncio.to_thread(publisher.finish)
                 assert publisher.error is None
-            await asyncio.to_thread(publish_all, device_broker, [sentinel_event(topic_prefix)])
+            await asyncio.to_thread(publish_all, rig.broker, [sentinel_event(rig.prefix)])
             await wait_for(
-                lambda: any(r["group"] == SENTINEL_GROUP for r in hub_rows(db, device_id)),
+                lambda: any(r["group"] == SENTINEL_GROUP for r in hub_rows(db, rig.device_id)),
                 timeout=60,
                 what="the sentinel's window stored (so every earlier window was committed)",
                 detail=progress,
@@ -106,7 +100,7 @@ async def test_link_cut_and_restored_five_times(
 
             async def reported_drained() -> bool:
                 nonlocal shown
-                shown = await reported_since(api, device_id, drained_at)
+                shown = await reported_since(api, rig.device_id, drained_at)
                 return bool(shown) and shown["outbox_pending"] == 0
 
             await wait_for(reported_drained, timeout=30, what="the drained outbox reported to the hub")

@@ -29,10 +29,10 @@ from edge_agent.errors import OutboxError
 from edge_agent.outbox import Outbox
 from edge_protocol.aggregate import WindowResult
 from tests.faults.conftest import Outages
-from tests.support.agent_config import agent_config
-from tests.support.brokers import Mosquitto
+from tests.support.agent_config import QUICK_CLOUD
 from tests.support.mqtt_clients import PacedPublisher, broker_stat, publish_all
 from tests.support.readers import Totals, hub_device, hub_rows, outbox_pending, reported_since
+from tests.support.rig import Rig
 from tests.support.running import running_agent, running_hub, wait_for
 from tests.support.workloads import SENTINEL_GROUP, TEMP_C, sentinel_event, temperature_events, temps_subscription
 
@@ -48,35 +48,29 @@ PER_WINDOW = 3  # events per sensor and window
 @pytest.mark.parametrize(("policy", "reason"), [("drop-oldest", "dropped-full"), ("reject-new", "rejected-full")])
 async def test_outbox_at_its_cap_counts_every_record_it_gives_up(
     fresh_broker: Any,
-    device_broker: Mosquitto,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
     outages: Outages,
     policy: str,
     reason: str,
+    rig: Rig,
 ) -> None:
     cloud = fresh_broker()
     windows = int(outages.pick(6, 60))  # consecutive 1 s windows: the cloud stays down while they close
     records = GROUPS * windows
     lost = records - MAX_RECORDS
     db = tmp_path / "hub.db"
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
+    config = rig.agent_config(
         cloud_port=cloud.port,
-        prefix=topic_prefix,
         handlers=[TEMP_C],
         # Event time puts each event in its window whatever its arrival; lateness leaves time to publish them all.
-        subscriptions=[temps_subscription(topic_prefix, event_time_field="ts", lateness="2s")],
+        subscriptions=[temps_subscription(rig.prefix, event_time_field="ts", lateness="2s")],
         outbox={"max_records": MAX_RECORDS, "policy": policy},
-        cloud_extra={"report_interval": "1s"},
+        cloud_extra={**QUICK_CLOUD, "report_interval": "1s"},
     )
     async with (
-        running_hub(cloud, topic_prefix, db) as (api, hub_task),
+        running_hub(cloud, rig.prefix, db) as (api, hub_task),
         running_agent(config) as (state, agent_task),
     ):
         dispatcher = state.dispatchers["temps"]
@@ -84,19 +78,19 @@ async def test_outbox_at_its_cap_counts_every_record_it_gives_up(
         outbox = state.outbox
 
         def progress() -> str:
-            return f"{state.counters()} pending={outbox.pending}; hub: {Totals(hub_rows(db, device_id))}"
+            return f"{state.counters()} pending={outbox.pending}; hub: {Totals(hub_rows(db, rig.device_id))}"
 
-        await wait_for(lambda: _known(api, device_id), timeout=30, what="the device known to the hub")
+        await wait_for(lambda: _known(api, rig.device_id), timeout=30, what="the device known to the hub")
         cloud.kill()
         down_since = time.monotonic()
         first = math.floor(time.time()) + 1  # the first window starts in the future: none is late
         messages = [
-            (f"{topic_prefix}/sensors/s{g}/temperature", json.dumps({"f": 50.0 + g, "ts": first + w + 0.5}).encode())
+            (f"{rig.prefix}/sensors/s{g}/temperature", json.dumps({"f": 50.0 + g, "ts": first + w + 0.5}).encode())
             for w in range(windows)
             for _ in range(PER_WINDOW)
             for g in range(GROUPS)
         ]
-        await asyncio.to_thread(publish_all, device_broker, messages)
+        await asyncio.to_thread(publish_all, rig.broker, messages)
         await wait_for(lambda: dispatcher.counters.windows_closed >= records, timeout=windows + 30,
                        what="every window closed while the cloud is down", detail=progress)
         ledger = await outbox.losses()
@@ -112,12 +106,12 @@ async def test_outbox_at_its_cap_counts_every_record_it_gives_up(
 
         async def reported_drained() -> bool:
             nonlocal shown
-            shown = await reported_since(api, device_id, drained_at)
+            shown = await reported_since(api, rig.device_id, drained_at)
             return bool(shown) and shown["outbox_pending"] == 0
 
         await wait_for(reported_drained, timeout=30, what="the drained outbox reported to the hub")
 
-        rows = hub_rows(db, device_id)
+        rows = hub_rows(db, rig.device_id)
         totals = Totals(rows, "c")
         reported_lost = shown["losses"]["temps"][reason]
         print(f"\noutbox cap {MAX_RECORDS} ({policy}), cloud down {down_for:.1f}s: published={len(messages)} "
@@ -186,35 +180,31 @@ async def test_full_disk_raises_an_alarm_and_loses_nothing(
     fresh_broker: Any,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
     small_disk: Path,
     outages: Outages,
+    rig: Rig,
 ) -> None:
     device = fresh_broker(extra_config=["sys_interval 1"])  # $SYS figures every second: the session's backlog
     cloud = fresh_broker()
     full_for = outages.pick(4, 60)
     rate = 200.0
-    messages, celsius = temperature_events(topic_prefix, int(rate * (2 * full_for + 60)), seed=61)
+    messages, celsius = temperature_events(rig.prefix, int(rate * (2 * full_for + 60)), seed=61)
     db = tmp_path / "hub.db"
     filler = small_disk / "zeros"
-    config = agent_config(
-        device_id=device_id,
+    config = rig.with_broker(device).agent_config(
         data_dir=small_disk / "agent",
-        device_port=device.port,
         cloud_port=cloud.port,
-        prefix=topic_prefix,
         handlers=[TEMP_C],
-        subscriptions=[temps_subscription(topic_prefix)],
-        cloud_extra={"report_interval": "1s"},
+        subscriptions=[temps_subscription(rig.prefix)],
+        cloud_extra={**QUICK_CLOUD, "report_interval": "1s"},
     )
 
     def sensor_rows() -> list[dict[str, Any]]:
-        return [r for r in hub_rows(db, device_id) if r["group"] != SENTINEL_GROUP]
+        return [r for r in hub_rows(db, rig.device_id) if r["group"] != SENTINEL_GROUP]
 
     async with (
-        running_hub(cloud, topic_prefix, db) as (api, hub_task),
+        running_hub(cloud, rig.prefix, db) as (api, hub_task),
         running_agent(config) as (state, agent_task),
     ):
         dispatcher = state.dispatchers["temps"]
@@ -230,7 +220,7 @@ async def test_full_disk_raises_an_alarm_and_loses_nothing(
 
         async def hub_alarms(since: float, raised: bool) -> bool:
             nonlocal shown
-            shown = await reported_since(api, device_id, since)
+            shown = await reported_since(api, rig.device_id, since)
             return bool(shown) and ("outbox-write-failed" in shown["alarms"]) == raised
 
         idle = await asyncio.to_thread(broker_stat, device, STORED)  # the broker's own retained $SYS messages
@@ -267,8 +257,8 @@ async def test_full_disk_raises_an_alarm_and_loses_nothing(
                            what="windows stored again after the disk was freed", detail=progress)
             published = await asyncio.to_thread(publisher.finish)
             assert publisher.error is None
-        await asyncio.to_thread(publish_all, device, [sentinel_event(topic_prefix)])
-        await wait_for(lambda: any(r["group"] == SENTINEL_GROUP for r in hub_rows(db, device_id)), timeout=60,
+        await asyncio.to_thread(publish_all, device, [sentinel_event(rig.prefix)])
+        await wait_for(lambda: any(r["group"] == SENTINEL_GROUP for r in hub_rows(db, rig.device_id)), timeout=60,
                        what="the sentinel's window stored (so every earlier window was committed)", detail=progress)
         await wait_for(lambda: outbox_pending(path) == 0, timeout=60, what="the outbox emptied by the hub's acks",
                        detail=progress)

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent_config import agent_toml
+from tests.support.agent_config import QUICK_CLOUD
 from tests.support.daemons import agent_process, hub_process
+from tests.support.rig import Rig
 from tests.support.running import wait_for
 from tests.support.workloads import TEMP_C, temps_subscription
 
@@ -25,29 +26,26 @@ async def test_sigterm_stops_an_idle_agent_within_its_grace_period(
     fresh_broker: Any,
     handler_images: dict[str, str],
     docker_client: Any,
-    device_id: str,
-    topic_prefix: str,
     tmp_path: Path,
+    rig: Rig,
 ) -> None:
     device, cloud = fresh_broker(), fresh_broker()
-    config = agent_toml(
-        device_id=device_id,
+    config = rig.with_broker(device).agent_document(
         data_dir=tmp_path / "agent-data",
-        device_port=device.port,
         cloud_port=cloud.port,
-        prefix=topic_prefix,
+        cloud_extra=QUICK_CLOUD,
         handlers=[TEMP_C],
-        subscriptions=[temps_subscription(topic_prefix)],
+        subscriptions=[temps_subscription(rig.prefix)],
         grace_period=f"{GRACE:g}s",
     )
     with (
-        hub_process(cloud, topic_prefix, tmp_path / "hub") as (hub, db, _url),
+        hub_process(cloud, rig.prefix, tmp_path / "hub") as (hub, db, _url),
         agent_process(config, tmp_path / "agent") as agent,
     ):
         await hub.start()
         await agent.start()
         # The hub saw the agent's retained online status: the cloud link is up.
-        await wait_for(lambda: _online(db, device_id), timeout=30, what="the agent online at the hub",
+        await wait_for(lambda: _online(db, rig.device_id), timeout=30, what="the agent online at the hub",
                        detail=agent.tail)
         started = time.monotonic()
         returncode = await asyncio.to_thread(agent.stop, 60.0)

@@ -20,12 +20,12 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.agent_config import agent_toml
+from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config, agent_document
 from tests.support.brokers import Mosquitto
 from tests.support.daemons import agent_process
 from tests.support.mqtt_clients import dead_letters, publish_all
 from tests.support.readers import outbox_results
-from tests.support.running import agent_config, running_agent, running_hub, wait_for
+from tests.support.running import running_agent, running_hub, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +65,12 @@ async def test_a_window_spanning_an_agent_restart_is_one_complete_result(
     size, lateness = 6.0, 15.0
     data_dir = tmp_path / "agent-data"
     outbox = data_dir / "outbox.sqlite"
-    config = agent_toml(
+    config = agent_document(
         device_id=device_id,
         data_dir=data_dir,
         device_port=device_broker.port,
         cloud_port=cloud_broker.port,
+        cloud_extra=QUICK_CLOUD,
         prefix=topic_prefix,
         handlers=[PASSTHROUGH],
         subscriptions=[{
@@ -150,6 +151,7 @@ async def test_quantiles_end_to_end(
         data_dir=tmp_path / "agent",
         device_port=device_broker.port,
         cloud_port=cloud_broker.port,
+        cloud_extra=QUICK_CLOUD,
         prefix=topic_prefix,
         handlers=[PASSTHROUGH],
         subscriptions=[{
@@ -162,6 +164,7 @@ async def test_quantiles_end_to_end(
             "fields": ["v"],
             "stats": ["count", "p50", "p99"],
         }],
+        runtime=QUICK_RESTARTS,
     )
     async with running_hub(cloud_broker, topic_prefix, tmp_path / "hub.db") as (api, _hub), running_agent(
         config

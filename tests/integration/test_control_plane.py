@@ -24,9 +24,10 @@ from hub.config import HubConfig
 from hub.desired.keys import init_keys
 from tests.integration.test_end_to_end import publish_all
 from tests.integration.test_hub_ingest import hub_config, running_hub
+from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
 from tests.support.brokers import Mosquitto
 from tests.support.engine import remove_labelled
-from tests.support.running import agent_config, running_agent, wait_for
+from tests.support.running import running_agent, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +84,7 @@ async def test_hub_manages_three_agents_by_label(
         dev: agent_config(
             device_id=dev, data_dir=tmp_path / dev, device_port=device_broker.port, cloud_port=cloud_broker.port,
             prefix=topic_prefix, handlers=[], subscriptions=[], hub_public_key_file=keys.public_path,
-            cloud_extra={"report_interval": "1s"},
+            cloud_extra={**QUICK_CLOUD, "report_interval": "1s"}, runtime=QUICK_RESTARTS,
         )
         for dev in labels
     }

@@ -21,8 +21,9 @@ import pytest
 from edge_protocol.deadletter import DeadLetter
 from hub.config import HubConfig
 from hub.service import serve as hub_serve
+from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
 from tests.support.brokers import Mosquitto
-from tests.support.running import agent_config, cancel_and_wait, running_agent, wait_for
+from tests.support.running import cancel_and_wait, running_agent, wait_for
 from tests.support.service import free_port
 
 pytestmark = pytest.mark.integration
@@ -125,6 +126,7 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
         data_dir=tmp_path / "agent",
         device_port=device_broker.port,
         cloud_port=cloud_broker.port,
+        cloud_extra=QUICK_CLOUD,
         prefix=topic_prefix,
         handlers=[{"name": "temp-c", "image": "edgefleet/temp-c:dev"}],
         status={"listen": f"127.0.0.1:{metrics_port}"},
@@ -135,6 +137,7 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
             "window": {"size": "1s"},
             "stats": ["count", "sum", "min", "max", "mean"],
         }],
+        runtime=QUICK_RESTARTS,
     )
     deadletters = DeadLetters(device_broker, topic_prefix)
     try:

@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_protocol.desired import DesiredDocument, sign_document
 from edge_protocol.messages import Reported
 from edge_protocol.topics import Topics
+from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
 from tests.support.brokers import Mosquitto
-from tests.support.running import agent_config, running_agent, wait_for
+from tests.support.running import running_agent, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +89,7 @@ async def test_managed_agent_applies_refuses_and_survives_restart_without_cloud(
         return agent_config(
             device_id=device_id, data_dir=tmp_path / "agent", device_port=device_broker.port,
             cloud_port=cloud_broker.port, prefix=topic_prefix, handlers=[], subscriptions=[],
-            hub_public_key=_pem(hub_key), cloud_extra={"report_interval": "1s"},
+            hub_public_key=_pem(hub_key), cloud_extra={**QUICK_CLOUD, "report_interval": "1s"}, runtime=QUICK_RESTARTS,
         )
 
     try:

@@ -19,9 +19,10 @@ from hub.desired.keys import init_keys
 from tests.integration.test_control_plane import fleet_of
 from tests.integration.test_end_to_end import DeadLetters
 from tests.integration.test_hub_ingest import hub_config, running_hub
+from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
 from tests.support.brokers import Mosquitto
 from tests.support.engine import remove_labelled
-from tests.support.running import agent_config, wait_for
+from tests.support.running import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +74,8 @@ async def test_rollouts_update_gate_and_roll_back(
         dev: agent_config(
             device_id=dev, data_dir=tmp_path / dev, device_port=device_broker.port, cloud_port=cloud_broker.port,
             prefix=topic_prefix, handlers=[], subscriptions=[], hub_public_key_file=keys.public_path,
-            cloud_extra={"report_interval": "0.5s"},
-            runtime={"restart_backoff": "0.2s", "restart_max": "2s", "max_failures": 3, "health_timeout": "10s",
-                     "probation": "3s"},
+            cloud_extra={**QUICK_CLOUD, "report_interval": "0.5s"},
+            runtime={**QUICK_RESTARTS, "health_timeout": "10s", "probation": "3s"},
         )
         for dev in devices
     }

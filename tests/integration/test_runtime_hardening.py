@@ -31,7 +31,7 @@ from docker.types import LogConfig
 
 from edge_agent.runtime.docker import LABEL_DEVICE, LABEL_HANDLER, LABEL_REPLICA, hardened_create_args
 from edge_protocol.specs import HandlerSpec
-from tests.support.agent_config import agent_config, agent_toml
+from tests.support.agent_config import QUICK_RESTARTS, agent_config, agent_document
 from tests.support.brokers import Mosquitto
 from tests.support.daemons import agent_process
 from tests.support.engine import HANDLER_IMAGES, ensure_handler_images, remove_labelled
@@ -441,9 +441,8 @@ async def test_agent_kill9_restart_leaves_no_orphan_and_spares_another_device(
         if any(h["name"] == "passthrough" for h in handlers):
             subs.append({"name": "raw", "topic": f"{prefix}/raw/+", "handler": "passthrough",
                          "window": {"size": "1s"}, "stats": ["count"]})
-        return agent_toml(device_id=device, data_dir=tmp_path / device / "data", device_port=device_broker.port,
-                          cloud_port=None, prefix=prefix, handlers=handlers, subscriptions=subs,
-                          runtime={"restart_backoff": "0.2s", "restart_max": "2s", "max_failures": 3})
+        return agent_document(device_id=device, data_dir=tmp_path / device / "data", device_port=device_broker.port,
+                              prefix=prefix, handlers=handlers, subscriptions=subs, runtime=QUICK_RESTARTS)
 
     mine = config(device_id, topic_prefix, [TEMP_C, {"name": "passthrough", "image": "edgefleet/passthrough:dev",
                                                        "replicas": 2}])

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from edge_agent.agent import serve
-from edge_agent.config import AgentConfig, load_config
+from edge_agent.config import AgentConfig
 from edge_agent.state import AgentState
 from hub.config import HubConfig
 from hub.service import serve as hub_serve
@@ -64,36 +64,6 @@ async def cancel_and_wait(task: asyncio.Task[Any], *, timeout: float = 15.0, wha
         raise AssertionError(f"{what} did not stop within {timeout:g}s of its cancellation:\n{pending_tasks()}")
     if not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
-
-
-def agent_config(
-    *,
-    device_id: str,
-    data_dir: Path,
-    device_port: int,
-    cloud_port: int | None,
-    prefix: str = "edgefleet",
-    handlers: list[dict[str, Any]],
-    subscriptions: list[dict[str, Any]],
-    cloud_extra: dict[str, Any] | None = None,
-    **extra: Any,
-) -> AgentConfig:
-    cloud: dict[str, Any] = {"enabled": False}
-    if cloud_port is not None:
-        cloud = {"port": cloud_port, "prefix": prefix, "resend_after": "3s", "reconnect_max": "2s"}
-        cloud.update(cloud_extra or {})
-    return load_config(
-        None,
-        device_id=device_id,
-        data_dir=data_dir,
-        local_broker={"port": device_port},
-        cloud=cloud,
-        handlers=handlers,
-        subscriptions=subscriptions,
-        grace_period=5,
-        runtime=extra.pop("runtime", {"restart_backoff": "0.2s", "restart_max": "2s", "max_failures": 3}),
-        **extra,
-    )
 
 
 @contextlib.asynccontextmanager
