@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from docker.types import Mount
 
 from bench.procs import Helper, percentile, publish_burst
-from edge_agent.runtime.docker import IO_DIR_IN_CONTAINER, SOCKET_ENV, SOCKET_NAME
+from edge_agent.runtime.docker import SOCKET_NAME, hardened_create_args
 from edge_protocol.handler_io import encode_event
 from edge_protocol.specs import HandlerSpec
 from tests.support.brokers import Mosquitto
@@ -71,28 +70,11 @@ def _count_lines(sock: socket.socket, want: int, stop: threading.Event, attached
     return lines, last
 
 
-def _hardened(device_id: str, image: str) -> dict[str, Any]:
-    """The hardening every handler gets (docs/security.md: Handler containers), with a HandlerSpec's default limits.
-
-    Spelled out here rather than taken from the agent's runtime, whose signature moves with its features.
-    """
-    limits = HandlerSpec(name="ceiling", image=image).limits
-    return {
-        "image": image,
-        "name": f"edgefleet.{device_id}.ceiling",
-        "stdin_open": True,
-        "network_mode": "none",
-        "read_only": True,
-        "tmpfs": {"/tmp": f"size={limits.tmpfs_size},mode=1777"},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "user": "65534:65534",
-        "pids_limit": limits.pids,
-        "mem_limit": limits.memory,
-        "memswap_limit": limits.memory,
-        "nano_cpus": int(limits.cpus * 1e9),
-        "labels": {"edgefleet.device": device_id, "edgefleet.handler": "ceiling"},
-    }
+def _hardened(device_id: str, image: str, io_dir: Path | None) -> dict[str, Any]:
+    """The create arguments the agent's runtime gives a handler with a HandlerSpec's default limits (the hardening
+    of docs/security.md), so that the pipe measured is the one the agent runs; with ``io_dir``, over its socket."""
+    spec = HandlerSpec(name="ceiling", image=image, io="socket" if io_dir is not None else "stdio")
+    return hardened_create_args(spec, device_id=device_id, replica=0, generation="bench", io_dir=io_dir)
 
 
 def container_echo(
@@ -101,8 +83,8 @@ def container_echo(
     """edgefleet/passthrough:dev, hardened as the agent runs it: JSON lines written and read back, pipelined,
     through the engine's attach stream (``via="attach"``) or over a unix socket the container connects to
     (``via="socket"``, as the agent's default ``io``)."""
-    args = _hardened(device_id, "edgefleet/passthrough:dev")
     io_dir = Path(tempfile.mkdtemp(prefix="edgefleet-io-"))
+    args = _hardened(device_id, "edgefleet/passthrough:dev", io_dir if via == "socket" else None)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if via == "socket":
         io_dir.chmod(0o711)
@@ -110,9 +92,6 @@ def container_echo(
         (io_dir / SOCKET_NAME).chmod(0o666)
         server.listen(1)
         server.settimeout(30)
-        args["stdin_open"] = False
-        args["environment"] = {SOCKET_ENV: f"{IO_DIR_IN_CONTAINER}/{SOCKET_NAME}"}
-        args["mounts"] = [Mount(target=IO_DIR_IN_CONTAINER, source=str(io_dir), type="bind", read_only=True)]
     container = client.containers.create(**args)
     try:
         if via == "socket":
