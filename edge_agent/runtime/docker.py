@@ -3,7 +3,7 @@
 The agent listens on a socket in a directory of its own, bind-mounted read-only into the container; a handler
 that connects to it (``EDGEFLEET_HANDLER_SOCKET``, as the SDK does) speaks the protocol directly with the
 agent, and the attach stream carries only its log. A handler that speaks on stdin/stdout instead goes through
-the engine and the container's shim, two more processes to wake per batch (docs/architecture.md). With ``io =
+the engine and the container's shim, two more processes to wake per batch (docs/decisions.md). With ``io =
 "auto"`` (the default) the agent tells them apart by a ping on stdin: whoever connects, or answers on stdout,
 has chosen; ``"socket"`` and ``"stdio"`` fix the channel.
 
