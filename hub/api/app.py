@@ -20,19 +20,20 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from edge_protocol.aggregate import FieldState
 from edge_protocol.durations import parse_duration
 from hub import __version__
 from hub import metrics as _metrics  # noqa: F401 - registers the hub's counters even before ingest runs
 from hub.api.routes.catalog import catalog_router
 from hub.api.routes.fleet import fleet_router, selector_of
 from hub.api.routes.releases import releases_router
-from hub.api.schemas.fleet import AggregateOut, parse_statistics, parse_time
+from hub.api.schemas.fleet import AggregateOut, FieldSummary, parse_statistics, parse_time
 from hub.db.store import Store
 from hub.desired.image_registry import DigestResolver
 from hub.desired.publisher import DesiredPublisher
 from hub.errors import Conflict, HubError, NotFound, RegistryError, StoreError, Unprocessable
 from hub.fleet.devices import Devices
-from hub.ingest.aggregates import Aggregates
+from hub.ingest.aggregates import Aggregates, StoredAggregate
 from hub.ingest.rollup import RollupError, rollup
 from hub.security.tokens import Tokens
 
@@ -150,7 +151,7 @@ def create_app(
             rolled = await asyncio.to_thread(rollup, rows, across_devices=rollup_ == "devices", every=bucket)
         except RollupError as exc:
             raise HTTPException(422, str(exc)) from exc
-        return [AggregateOut.of(r.aggregate, stats=chosen, devices=r.devices) for r in rolled[:limit]]
+        return [_aggregate_out(r.aggregate, chosen, r.devices) for r in rolled[:limit]]
 
     v1.include_router(fleet_router(store, desired))
     v1.include_router(catalog_router(store, desired, clock, resolver))
@@ -176,3 +177,38 @@ def _bucket(every: str | None) -> float | None:
     if seconds <= 0:
         raise HTTPException(422, "every: must be longer than zero")
     return seconds
+
+
+# Records to JSON shapes: here, beside their route, so that the schemas (shared with the CLI) import no storage.
+
+
+def _aggregate_out(agg: StoredAggregate, stats: list[str] | None, devices: int) -> AggregateOut:
+    shown = list(agg.stats) if stats is None else stats
+    return AggregateOut(
+        window_id=agg.window_id,
+        device=agg.device,
+        subscription=agg.subscription,
+        revision=agg.revision,
+        group=agg.group,
+        window_start=agg.window_start,
+        window_end=agg.window_end,
+        part=agg.part,
+        events=agg.events,
+        stats=shown,
+        fields={name: _field_summary(state, shown) for name, state in agg.fields.items()},
+        stored_at=agg.stored_at,
+        devices=devices,
+    )
+
+
+def _field_summary(state: FieldState, stats: list[str]) -> FieldSummary:
+    return FieldSummary(
+        count=state.count,
+        sum=state.sum,
+        min=state.min,
+        max=state.max,
+        mean=state.mean,
+        stddev=state.stddev,
+        stats={name: state.statistic(name) for name in stats},
+        state=state,
+    )

@@ -8,7 +8,6 @@ releases existed gets an ``initial`` release from its spec the first time one is
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from hub.db.tables import (
 from hub.errors import Conflict, NotFound, StoreConflict
 from hub.fleet.labels import Selector
 
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 INITIAL = "initial"
 ACTIVE_STATES = ("running", "paused")
 
@@ -43,12 +41,6 @@ class Release:
     source: str
     created_at: float
     stable: bool = False
-
-
-def check_version(version: str) -> str:
-    if not VERSION_PATTERN.match(version):
-        raise ValueError(f"bad release version {version!r}: 1-64 letters, digits, '.', '_', '+' or '-'")
-    return version
 
 
 def release_of(row: ReleaseRow, stable_id: int | None = None) -> Release:

@@ -16,10 +16,11 @@ from fastapi import APIRouter, HTTPException, Query
 from edge_protocol.specs import HandlerSpec
 from hub.api.schemas.catalog import ChangeOut, HandlerOut, SubscriptionIn, SubscriptionOut, VersionOut
 from hub.db.store import Store
-from hub.desired.catalog import Catalog
+from hub.desired.catalog import Catalog, ManagedHandler, ManagedSubscription
+from hub.desired.documents import DesiredVersion
 from hub.desired.image_registry import DigestResolver, needs_resolution
 from hub.desired.publisher import DesiredPublisher
-from hub.desired.releases import check_version
+from hub.desired.versions import check_version
 from hub.errors import Conflict
 from hub.fleet.labels import Selector
 
@@ -42,18 +43,18 @@ def catalog_router(
         return desired
 
     async def recompile(selectors: list[Selector]) -> list[VersionOut]:
-        return [VersionOut.of(v) for v in await publisher().targets_changed(selectors)]
+        return [_version_out(v) for v in await publisher().targets_changed(selectors)]
 
     # -- handlers --------------------------------------------------------------------------------------------
 
     @router.get("/handlers", tags=["handlers"])
     async def list_handlers() -> list[HandlerOut]:
         """Every handler, by name, with the subscriptions that use it."""
-        return [HandlerOut.of(h) for h in await asyncio.to_thread(catalog.handlers)]
+        return [_handler_out(h) for h in await asyncio.to_thread(catalog.handlers)]
 
     @router.get("/handlers/{name}", tags=["handlers"])
     async def get_handler(name: str) -> HandlerOut:
-        return HandlerOut.of(await asyncio.to_thread(catalog.handler, name))
+        return _handler_out(await asyncio.to_thread(catalog.handler, name))
 
     async def put_handler(spec: HandlerSpec, *, replace: bool, version: str | None) -> ChangeOut:
         publisher()
@@ -70,7 +71,7 @@ def catalog_router(
             subs = await asyncio.to_thread(catalog.subscriptions)
             selectors = [sub.target for sub in subs if sub.name in handler.used_by]
         action: Literal["created", "replaced"] = "created" if previous is None else "replaced"
-        return ChangeOut(action=action, handler=HandlerOut.of(handler), desired=await recompile(selectors))
+        return ChangeOut(action=action, handler=_handler_out(handler), desired=await recompile(selectors))
 
     @router.post("/handlers", tags=["handlers"], status_code=201)
     async def create_handler(spec: HandlerSpec, version: _Version = None) -> ChangeOut:
@@ -90,25 +91,25 @@ def catalog_router(
         """Remove a handler; 409 while a subscription uses it."""
         publisher()
         removed = await asyncio.to_thread(catalog.remove_handler, name)
-        return ChangeOut(action="removed", handler=HandlerOut.of(removed))
+        return ChangeOut(action="removed", handler=_handler_out(removed))
 
     # -- subscriptions ---------------------------------------------------------------------------------------
 
     @router.get("/subscriptions", tags=["subscriptions"])
     async def list_subscriptions() -> list[SubscriptionOut]:
         """Every subscription, by name, with its target."""
-        return [SubscriptionOut.of(s) for s in await asyncio.to_thread(catalog.subscriptions)]
+        return [_subscription_out(s) for s in await asyncio.to_thread(catalog.subscriptions)]
 
     @router.get("/subscriptions/{name}", tags=["subscriptions"])
     async def get_subscription(name: str) -> SubscriptionOut:
-        return SubscriptionOut.of(await asyncio.to_thread(catalog.subscription, name))
+        return _subscription_out(await asyncio.to_thread(catalog.subscription, name))
 
     async def put_subscription(body: SubscriptionIn, *, replace: bool) -> ChangeOut:
         publisher()
         sub, previous = await asyncio.to_thread(catalog.put_subscription, body.spec, body.selector, replace=replace)
         selectors = [sub.target] if previous is None else [previous.target, sub.target]
         action: Literal["created", "replaced"] = "created" if previous is None else "replaced"
-        return ChangeOut(action=action, subscription=SubscriptionOut.of(sub), desired=await recompile(selectors))
+        return ChangeOut(action=action, subscription=_subscription_out(sub), desired=await recompile(selectors))
 
     @router.post("/subscriptions", tags=["subscriptions"], status_code=201)
     async def create_subscription(body: SubscriptionIn) -> ChangeOut:
@@ -127,7 +128,7 @@ def catalog_router(
         publisher()
         removed = await asyncio.to_thread(catalog.remove_subscription, name)
         return ChangeOut(
-            action="removed", subscription=SubscriptionOut.of(removed), desired=await recompile([removed.target])
+            action="removed", subscription=_subscription_out(removed), desired=await recompile([removed.target])
         )
 
     return router
@@ -136,3 +137,21 @@ def catalog_router(
 def _same_name(path: str, body: str) -> None:
     if path != body:
         raise HTTPException(422, f"name: the body names {body!r}, the path {path!r}")
+
+
+# Records to JSON shapes: here, beside their routes, so that the schemas (shared with the CLI) import no storage.
+
+
+def _handler_out(handler: ManagedHandler) -> HandlerOut:
+    return HandlerOut(
+        name=handler.name, spec=handler.spec, updated_at=handler.updated_at, used_by=list(handler.used_by)
+    )
+
+
+def _subscription_out(sub: ManagedSubscription) -> SubscriptionOut:
+    target = [f"{key}={value}" for key, value in sub.target.terms]
+    return SubscriptionOut(name=sub.name, target=target, spec=sub.spec, updated_at=sub.updated_at)
+
+
+def _version_out(made: DesiredVersion) -> VersionOut:
+    return VersionOut(device=made.device, version=made.version)

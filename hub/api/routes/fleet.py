@@ -10,15 +10,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
+from edge_protocol.desired import SignedDesired
 from hub.api.schemas.catalog import DesiredOut
 from hub.api.schemas.fleet import DeviceDetailOut, DeviceOut, LabelsUpdate
 from hub.db.store import Store
-from hub.desired.documents import current_record
+from hub.desired.documents import DesiredRecord, current_record
 from hub.desired.publisher import DesiredPublisher
 from hub.errors import NotFound
 from hub.fleet.devices import Devices
 from hub.fleet.labels import LabelError, Selector, check_key, check_labels
-from hub.fleet.registry import Fleet
+from hub.fleet.registry import DeviceView, Fleet
 
 _LABEL_HELP = "key=value; repeat it and every term must match the device's labels"
 
@@ -35,7 +36,7 @@ def fleet_router(store: Store, desired: DesiredPublisher | None) -> APIRouter:
     ) -> list[DeviceOut]:
         """Every device the hub has heard from (whose labels match), by id, with its reported summary."""
         selector = selector_of(label)
-        return [DeviceOut.of_view(view) for view in await asyncio.to_thread(fleet.devices, selector)]
+        return [_device_out(view) for view in await asyncio.to_thread(fleet.devices, selector)]
 
     @router.get("/devices/{device_id}")
     async def device(device_id: str) -> DeviceDetailOut:
@@ -43,7 +44,7 @@ def fleet_router(store: Store, desired: DesiredPublisher | None) -> APIRouter:
         view = await asyncio.to_thread(fleet.device, device_id)
         if view is None:
             raise NotFound(f"unknown device {device_id!r}: the hub has not heard from it")
-        return DeviceDetailOut.of_view(view)
+        return _device_detail_out(view)
 
     @router.get("/devices/{device_id}/desired")
     async def desired_state(device_id: str) -> DesiredOut:
@@ -51,7 +52,7 @@ def fleet_router(store: Store, desired: DesiredPublisher | None) -> APIRouter:
         record = await asyncio.to_thread(current_record, store, device_id)
         if record is None:
             raise NotFound(f"no desired state for {device_id!r}: unknown device, or the hub has no signing key")
-        return DesiredOut.of(record)
+        return _desired_out(record)
 
     @router.put("/devices/{device_id}/labels")
     async def put_labels(device_id: str, body: LabelsUpdate) -> dict[str, str]:
@@ -78,3 +79,54 @@ def selector_of(terms: list[str] | None) -> Selector:
         return Selector.parse(terms)
     except LabelError as exc:
         raise HTTPException(422, f"label: {exc}") from exc
+
+
+# Records to JSON shapes: here, beside their routes, so that the schemas (shared with the CLI) import no storage.
+
+
+def _summary(view: DeviceView) -> dict[str, object]:
+    dev, rep = view.info, view.reported
+    return {
+        "id": dev.id,
+        "first_seen": dev.first_seen,
+        "last_seen": dev.last_seen,
+        "online": dev.online,
+        "agent_version": dev.agent_version,
+        "labels": dict(dev.labels),
+        "applied_version": view.applied_version,
+        "desired_version": view.desired_version,
+        "handlers": list(rep.handlers) if rep else [],
+        "losses_total": view.losses_total,
+        "reported_at": rep.ts if rep else None,
+    }
+
+
+def _device_out(view: DeviceView) -> DeviceOut:
+    return DeviceOut(**_summary(view))
+
+
+def _device_detail_out(view: DeviceView) -> DeviceDetailOut:
+    rep = view.reported
+    if rep is None:
+        return DeviceDetailOut(**_summary(view))
+    return DeviceDetailOut(
+        **_summary(view),
+        subscriptions=dict(rep.subscriptions),
+        losses={sub: dict(reasons) for sub, reasons in rep.losses.items()},
+        outbox_pending=rep.outbox_pending,
+        alarms=list(rep.alarms),
+        last_refusal=rep.last_refusal,
+        received_at=view.received_at,
+    )
+
+
+def _desired_out(record: DesiredRecord) -> DesiredOut:
+    return DesiredOut(
+        device=record.device,
+        version=record.version,
+        content_hash=record.content_hash,
+        created_at=record.created_at,
+        published_at=record.published_at,
+        key_id=SignedDesired.model_validate_json(record.envelope).key_id,
+        document=record.document,
+    )

@@ -15,15 +15,16 @@ from fastapi import APIRouter, Query
 
 from hub.api.routes.catalog import NO_KEY
 from hub.api.schemas.catalog import VersionOut
-from hub.api.schemas.rollouts import ReleaseIn, ReleaseOut, RolloutIn, RolloutOut
+from hub.api.schemas.rollouts import DeviceProgressOut, ReleaseIn, ReleaseOut, RolloutIn, RolloutOut
 from hub.db.store import Store
 from hub.desired.image_registry import DigestResolver
 from hub.desired.publisher import DesiredPublisher
-from hub.desired.releases import Releases
+from hub.desired.releases import Release, Releases
 from hub.errors import Conflict, Unprocessable
 from hub.fleet.labels import Selector
 from hub.rollouts.controller import RolloutController
-from hub.rollouts.store import RolloutStore
+from hub.rollouts.plan import DeviceStatus, Progress
+from hub.rollouts.store import RolloutRecord, RolloutStore
 
 Command = Literal["pause", "resume", "abort", "undo"]
 
@@ -45,7 +46,7 @@ def releases_router(
     @router.get("/handlers/{name}/releases", tags=["releases"])
     async def list_releases(name: str) -> list[ReleaseOut]:
         """The handler's releases, oldest first; ``stable`` marks the one devices run by default."""
-        return [ReleaseOut.of(r) for r in await asyncio.to_thread(releases.list, name)]
+        return [_release_out(r) for r in await asyncio.to_thread(releases.list, name)]
 
     @router.post("/handlers/{name}/releases", tags=["releases"], status_code=201)
     async def add_release(name: str, body: ReleaseIn) -> ReleaseOut:
@@ -56,7 +57,7 @@ def releases_router(
         else:
             assert body.image is not None
             image, source = await resolver.resolve(body.image), body.image
-        return ReleaseOut.of(await asyncio.to_thread(releases.add, name, body.version, image, source))
+        return _release_out(await asyncio.to_thread(releases.add, name, body.version, image, source))
 
     # -- rollouts --------------------------------------------------------------------------------------------
 
@@ -65,7 +66,7 @@ def releases_router(
         handler: Annotated[str | None, Query(description="only rollouts of this handler")] = None,
     ) -> list[RolloutOut]:
         """Every rollout, newest first."""
-        return [RolloutOut.of(r) for r in await asyncio.to_thread(rollouts.all, handler)]
+        return [_rollout_out(r) for r in await asyncio.to_thread(rollouts.all, handler)]
 
     @router.post("/rollouts", tags=["rollouts"], status_code=201)
     async def start_rollout(body: RolloutIn) -> RolloutOut:
@@ -77,12 +78,12 @@ def releases_router(
         except ValueError as exc:
             raise Unprocessable(f"target: {exc}") from exc
         record = await asyncio.to_thread(rollouts.create, body.handler, body.release, target, body.limits)
-        return RolloutOut.of(record)
+        return _rollout_out(record)
 
     @router.get("/rollouts/{rollout_id}", tags=["rollouts"])
     async def get_rollout(rollout_id: int) -> RolloutOut:
         """One rollout: its state, step, and every device's progress and reason."""
-        return RolloutOut.of(await asyncio.to_thread(rollouts.get, rollout_id))
+        return _rollout_out(await asyncio.to_thread(rollouts.get, rollout_id))
 
     @router.post("/rollouts/{rollout_id}/{command}", tags=["rollouts"])
     async def control_rollout(rollout_id: int, command: Command) -> RolloutOut:
@@ -98,6 +99,65 @@ def releases_router(
         versions = {v.device: v.version for v in made}
         versions.update({p.device: p.desired_version for p in record.devices
                          if p.desired_version is not None and p.desired_version != before.get(p.device)})  # fmt: skip
-        return RolloutOut.of(record, [VersionOut(device=d, version=v) for d, v in sorted(versions.items())])
+        return _rollout_out(record, [VersionOut(device=d, version=v) for d, v in sorted(versions.items())])
 
     return router
+
+
+# Records to JSON shapes: here, beside their routes, so that the schemas (shared with the CLI) import no storage.
+
+
+def _release_out(release: Release) -> ReleaseOut:
+    return ReleaseOut(
+        handler=release.handler,
+        version=release.version,
+        image=release.image,
+        source=release.source,
+        created_at=release.created_at,
+        stable=release.stable,
+    )
+
+
+def _progress_out(p: Progress) -> DeviceProgressOut:
+    return DeviceProgressOut(
+        device=p.device,
+        step=p.step + 1,
+        status=p.status,
+        desired_version=p.desired_version,
+        assigned_at=p.assigned_at,
+        healthy_at=p.healthy_at,
+        soak_started_at=p.soak_started_at,
+        soak_reports=p.soak_reports,
+        max_lag_ms=p.max_lag_ms,
+        reason=p.reason,
+    )
+
+
+def _rollout_out(r: RolloutRecord, desired: list[VersionOut] | None = None) -> RolloutOut:
+    planned = [p for p in r.devices if p.step >= 0]
+    return RolloutOut(
+        id=r.id,
+        handler=r.handler,
+        release=r.release,
+        image=r.image,
+        previous_release=r.previous_release,
+        previous_image=r.previous_image,
+        target=r.target,
+        canary=r.limits.canary,
+        batch=r.limits.batch,
+        soak=r.limits.soak,
+        max_error_rate=r.limits.max_error_rate,
+        max_lag_ms=r.limits.max_lag_ms,
+        health_timeout=r.limits.health_timeout,
+        state=r.state,
+        step=r.step + 1,
+        steps=r.steps,
+        passed=sum(p.status is DeviceStatus.PASSED for p in planned),
+        planned=len(planned),
+        reason=r.reason,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        finished_at=r.finished_at,
+        devices=[_progress_out(p) for p in r.devices],
+        desired=desired or [],
+    )

@@ -10,10 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge_protocol.desired import DesiredDocument, SignedDesired
+from edge_protocol.desired import DesiredDocument
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
-from hub.desired.catalog import ManagedHandler, ManagedSubscription
-from hub.desired.documents import DesiredRecord, DesiredVersion
 from hub.fleet.labels import Selector
 
 
@@ -45,10 +43,6 @@ class HandlerOut(_Out):
     updated_at: float
     used_by: list[str] = Field(default_factory=list, description="subscriptions that run this handler")
 
-    @classmethod
-    def of(cls, handler: ManagedHandler) -> HandlerOut:
-        return cls(name=handler.name, spec=handler.spec, updated_at=handler.updated_at, used_by=list(handler.used_by))
-
 
 class SubscriptionOut(_Out):
     name: str
@@ -56,19 +50,10 @@ class SubscriptionOut(_Out):
     spec: SubscriptionSpec
     updated_at: float
 
-    @classmethod
-    def of(cls, sub: ManagedSubscription) -> SubscriptionOut:
-        target = [f"{key}={value}" for key, value in sub.target.terms]
-        return cls(name=sub.name, target=target, spec=sub.spec, updated_at=sub.updated_at)
-
 
 class VersionOut(_Out):
     device: str
     version: int
-
-    @classmethod
-    def of(cls, made: DesiredVersion) -> VersionOut:
-        return cls(device=made.device, version=made.version)
 
 
 class ChangeOut(_Out):
@@ -90,15 +75,3 @@ class DesiredOut(_Out):
     published_at: float | None = Field(description="when the broker acknowledged it; None: not yet")
     key_id: str = Field(description="the signing key's id (see `hub keys init`)")
     document: DesiredDocument
-
-    @classmethod
-    def of(cls, record: DesiredRecord) -> DesiredOut:
-        return cls(
-            device=record.device,
-            version=record.version,
-            content_hash=record.content_hash,
-            created_at=record.created_at,
-            published_at=record.published_at,
-            key_id=SignedDesired.model_validate_json(record.envelope).key_id,
-            document=record.document,
-        )

@@ -11,9 +11,6 @@ from edge_protocol.aggregate import FieldState
 from edge_protocol.durations import parse_duration
 from edge_protocol.messages import HandlerReport, SubscriptionReport
 from edge_protocol.specs import parse_statistic
-from hub.fleet.devices import DeviceInfo
-from hub.fleet.registry import DeviceView
-from hub.ingest.aggregates import StoredAggregate
 
 
 class _Out(BaseModel):
@@ -35,18 +32,6 @@ class FieldSummary(_Out):
     )
     state: FieldState
 
-    @classmethod
-    def of(cls, state: FieldState, stats: list[str] | None = None) -> FieldSummary:
-        return cls(
-            count=state.count,
-            sum=state.sum,
-            min=state.min,
-            max=state.max,
-            mean=state.mean,
-            stddev=state.stddev,
-            stats={name: state.statistic(name) for name in stats or []},
-            state=state,
-        )
 
 
 class AggregateOut(_Out):
@@ -66,24 +51,6 @@ class AggregateOut(_Out):
     stored_at: float
     devices: int = Field(default=1, description="distinct devices merged into this row (roll-ups)")
 
-    @classmethod
-    def of(cls, agg: StoredAggregate, *, stats: list[str] | None = None, devices: int = 1) -> AggregateOut:
-        shown = list(agg.stats) if stats is None else stats
-        return cls(
-            window_id=agg.window_id,
-            device=agg.device,
-            subscription=agg.subscription,
-            revision=agg.revision,
-            group=agg.group,
-            window_start=agg.window_start,
-            window_end=agg.window_end,
-            part=agg.part,
-            events=agg.events,
-            stats=shown,
-            fields={name: FieldSummary.of(state, shown) for name, state in agg.fields.items()},
-            stored_at=agg.stored_at,
-            devices=devices,
-        )
 
 
 class DeviceOut(_Out):
@@ -101,13 +68,6 @@ class DeviceOut(_Out):
     losses_total: int = Field(default=0, description="records its outbox gave up, all subscriptions and reasons")
     reported_at: float | None = Field(default=None, description="the device's time of its last reported state")
 
-    @classmethod
-    def of(cls, dev: DeviceInfo) -> DeviceOut:
-        return cls(**_info(dev))
-
-    @classmethod
-    def of_view(cls, view: DeviceView) -> DeviceOut:
-        return cls(**_summary(view))
 
 
 class DeviceDetailOut(DeviceOut):
@@ -120,43 +80,6 @@ class DeviceDetailOut(DeviceOut):
     last_refusal: str | None = Field(default=None, description="why the device last refused a desired state")
     received_at: float | None = Field(default=None, description="when the hub received the reported state")
 
-    @classmethod
-    def of_view(cls, view: DeviceView) -> DeviceDetailOut:
-        rep = view.reported
-        if rep is None:
-            return cls(**_summary(view))
-        return cls(
-            **_summary(view),
-            subscriptions=dict(rep.subscriptions),
-            losses={sub: dict(reasons) for sub, reasons in rep.losses.items()},
-            outbox_pending=rep.outbox_pending,
-            alarms=list(rep.alarms),
-            last_refusal=rep.last_refusal,
-            received_at=view.received_at,
-        )
-
-
-def _info(dev: DeviceInfo) -> dict[str, object]:
-    return {
-        "id": dev.id,
-        "first_seen": dev.first_seen,
-        "last_seen": dev.last_seen,
-        "online": dev.online,
-        "agent_version": dev.agent_version,
-        "labels": dict(dev.labels),
-    }
-
-
-def _summary(view: DeviceView) -> dict[str, object]:
-    rep = view.reported
-    return {
-        **_info(view.info),
-        "applied_version": view.applied_version,
-        "desired_version": view.desired_version,
-        "handlers": list(rep.handlers) if rep else [],
-        "losses_total": view.losses_total,
-        "reported_at": rep.ts if rep else None,
-    }
 
 
 class LabelsUpdate(BaseModel):

@@ -7,10 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edge_protocol.durations import Duration
 from hub.api.schemas.catalog import VersionOut
 from hub.desired.image_registry import DIGEST
-from hub.desired.releases import Release, check_version
+from hub.desired.versions import check_version
 from hub.fleet.labels import Selector
-from hub.rollouts.plan import DeviceStatus, Limits, Progress, State, batch_size
-from hub.rollouts.store import RolloutRecord
+from hub.rollouts.plan import DeviceStatus, Limits, State, batch_size
 
 _DEFAULTS = Limits()
 
@@ -56,17 +55,6 @@ class ReleaseOut(_Out):
     source: str = Field(description="what the operator named (a tag before resolution, or 'local')")
     created_at: float
     stable: bool = Field(description="the release devices run unless a rollout assigned them another")
-
-    @classmethod
-    def of(cls, release: Release) -> ReleaseOut:
-        return cls(
-            handler=release.handler,
-            version=release.version,
-            image=release.image,
-            source=release.source,
-            created_at=release.created_at,
-            stable=release.stable,
-        )
 
 
 class RolloutIn(_In):
@@ -117,21 +105,6 @@ class DeviceProgressOut(_Out):
     max_lag_ms: float | None = None
     reason: str | None = None
 
-    @classmethod
-    def of(cls, p: Progress) -> DeviceProgressOut:
-        return cls(
-            device=p.device,
-            step=p.step + 1,
-            status=p.status,
-            desired_version=p.desired_version,
-            assigned_at=p.assigned_at,
-            healthy_at=p.healthy_at,
-            soak_started_at=p.soak_started_at,
-            soak_reports=p.soak_reports,
-            max_lag_ms=p.max_lag_ms,
-            reason=p.reason,
-        )
-
 
 class RolloutOut(_Out):
     id: int
@@ -158,33 +131,3 @@ class RolloutOut(_Out):
     finished_at: float | None = None
     devices: list[DeviceProgressOut]
     desired: list[VersionOut] = Field(default_factory=list, description="versions this request compiled")
-
-    @classmethod
-    def of(cls, r: RolloutRecord, desired: list[VersionOut] | None = None) -> RolloutOut:
-        planned = [p for p in r.devices if p.step >= 0]
-        return cls(
-            id=r.id,
-            handler=r.handler,
-            release=r.release,
-            image=r.image,
-            previous_release=r.previous_release,
-            previous_image=r.previous_image,
-            target=r.target,
-            canary=r.limits.canary,
-            batch=r.limits.batch,
-            soak=r.limits.soak,
-            max_error_rate=r.limits.max_error_rate,
-            max_lag_ms=r.limits.max_lag_ms,
-            health_timeout=r.limits.health_timeout,
-            state=r.state,
-            step=r.step + 1,
-            steps=r.steps,
-            passed=sum(p.status is DeviceStatus.PASSED for p in planned),
-            planned=len(planned),
-            reason=r.reason,
-            created_at=r.created_at,
-            updated_at=r.updated_at,
-            finished_at=r.finished_at,
-            devices=[DeviceProgressOut.of(p) for p in r.devices],
-            desired=desired or [],
-        )
