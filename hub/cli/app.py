@@ -30,7 +30,6 @@ from hub.cli.simulate import register as register_simulate
 from hub.config import HubConfig
 from hub.errors import ConfigError, HubError
 from hub.fleet.labels import LabelError, Selector, check_key, parse_assignments
-from hub.service import serve as serve_hub
 
 log = logging.getLogger("hub")
 
@@ -95,6 +94,8 @@ def _tune_gc() -> None:
 
 def _run_until_signalled(cfg: HubConfig) -> int:
     """Run serve(); the first SIGINT/SIGTERM stops it gracefully, a second one exits at once."""
+    # Here, not at the top: the whole hub (store, broker, API server) loads for `hub serve` only.
+    from hub.service import serve as serve_hub
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

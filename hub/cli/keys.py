@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from hub.cli.common import AsJson, fail
-from hub.desired.keys import KeysExist, init_keys
 
 keys_app = typer.Typer(help="The key that signs desired state.", no_args_is_help=True)
 
@@ -21,6 +20,9 @@ def keys_init(
     as_json: AsJson = False,
 ) -> None:
     """Make an Ed25519 key pair: the private key for the hub's [signing] config, the public key for agents."""
+    # Here, not at the top: cryptography is for this command alone, not for every start of the CLI.
+    from hub.desired.keys import KeysExist, init_keys
+
     try:
         pair = init_keys(directory, force=force)
     except KeysExist as exc:

@@ -2,7 +2,8 @@
 
 They use the hub's config (``--config``): its CA directory, its database and its broker account, which
 may send the dynamic-security plugin's commands. They connect with their own client id, so a running
-``hub serve`` keeps its connection.
+``hub serve`` keeps its connection. The store, broker and provisioner are imported when a command runs: the
+CLI's HTTP commands must start without them (tests/unit/layout).
 """
 
 from __future__ import annotations
@@ -11,19 +12,18 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from hub.cli.common import fail
 from hub.cli.security import ConfigOpt, load_ca, load_hub_config
 from hub.config import HubConfig
-from hub.db.store import Store
 from hub.errors import ConfigError, HubError
 from hub.fleet.labels import LabelError, parse_assignments
-from hub.mqtt.broker import Backoff, Broker
-from hub.security.dynsec import Dynsec, DynsecError
-from hub.security.provisioning import Provisioner
+
+if TYPE_CHECKING:
+    from hub.security.provisioning import Provisioner
 
 T = TypeVar("T")
 BROKER_TIMEOUT = 10.0
@@ -39,6 +39,11 @@ BrokerOpt = Annotated[
 def _with_provisioner(cfg: HubConfig, action: Callable[[Provisioner], Awaitable[T]], *, broker: bool) -> T:
     """Run ``action`` with a provisioner on the config's store, CA and (when ``broker``) broker; exit 1 with
     the reason on failure."""
+    from hub.db.store import Store
+    from hub.mqtt.broker import Backoff, Broker
+    from hub.security.dynsec import Dynsec, DynsecError
+    from hub.security.provisioning import Provisioner
+
     ca = load_ca(cfg.provisioning.ca_dir)
     broker_cfg = cfg.broker.model_copy(update={"client_id": f"{cfg.broker.client_id}-admin-{secrets.token_hex(3)}"})
 

@@ -2,6 +2,9 @@
 
 They read the hub's config (``--config``, like ``hub serve``) and act on its files and database directly:
 the CA key never goes through the API, and the first API token cannot need a token.
+
+Each command imports the store, the CA and the broker tools it uses inside its function: the CLI's other
+commands talk HTTP only and must start without SQLAlchemy or cryptography (tests/unit/layout).
 """
 
 from __future__ import annotations
@@ -10,18 +13,17 @@ import json
 import secrets
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edge_protocol.topics import Topics
 from hub.cli.common import AsJson, fail
 from hub.config import HubConfig
-from hub.db.store import Store
 from hub.errors import ConfigError, HubError
-from hub.security import credentials, dynsec
-from hub.security.ca import CRL_DAYS, CaError, CertificateAuthority
-from hub.security.tokens import Tokens
+
+if TYPE_CHECKING:
+    from hub.security.ca import CertificateAuthority
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="the hub's TOML config; EDGEFLEET_HUB_* variables override it")
@@ -44,6 +46,8 @@ def load_hub_config(path: Path | None) -> HubConfig:
 
 
 def load_ca(directory: Path) -> CertificateAuthority:
+    from hub.security.ca import CaError, CertificateAuthority
+
     try:
         return CertificateAuthority.load(directory)
     except CaError as exc:
@@ -57,6 +61,8 @@ def ca_init(
     config: ConfigOpt = None,
 ) -> None:
     """Make the CA: ca.key (0600), ca.crt (10 years, EC P-256) and an empty crl.pem."""
+    from hub.security.ca import CaError, CertificateAuthority
+
     where = directory or load_hub_config(config).provisioning.ca_dir
     try:
         ca = CertificateAuthority.init(where, force=force)
@@ -75,6 +81,8 @@ def ca_server_cert(
     config: ConfigOpt = None,
 ) -> None:
     """Issue the cloud broker's certificate (server.crt, server.key) with these subjectAltNames."""
+    from hub.security.ca import CaError
+
     ca = load_ca(directory or load_hub_config(config).provisioning.ca_dir)
     try:
         cert, key = ca.write_server(ca.issue_server(host))
@@ -86,6 +94,10 @@ def ca_server_cert(
 @ca_app.command("crl")
 def ca_crl(directory: DirOpt = None, config: ConfigOpt = None) -> None:
     """Rewrite crl.pem from the hub's database; then SIGHUP the broker (it reads the CRL at start and on HUP)."""
+    from hub.db.store import Store
+    from hub.security import credentials
+    from hub.security.ca import CRL_DAYS
+
     cfg = load_hub_config(config)
     ca = load_ca(directory or cfg.provisioning.ca_dir)
     try:
@@ -108,6 +120,8 @@ def broker_init_dynsec(
     The hub's username and password are [broker] username (default "hub") and password; without a password
     one is generated and printed once. Start the broker after this; devices are added by `hub device provision`.
     """
+    from hub.security import dynsec
+
     cfg = load_hub_config(config)
     username = cfg.broker.username or dynsec.DEFAULT_HUB_USERNAME
     given = cfg.broker.password.get_secret_value() if cfg.broker.password else None
@@ -127,6 +141,9 @@ def broker_init_dynsec(
 @token_app.command("create")
 def token_create(name: Annotated[str, typer.Argument(help="who or what uses it")], config: ConfigOpt = None) -> None:
     """Make an API token: printed once on stdout; the hub keeps only its SHA-256."""
+    from hub.db.store import Store
+    from hub.security.tokens import Tokens
+
     cfg = load_hub_config(config)
     try:
         with Store(cfg.store.url) as store:
@@ -140,6 +157,9 @@ def token_create(name: Annotated[str, typer.Argument(help="who or what uses it")
 @token_app.command("list")
 def token_list(config: ConfigOpt = None, as_json: AsJson = False) -> None:
     """The stored tokens: name, first characters, creation time."""
+    from hub.db.store import Store
+    from hub.security.tokens import Tokens
+
     cfg = load_hub_config(config)
     try:
         with Store(cfg.store.url) as store:
@@ -159,6 +179,9 @@ def token_list(config: ConfigOpt = None, as_json: AsJson = False) -> None:
 @token_app.command("revoke")
 def token_revoke(name: Annotated[str, typer.Argument(help="the token's name")], config: ConfigOpt = None) -> None:
     """Delete a token: the API refuses it from the next request."""
+    from hub.db.store import Store
+    from hub.security.tokens import Tokens
+
     cfg = load_hub_config(config)
     try:
         with Store(cfg.store.url) as store:
