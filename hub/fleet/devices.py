@@ -1,7 +1,8 @@
 """The devices table: which devices the hub has heard from, when, their online flag, version and labels.
 
-Its one owner: ingest marks devices seen through :meth:`Devices.touch`, the API lists them and sets labels here.
-(The fleet registry, :mod:`hub.fleet.registry`, joins this table with reported states to show whole devices.)
+Its writes are here: ingest marks devices seen through :meth:`Devices.touch`, provisioning registers them, the
+API sets labels. The fleet registry (:mod:`hub.fleet.registry`) and the desired-state compiler join this table
+with their own in their queries.
 """
 
 from __future__ import annotations
@@ -85,6 +86,19 @@ class Devices:
             ]
             if rows:
                 connection.execute(statement, rows)
+
+    @staticmethod
+    def register(session: Session, device: str, labels: Mapping[str, str], now: float) -> dict[str, str]:
+        """Make ``device`` known with ``labels`` (merged into a known device's), in the caller's transaction (a
+        provisioning's, with its credential); its labels afterwards."""
+        row = session.get(DeviceRow, device, with_for_update=True)
+        if row is None:
+            # first_seen is the provisioning time until the device speaks; offline until it does.
+            row = DeviceRow(id=device, first_seen=now, last_seen=now, online=False, agent_version="", labels={})
+            session.add(row)
+        merged = {**(row.labels or {}), **labels}
+        row.labels = merged
+        return merged
 
     def all(self, selector: Selector | None = None) -> list[DeviceInfo]:
         """Every device seen whose labels match ``selector`` (all of them without one), by id."""

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, or_, select
 
 from hub.db.store import Store
-from hub.db.tables import CredentialRow, DeviceRow
+from hub.db.tables import CredentialRow
+from hub.fleet.devices import Devices
 
 CERTIFICATE, PASSWORD = "certificate", "password"
 
@@ -63,13 +64,7 @@ def register(
     transaction. Returns the device's labels afterwards."""
     now = credential.issued_at
     with store.transaction("register_device") as session:
-        row = session.get(DeviceRow, device, with_for_update=True)
-        if row is None:
-            # first_seen is the provisioning time until the device speaks; offline until it does.
-            row = DeviceRow(id=device, first_seen=now, last_seen=now, online=False, agent_version="", labels={})
-            session.add(row)
-        merged = {**(row.labels or {}), **labels}
-        row.labels = merged
+        merged = Devices.register(session, device, labels, now)
         session.add(
             CredentialRow(
                 device=device,
