@@ -17,7 +17,7 @@ from bench.procs import Helper, percentile, publish_burst
 from edge_agent.runtime.docker import SOCKET_NAME, hardened_create_args
 from edge_protocol.handler_io import encode_event
 from edge_protocol.specs import HandlerSpec
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 
 _HEADER = struct.Struct(">BxxxI")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.hub_procs import HubServer, Simulator, nofile
 from bench.procs import Helper, cpu_seconds, memory_kib, percentile
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 
 RATE = 20.0
 """Window results per second per device: 1,000 devices offer the 20,000/s of the target."""

@@ -12,7 +12,7 @@ import httpx
 
 from bench.procs import VENV_BIN, Helper
 from fleet_simulator.fleet import raise_open_files
-from tests.support.service import free_port
+from scripts.loopback import free_port
 
 HUB = str(VENV_BIN / "hub")
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from bench import ceilings, latency, memory, pipeline, profile
 from bench.agentproc import AgentProcess, DeadLetters
 from bench.procs import REPO, RssSampler, loadavg, machine_busy_seconds
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 
 RESULTS = REPO / "bench" / "results"
 LATENCY_RUNS = ((1000, 1), (5000, 1), (5000, 0))  # (events/s, QoS): QoS 1 is the subscriptions' default

@@ -23,7 +23,7 @@ from bench.pipeline import bench_document
 from bench.procs import Helper
 from edge_protocol.messages import Ack, ranges_of
 from edge_protocol.topics import Topics
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 
 TOPIC = "bench/up/t"
 

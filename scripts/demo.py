@@ -29,8 +29,8 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.brokers import Mosquitto  # noqa: E402 - the repo root is on sys.path now
-from tests.support.service import free_port  # noqa: E402
+from scripts.loopback import free_port  # noqa: E402
+from scripts.mosquitto import Mosquitto  # noqa: E402 - the repo root is on sys.path now
 
 console = Console(highlight=False)
 BIN = Path(sys.executable).parent

@@ -15,7 +15,7 @@ import docker
 import pytest
 from hypothesis import settings
 
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 from tests.support.engine import (
     HANDLER_IMAGES,
     RELEASE_IMAGES,

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
+from scripts.loopback import free_port
+from scripts.mosquitto import Mosquitto
 from tests.faults.conftest import Outages
 from tests.support.agent_config import QUICK_CLOUD
-from tests.support.brokers import Mosquitto
 from tests.support.daemons import agent_process
 from tests.support.engine import labelled_containers
 from tests.support.link_proxy import LinkProxy
@@ -32,7 +33,6 @@ from tests.support.prometheus import scrape
 from tests.support.readers import Totals, hub_rows, integrity_check, outbox_losses, outbox_pending
 from tests.support.rig import Rig
 from tests.support.running import running_hub, wait_for
-from tests.support.service import free_port
 from tests.support.workloads import SENTINEL_GROUP, TEMP_C, sentinel_event, temperature_events, temps_subscription
 
 pytestmark = pytest.mark.integration

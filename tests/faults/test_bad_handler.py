@@ -23,7 +23,7 @@ import docker.errors
 import orjson
 import pytest
 
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 from tests.support.daemons import agent_process
 from tests.support.engine import labelled_containers
 from tests.support.mqtt_clients import dead_letters, publish_all

@@ -17,8 +17,8 @@ from edge_agent.state import AgentState
 from edge_protocol.aggregate import FieldAccumulator, WindowResult, window_id
 from edge_protocol.messages import Status
 from edge_protocol.topics import Topics
+from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_CLOUD
-from tests.support.brokers import Mosquitto
 from tests.support.mqtt_clients import publish_all
 from tests.support.readers import Totals, hub_rows
 from tests.support.rig import Rig

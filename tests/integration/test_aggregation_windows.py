@@ -20,8 +20,8 @@ import httpx
 import orjson
 import pytest
 
+from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config, agent_document
-from tests.support.brokers import Mosquitto
 from tests.support.daemons import agent_process
 from tests.support.mqtt_clients import dead_letters, publish_all
 from tests.support.readers import outbox_results

@@ -11,7 +11,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.broker.buffered import CHUNK, BufferedClient
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 from tests.support.running import wait_for
 
 pytestmark = pytest.mark.integration

@@ -22,10 +22,10 @@ from edge_agent.config import AgentConfig
 from edge_agent.state import AgentState
 from hub.config import HubConfig
 from hub.desired.keys import init_keys
+from scripts.mosquitto import Mosquitto
 from tests.integration.test_end_to_end import publish_all
 from tests.integration.test_hub_ingest import hub_config, running_hub
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
-from tests.support.brokers import Mosquitto
 from tests.support.engine import remove_labelled
 from tests.support.running import running_agent, wait_for
 

@@ -21,10 +21,10 @@ import pytest
 from edge_protocol.deadletter import DeadLetter
 from hub.config import HubConfig
 from hub.service import serve as hub_serve
+from scripts.loopback import free_port
+from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
-from tests.support.brokers import Mosquitto
 from tests.support.running import cancel_and_wait, running_agent, wait_for
-from tests.support.service import free_port
 
 pytestmark = pytest.mark.integration
 

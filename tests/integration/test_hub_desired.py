@@ -18,8 +18,8 @@ from edge_protocol.messages import Reported, Status
 from edge_protocol.topics import Topics
 from hub.config import HubConfig
 from hub.desired.keys import init_keys
+from scripts.mosquitto import Mosquitto
 from tests.integration.test_hub_ingest import hub_config, running_hub, wait_until
-from tests.support.brokers import Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from edge_protocol.messages import Ack, AggregateBatch, SequencedResult, Status
 from edge_protocol.topics import Topics
 from hub.config import HubConfig
 from hub.service import serve
-from tests.support.brokers import Mosquitto
+from scripts.loopback import free_port
+from scripts.mosquitto import Mosquitto
 from tests.support.running import cancel_and_wait
-from tests.support.service import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 from tests.support.engine import STDOUT, demux, raw_socket, remove_labelled
 
 pytestmark = pytest.mark.integration

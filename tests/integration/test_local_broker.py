@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from edge_agent.broker import LocalBroker
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.integration
 

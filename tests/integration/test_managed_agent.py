@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_protocol.desired import DesiredDocument, sign_document
 from edge_protocol.messages import Reported
 from edge_protocol.topics import Topics
+from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
-from tests.support.brokers import Mosquitto
 from tests.support.running import running_agent, wait_for
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ import pytest
 
 from edge_agent.config import AgentConfig, load_config
 from edge_protocol.deadletter import DeadLetter
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 from tests.support.engine import ensure_handler_images
 from tests.support.running import running_agent, wait_for
 

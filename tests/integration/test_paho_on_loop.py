@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.broker.buffered import CHUNK, PACKETS_PER_TURN, BufferedClient
 from edge_agent.broker.on_loop import PahoOnLoop
 from edge_agent.broker.publisher import ConfirmedPublisher
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 from tests.support.running import wait_for
 
 pytestmark = pytest.mark.integration

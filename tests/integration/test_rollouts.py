@@ -16,11 +16,11 @@ import pytest
 
 from hub.config import HubConfig
 from hub.desired.keys import init_keys
+from scripts.mosquitto import Mosquitto
 from tests.integration.test_control_plane import fleet_of
 from tests.integration.test_end_to_end import DeadLetters
 from tests.integration.test_hub_ingest import hub_config, running_hub
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
-from tests.support.brokers import Mosquitto
 from tests.support.engine import remove_labelled
 from tests.support.running import wait_for
 

@@ -31,8 +31,8 @@ from docker.types import LogConfig
 
 from edge_agent.runtime.docker import LABEL_DEVICE, LABEL_HANDLER, LABEL_REPLICA, hardened_create_args
 from edge_protocol.specs import HandlerSpec
+from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_RESTARTS, agent_config, agent_document
-from tests.support.brokers import Mosquitto
 from tests.support.daemons import agent_process
 from tests.support.engine import HANDLER_IMAGES, ensure_handler_images, remove_labelled
 from tests.support.mqtt_clients import dead_letters, publish_all

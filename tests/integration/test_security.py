@@ -27,11 +27,11 @@ from hub.db.store import Store
 from hub.fleet.devices import Devices
 from hub.security import credentials
 from hub.security.ca import CertificateAuthority
+from scripts.loopback import free_port
+from scripts.mosquitto import Mosquitto
 from tests.integration.test_hub_ingest import running_hub
-from tests.support.brokers import Mosquitto
 from tests.support.running import running_agent, wait_for
 from tests.support.secure_broker import HUB_USERNAME, MqttProbe, SecureCloud, tls_context
-from tests.support.service import free_port
 from tests.unit.hub.factories import batch, record
 
 pytestmark = pytest.mark.integration

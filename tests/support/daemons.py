@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.brokers import Mosquitto
+from scripts.loopback import free_port
+from scripts.mosquitto import Mosquitto
 from tests.support.running import wait_for
-from tests.support.service import free_port
 from tests.support.toml import to_toml
 
 BIN = Path(sys.executable).parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 
 
 class LinkProxy:

@@ -11,7 +11,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge_protocol.deadletter import DeadLetter
-from tests.support.brokers import Mosquitto
+from scripts.mosquitto import Mosquitto
 
 
 def _client(broker: Mosquitto) -> mqtt.Client:

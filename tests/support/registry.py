@@ -20,7 +20,7 @@ import docker
 import docker.errors
 import httpx
 
-from tests.support.service import HOST, LoopbackService
+from scripts.loopback import HOST, LoopbackService
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
 # Version -> local image, pushed by `push_releases` as <registry>/temp-c:<version>.

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import AgentConfig
+from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import agent_config, agent_document
-from tests.support.brokers import Mosquitto
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,8 @@ from edge_agent.config import AgentConfig
 from edge_agent.state import AgentState
 from hub.config import HubConfig
 from hub.service import serve as hub_serve
-from tests.support.brokers import Mosquitto
-from tests.support.service import free_port
+from scripts.loopback import free_port
+from scripts.mosquitto import Mosquitto
 
 
 async def wait_for(

@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 
 from hub.cli import app as cli
 from hub.config import HubConfig
-from tests.support.brokers import Mosquitto
-from tests.support.service import HOST, free_port
+from scripts.loopback import HOST, free_port
+from scripts.mosquitto import Mosquitto
 
 DYNSEC_PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
 HUB_USERNAME = "hub"

@@ -1,4 +1,4 @@
-"""A server process of a test on a free loopback port: start with retries, stop, kill, restart, close."""
+"""A local server process (a broker, a registry) on a free loopback port: start with retries, stop, kill, restart."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real mosquitto brokers for tests and benchmarks, each in its own temp dir on a free loopback port."""
+"""Real mosquitto brokers for the demo, the benchmark and the tests, each in a temp dir on a free loopback port."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from tests.support.service import LoopbackService
+from scripts.loopback import LoopbackService
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
