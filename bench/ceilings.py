@@ -14,7 +14,7 @@ from typing import Any
 import docker
 
 from bench.procs import Helper, percentile, publish_burst
-from edge_agent.runtime.docker import SOCKET_NAME, hardened_create_args
+from edge_agent.runtime.containers import SOCKET_NAME, hardened_create_args
 from edge_protocol.handler_io import encode_event
 from edge_protocol.specs import HandlerSpec
 from scripts.mosquitto import Mosquitto

@@ -46,7 +46,8 @@ class Engine:
 
 def _docker_engine(config: AgentConfig) -> Engine:
     from edge_agent.images import ImageLedger, collect_garbage
-    from edge_agent.runtime.docker import DockerHandler, RestartPolicy, docker_client, remove_device_containers
+    from edge_agent.runtime.containers import docker_client, remove_device_containers
+    from edge_agent.runtime.docker import DockerHandler, RestartPolicy
 
     client = docker_client(config.docker_host)
     left = remove_device_containers(client, config.device_id)

@@ -16,7 +16,8 @@ import pytest
 
 from edge_agent.errors import HandlerStartError
 from edge_agent.runtime.base import Failure
-from edge_agent.runtime.docker import LABEL_DEVICE, DockerHandler
+from edge_agent.runtime.containers import LABEL_DEVICE
+from edge_agent.runtime.docker import DockerHandler
 from edge_agent.runtime.socket_dir import default_socket_root
 from edge_protocol.specs import HandlerSpec
 

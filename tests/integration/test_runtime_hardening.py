@@ -29,7 +29,7 @@ import pytest
 from docker.models.containers import Container
 from docker.types import LogConfig
 
-from edge_agent.runtime.docker import LABEL_DEVICE, LABEL_HANDLER, LABEL_REPLICA, hardened_create_args
+from edge_agent.runtime.containers import LABEL_DEVICE, LABEL_HANDLER, LABEL_REPLICA, hardened_create_args
 from edge_protocol.specs import HandlerSpec
 from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_RESTARTS, agent_config, agent_document
