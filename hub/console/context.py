@@ -1,0 +1,63 @@
+"""What every console page works with: the services the API routes use, the auth, and the answers it shares."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from fastapi import HTTPException, Request
+from starlette.responses import Response
+
+from hub.console.auth import ConsoleAuth, Refused, Session
+from hub.console.views import render
+from hub.db.store import Store
+from hub.desired.catalog import Catalog
+from hub.desired.publisher import DesiredPublisher
+from hub.desired.releases import Releases
+from hub.fleet.devices import Devices
+from hub.fleet.registry import Fleet
+from hub.ingest.aggregates import Aggregates
+from hub.rollouts.store import RolloutStore
+
+PREFIX = "/console"
+
+
+@dataclass
+class Console:
+    """The hub's services as the API routes build them, over one store."""
+
+    store: Store
+    auth: ConsoleAuth
+    desired: DesiredPublisher | None
+    clock: Callable[[], float] = time.time
+    fleet: Fleet = field(init=False)
+    devices: Devices = field(init=False)
+    windows: Aggregates = field(init=False)
+    catalog: Catalog = field(init=False)
+    releases: Releases = field(init=False)
+    rollouts: RolloutStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fleet = Fleet(self.store)
+        self.devices = Devices(self.store)
+        self.windows = Aggregates(self.store)
+        self.catalog = Catalog(self.store, clock=self.clock)
+        self.releases = Releases(self.store, clock=self.clock)
+        self.rollouts = RolloutStore(self.store, clock=self.clock)
+
+    async def page_session(self, request: Request, *, partial: bool = False) -> Session:
+        """The session of a page request; without one a page goes to the login form (303), a fragment is 401."""
+        session = await self.auth.session(request)
+        if session is not None:
+            return session
+        if partial:
+            raise HTTPException(401, "not logged in, or the session's token was revoked: log in again")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise HTTPException(303, "log in first", headers={"Location": f"{PREFIX}/login?next={quote(target)}"})
+
+
+def refused(exc: Refused, session: Session | None = None) -> Response:
+    """The answer to a refused action: the reason, with the status that says what kind of refusal it is."""
+    return render("refused.html", session=session, status=exc.status, error=exc.reason, title="Refused")
