@@ -5,7 +5,7 @@ set -euo pipefail
 
 # python3-venv: Debian's python3 cannot create .venv without it. postgresql: the hub's store tests run on
 # PostgreSQL too (scripts/postgres.sh starts a private cluster; the system one is not used).
-PACKAGES=(mosquitto mosquitto-clients docker.io debootstrap docker-registry python3-venv postgresql)
+PACKAGES=(mosquitto mosquitto-clients docker.io debootstrap docker-registry python3-venv postgresql chromium chromium-driver)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "apt-deps.sh: not a Debian system; make sure these (or equivalents) are installed: ${PACKAGES[*]}" >&2
