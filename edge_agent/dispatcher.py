@@ -1,12 +1,8 @@
 """One subscription's pipeline: queue -> handler -> windows -> outbox, with dead letters for every reject.
 
 An event is acknowledged to the local broker only after the commit that contains its effect (closed windows
-and the checkpoint of open ones) and its dead letter or local publications are durable.
-
-Commits are grouped and run beside the pipeline: the next batch goes to the handler while the previous ones
-are committed, and every batch that finished meanwhile shares the next transaction, at most one every
-``commit_interval``. A slow commit (a WAL checkpoint's fsync takes ~10 ms on this machine's disk, more on an
-SD card) then delays acknowledgements, not results, and a busy stream costs fewer transactions, not more.
+and the checkpoint of open ones) and its dead letter or local publications are durable. The commits are
+grouped and run beside the pipeline (:mod:`edge_agent.group_commit`), at most one every ``commit_interval``.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,17 +22,15 @@ from edge_agent.aggregation.groups import group_key
 from edge_agent.aggregation.windows import WindowSet, numeric_values
 from edge_agent.broker import Incoming
 from edge_agent.counters import SubscriptionCounters
-from edge_agent.errors import BrokerError, OutboxError
+from edge_agent.group_commit import Ack, AppliedBatch, GroupCommitter
 from edge_agent.outbox import Outbox
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome
-from edge_protocol.aggregate import WindowResult
 from edge_protocol.deadletter import DeadLetter, DeadLetterReason
 from edge_protocol.specs import SubscriptionSpec
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, int, bool], Awaitable[None] | None]
-Ack = Callable[[Incoming], None]
 
 
 class Dispatcher:
@@ -60,7 +53,10 @@ class Dispatcher:
         intake_watermark: Callable[[], float] | None = None,
         alarm: Callable[[str, bool], None] | None = None,
         checkpoint_key: str | None = None,
+        delivered: dict[int, bytes] | None = None,
     ) -> None:
+        """``delivered``: packet id -> digest of the event committed under it, as the outbox remembers it from
+        the last run (see ``put``)."""
         self.spec = spec
         self.runtime = runtime
         self.windows = windows
@@ -73,7 +69,6 @@ class Dispatcher:
         self._batch = batch_size
         self._clock = clock
         self._intake_watermark = intake_watermark or clock
-        self._alarm = alarm or (lambda _name, _on: None)
         self._checkpoint_key = checkpoint_key or spec.name
         self._group = group_key(spec.group_by)
         self._key = group_key([spec.key]) if spec.key else None
@@ -85,22 +80,22 @@ class Dispatcher:
         self._running = False
         self._idle = asyncio.Event()
         self._idle.set()
-        # Batches whose local publications still wait for their PUBACK: acknowledged when those come, while the
-        # next batch already goes to the handler. Bounded, so a broker that stops confirming stops the intake.
-        self._finishing: set[asyncio.Task[None]] = set()
-        self._finish_room = asyncio.Semaphore(16)
-        # Batches whose effect is applied to the windows but not yet committed, oldest first, and the task that
-        # commits them. Bounded in events, so a disk that stops taking commits stops the pipeline.
-        self._uncommitted: list[_Applied] = []
-        self._uncommitted_events = 0
-        self._max_uncommitted = 2 * batch_size
-        self._committer: asyncio.Task[None] | None = None
-        self._commit_interval = commit_interval
-        self._last_commit = -math.inf
-        self._committed = asyncio.Event()
-        # Packet id -> digest of the event whose effect is committed under it (see put()).
-        self.delivered: dict[int, bytes] = {}
-        self._committing = 0
+        self._commits = GroupCommitter(
+            name=spec.name,
+            outbox=outbox,
+            checkpoint_key=self._checkpoint_key,
+            checkpoint=windows.snapshot,
+            counters=self.counters,
+            ack=ack,
+            alarm=alarm or (lambda _name, _on: None),
+            batch_size=batch_size,
+            interval=commit_interval,
+            delivered=delivered,
+        )
+
+    def switch_runtime(self, runtime: HandlerRuntime) -> None:
+        """The next batch goes to ``runtime``; the batch in flight finishes where it is."""
+        self.runtime = runtime
 
     # -- intake side ---------------------------------------------------------------------------------
     async def put(self, msg: Incoming) -> None:
@@ -110,7 +105,7 @@ class Dispatcher:
         the broker receiving the acknowledgement -- is acknowledged without being counted again. Packet ids are
         reused by the broker once acknowledged, so a match needs the same id *and* the same topic and payload.
         """
-        if msg.mid and msg.dup and self.delivered.get(msg.mid) == _digest(msg):
+        if msg.mid and msg.dup and self._commits.delivered.get(msg.mid) == _digest(msg):
             self.counters.redelivered += 1
             self._ack(msg)
             return
@@ -137,37 +132,23 @@ class Dispatcher:
     def settled(self) -> bool:
         """Nothing queued, no window open, and no commit or acknowledgement in flight: every effect of what
         arrived so far is in the outbox. (Closed windows leave ``windows`` before their commit returns.)"""
-        return (
-            not self._queue
-            and len(self.windows) == 0
-            and not self._uncommitted
-            and self._committing == 0
-            and not self._finishing
-        )
+        return not self._queue and len(self.windows) == 0 and self._commits.idle
 
     async def drain(self) -> None:
         """Stop waiting for new events; return once everything queued has been committed."""
         self._closing = True
+        self._commits.hurry()
         if self._running:
             # Idle now is not enough: the final tick may still close windows, so wait for run() to end.
             self._idle.clear()
         self._has_items.set()
         await self._idle.wait()
-        if self._committer is not None:
-            # wait() and not await: a committer cancelled with run() must not cancel the caller of drain().
-            await asyncio.wait([self._committer])
-            self._raise_commit_failure()
-        if self._finishing:
-            await asyncio.gather(*self._finishing)
+        await self._commits.drain()
 
     async def aclose(self) -> None:
         """Stop committing and acknowledging (shutdown after the grace period, or a pipeline torn down): what is
         not committed stays unacknowledged, and the broker redelivers it."""
-        tasks = [t for t in (self._committer, *self._finishing) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self._commits.aclose()
 
     async def retire(self) -> None:
         """The subscription is removed or replaced: drain, then emit every open window and drop the checkpoint."""
@@ -183,8 +164,7 @@ class Dispatcher:
             await self._run()
         except asyncio.CancelledError:
             # Cancelled (not drained): what is not committed stays unacknowledged, and the broker redelivers it.
-            if self._committer is not None:
-                self._committer.cancel()
+            self._commits.cancel()
             raise
         finally:
             self._running = False
@@ -208,7 +188,7 @@ class Dispatcher:
             if not self._queue:
                 self._tick()
                 continue
-            n = await self._room_to_commit()
+            n = await self._commits.room(lambda: min(len(self._queue), self._batch))
             batch = [self._queue.popleft() for _ in range(n)]
             self._has_room.set()
             await self._process(batch)
@@ -231,7 +211,7 @@ class Dispatcher:
         """Close due windows on an idle stream."""
         closed = self.windows.close_due(self._watermark())
         if closed:
-            self._to_commit(_Applied([], [], closed, []))
+            self._commits.queue(AppliedBatch([], [], closed, []))
 
     async def _process(self, batch: list[Incoming]) -> None:
         waits: list[Awaitable[None]] = []
@@ -257,78 +237,7 @@ class Dispatcher:
         closed = self.windows.close_due(self._watermark())
         name = self.spec.name
         delivered = [(name, msg.mid, _digest(msg)) for msg in batch if msg.mid]
-        self._to_commit(_Applied(batch, waits, closed, delivered))
-
-    # -- commits -------------------------------------------------------------------------------------
-    def _to_commit(self, applied: _Applied) -> None:
-        """Queue a batch whose effect is in the windows. Called in the same loop turn as that effect is applied,
-        so a checkpoint taken at any await point holds exactly the batches queued so far."""
-        self._uncommitted.append(applied)
-        self._uncommitted_events += len(applied.batch)
-        if self._committer is None or self._committer.done():
-            self._raise_commit_failure()
-            self._committer = asyncio.create_task(self._commit_queued(), name=f"agent.commit[{self.spec.name}]")
-
-    def _raise_commit_failure(self) -> None:
-        """A committer that died of anything but OutboxError (which it retries) is a bug: fail the pipeline
-        with it, as an inline commit would have, instead of leaving its events unacknowledged in silence."""
-        if self._committer is not None and self._committer.done() and not self._committer.cancelled():
-            self._committer.result()
-
-    async def _room_to_commit(self) -> int:
-        """The size of the next batch, once it fits within the bound on uncommitted events."""
-        while self._uncommitted_events + (n := min(len(self._queue), self._batch)) > self._max_uncommitted:
-            self._raise_commit_failure()
-            self._committed.clear()
-            await self._committed.wait()
-        return n
-
-    async def _commit_queued(self) -> None:
-        """Commit everything queued, in groups, oldest first; then acknowledge the groups' events."""
-        try:
-            while self._uncommitted:
-                loop = asyncio.get_running_loop()
-                wait = self._last_commit + self._commit_interval - loop.time()
-                if wait > 0 and not self._closing:
-                    await asyncio.sleep(wait)
-                self._last_commit = loop.time()
-                group, self._uncommitted = self._uncommitted, []
-                closed = [w for a in group for w in a.closed]
-                delivered = [d for a in group for d in a.delivered]
-                await self._commit(closed, delivered, self.windows.snapshot())
-                for _, mid, digest in delivered:
-                    self.delivered[mid] = digest
-                self.counters.windows_closed += len(closed)
-                self._uncommitted_events -= sum(len(a.batch) for a in group)
-                self._committed.set()
-                for a in group:
-                    await self._acknowledge(a.batch, a.waits)
-        finally:
-            self._committed.set()
-
-    async def _acknowledge(self, batch: list[Incoming], waits: list[Awaitable[None]]) -> None:
-        if not waits:
-            for msg in batch:
-                self._ack(msg)
-            return
-        await self._finish_room.acquire()
-        task = asyncio.create_task(self._finish(waits, batch), name=f"agent.finish[{self.spec.name}]")
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-
-    async def _finish(self, waits: list[Awaitable[None]], batch: list[Incoming]) -> None:
-        """Acknowledge ``batch`` once its dead letters and local publications are confirmed."""
-        try:
-            await asyncio.gather(*waits)
-        except BrokerError as exc:
-            # The agent is closing: the events stay unacknowledged, and the broker redelivers them to the next run.
-            log.info("subscription %s: %d events left unacknowledged: %s", self.spec.name, len(batch), exc)
-            return
-        else:
-            for msg in batch:
-                self._ack(msg)
-        finally:
-            self._finish_room.release()
+        self._commits.queue(AppliedBatch(batch, waits, closed, delivered))
 
     def _apply(
         self, waits: list[Awaitable[None]], msg: Incoming, topic: str, payload: Any, ts: float, outcome: Outcome
@@ -351,29 +260,6 @@ class Dispatcher:
             self.counters.published += 1
             if pending is not None:
                 waits.append(pending)
-
-    async def _commit(
-        self, closed: list[WindowResult], delivered: list[tuple[str, int, bytes]], checkpoint: dict[str, Any]
-    ) -> None:
-        """Commit, retrying until the disk takes it: the batch's events stay unacknowledged meanwhile, so
-        intake stalls (the backlog waits in the broker session) and nothing is lost or counted twice."""
-        delay = 0.5
-        self._committing += 1
-        try:
-            while True:
-                try:
-                    await self._outbox.commit(closed, {self._checkpoint_key: checkpoint}, delivered)
-                except OutboxError as exc:
-                    self._alarm("outbox-write-failed", True)
-                    log.error("subscription %s: commit failed (%s); retrying in %.1fs", self.spec.name, exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30.0)
-                    continue
-                if delay > 0.5:
-                    self._alarm("outbox-write-failed", False)
-                return
-        finally:
-            self._committing -= 1
 
     def _event_time(self, payload: Any, arrived: float) -> float:
         name = self.spec.event_time_field
@@ -399,17 +285,6 @@ class Dispatcher:
         pending = self._publish(self._dl_topic, record.model_dump_json().encode(), 1, False)
         if pending is not None:
             waits.append(pending)
-
-
-@dataclass(slots=True)
-class _Applied:
-    """A batch whose effect is in the windows, waiting for its commit: its events, the confirmations of its
-    dead letters and local publications, the windows it closed and its packet ids."""
-
-    batch: list[Incoming]
-    waits: list[Awaitable[None]]
-    closed: list[WindowResult]
-    delivered: list[tuple[str, int, bytes]]
 
 
 def _digest(msg: Incoming) -> bytes:

@@ -3,6 +3,8 @@ have committed it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from edge_agent.broker import Incoming, LocalBroker
 from edge_agent.dispatcher import Dispatcher
 from edge_agent.router import Router
@@ -13,10 +15,14 @@ class Intake:
 
     def __init__(self, local: LocalBroker) -> None:
         self._local = local
-        self.router: Router[Dispatcher] = Router([])
+        self._router: Router[Dispatcher] = Router([])
         self._in_flight: set[int] = set()
         self.unrouted = 0
         self.duplicates = 0
+
+    def set_routes(self, routes: Sequence[tuple[str, Dispatcher]]) -> None:
+        """Route by these (topic filter, dispatcher) pairs from the next event on."""
+        self._router = Router(routes)
 
     def ack(self, msg: Incoming) -> None:
         """One target is done with ``msg``; the broker hears of it when all are."""
@@ -34,7 +40,7 @@ class Intake:
                         self.duplicates += 1
                         continue
                     self._in_flight.add(msg.mid)
-                targets = self.router.match(msg.topic)
+                targets = self._router.match(msg.topic)
                 if not targets:
                     self.unrouted += 1
                     msg.refs = 1

@@ -18,7 +18,6 @@ from edge_agent.broker import LocalBroker
 from edge_agent.dispatcher import Dispatcher
 from edge_agent.intake import Intake
 from edge_agent.outbox import Outbox
-from edge_agent.router import Router
 from edge_agent.runtime.base import HandlerRuntime
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import Topics
@@ -89,7 +88,7 @@ class Pipeline:
             for d in retiring:
                 if self.dispatchers.get(d.spec.name) is d:
                     del self.dispatchers[d.spec.name]
-            self._intake.router = Router([(d.spec.topic, d) for d in self.dispatchers.values()])
+            self._intake.set_routes([(d.spec.topic, d) for d in self.dispatchers.values()])
             self._local.set_filters(intake_filters([d.spec for d in self.dispatchers.values()]))
             for d in retiring:
                 await self._retire(d)
@@ -160,7 +159,7 @@ class Pipeline:
         self.handler_specs[name] = spec
         for d in self.dispatchers.values():
             if d.spec.handler == name:
-                d.runtime = runtime
+                d.switch_runtime(runtime)
 
     async def _watch_probation(self) -> None:
         while True:
@@ -211,8 +210,8 @@ class Pipeline:
                 intake_watermark=self._local.watermark,
                 alarm=self._alarm,
                 checkpoint_key=key,
+                delivered=delivered.get(spec.name, {}),
             )
-            dispatcher.delivered = delivered.get(spec.name, {})
             self.dispatchers[spec.name] = dispatcher
             self._tasks[dispatcher] = self._tg.create_task(dispatcher.run(), name=f"agent.dispatch[{spec.name}]")
             log.info("subscription %s (revision %s) on %s -> %s", spec.name, spec.revision, spec.topic, spec.handler)
