@@ -9,19 +9,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
 from edge_agent.runtime.socket_dir import SOCKET_PATH_MAX, SOCKET_SUFFIX_MAX
+from edge_protocol.config_loading import EnvOverFile, load_settings, settings_config
 from edge_protocol.desired import is_pinned, load_public_key
 from edge_protocol.durations import Duration
 from edge_protocol.specs import NAME_PATTERN, HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import DEFAULT_PREFIX
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -132,12 +133,10 @@ class OutboxConfig(_Section):
     )
 
 
-class AgentConfig(BaseSettings):
+class AgentConfig(EnvOverFile):
     """Everything one agent needs; subscriptions and handlers come from here in standalone mode."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EDGEFLEET_AGENT_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = settings_config(ENV_PREFIX)
 
     device_id: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
     data_dir: Path = Path("./agent-data")
@@ -186,18 +185,6 @@ class AgentConfig(BaseSettings):
                 raise ValueError(f"subscription {sub.name!r} names handler {sub.handler!r}, which is not defined")
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first so that it overrides the file, which arrives as init kwargs.
-        return env_settings, init_settings
-
     @property
     def managed(self) -> bool:
         return bool(self.hub_public_key or self.hub_public_key_file)
@@ -220,30 +207,10 @@ class AgentConfig(BaseSettings):
         return self.local_broker.client_id or f"agent-{self.device_id}"
 
 
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One ``field.path: reason`` line per error."""
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(config)"
-        lines.append(f"{path}: {err['msg']}")
-    return lines
-
-
-def load_config(path: Path | None, **overrides: Any) -> AgentConfig:
-    """Read and validate the config; raise :class:`ConfigError` with field paths on any problem."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError([f"{path}: no such file"]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
-    data.update(overrides)
-    try:
-        config = AgentConfig(**data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+def load_config(path: str | Path | None, **overrides: Any) -> AgentConfig:
+    """Read ``path`` (TOML; None for defaults), ``overrides`` and the environment (``EDGEFLEET_AGENT_*``, which wins);
+    raise :class:`ConfigError` with one ``field.path: reason`` line per problem."""
+    config = load_settings(AgentConfig, path, ConfigError, overrides)
     if config.managed:
         field = "hub_public_key_file" if config.hub_public_key_file else "hub_public_key"
         try:

@@ -7,13 +7,12 @@ value object; runtime objects (store, broker, API server) are built from it in :
 from __future__ import annotations
 
 import socket
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from edge_protocol.config_loading import EnvOverFile, load_settings, settings_config
 from edge_protocol.topics import DEFAULT_PREFIX
 from hub.errors import ConfigError
 
@@ -90,15 +89,10 @@ class ProvisioningConfig(_Section):
     agent_data_dir: Path = Field(default=Path("/var/lib/edgefleet"), description="data_dir in the agent configs")
 
 
-class HubConfig(BaseSettings):
-    """Everything ``hub serve`` needs. Build it with :meth:`load`."""
+class HubConfig(EnvOverFile):
+    """Everything ``hub serve`` needs. Build it with :func:`load_config`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = settings_config(ENV_PREFIX)
 
     broker: BrokerConfig = BrokerConfig()
     store: StoreConfig = StoreConfig()
@@ -107,40 +101,12 @@ class HubConfig(BaseSettings):
     provisioning: ProvisioningConfig = ProvisioningConfig()
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load() passes the file's contents as init values; the environment must override the file, so the
-        # environment comes first (earlier sources win). No .env or secrets-dir lookups: explicit is better.
-        return env_settings, init_settings
-
-    @classmethod
     def load(cls, path: str | Path | None = None) -> HubConfig:
-        """Read ``path`` (TOML; None for defaults) and the environment; raise ConfigError listing every problem."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            try:
-                with Path(path).open("rb") as fh:
-                    data = tomllib.load(fh)
-            except OSError as exc:
-                raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
-        try:
-            return cls(**data)
-        except ValidationError as exc:
-            raise ConfigError(format_errors(exc)) from exc
+        """:func:`load_config` of ``path``."""
+        return load_config(path)
 
 
-def format_errors(exc: ValidationError) -> list[str]:
-    """One ``field.path: message`` line per validation error."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        lines.append(f"{path}: {err['msg']}")
-    return lines
+def load_config(path: str | Path | None, **overrides: Any) -> HubConfig:
+    """Read ``path`` (TOML; None for defaults), ``overrides`` and the environment (``EDGEFLEET_HUB_*``, which wins);
+    raise :class:`ConfigError` with one ``field.path: reason`` line per problem."""
+    return load_settings(HubConfig, path, ConfigError, overrides)

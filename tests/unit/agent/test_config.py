@@ -93,9 +93,9 @@ def test_duplicate_names_fail(tmp_path: Path) -> None:
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match=r"absent\.toml: cannot read"):
         load_config(tmp_path / "absent.toml")
-    with pytest.raises(ConfigError, match="invalid TOML"):
+    with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "device_id = "))
 
 
