@@ -40,9 +40,10 @@ def _with_provisioner(cfg: HubConfig, action: Callable[[Provisioner], Awaitable[
     """Run ``action`` with a provisioner on the config's store, CA and (when ``broker``) broker; exit 1 with
     the reason on failure."""
     from hub.db.store import Store
-    from hub.mqtt.broker import Backoff, Broker
+    from hub.mqtt.broker import Broker
     from hub.security.dynsec import Dynsec, DynsecError
     from hub.security.provisioning import Provisioner
+    from mqtt_session import Backoff
 
     ca = load_ca(cfg.provisioning.ca_dir)
     broker_cfg = cfg.broker.model_copy(update={"client_id": f"{cfg.broker.client_id}-admin-{secrets.token_hex(3)}"})
