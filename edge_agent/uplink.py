@@ -2,7 +2,8 @@
 
 A broker's PUBACK is not enough (the broker may lose what it acknowledged), so a record stays in the outbox
 until the hub's own Ack names its sequence; records unacknowledged for ``resend_after`` are sent again. The
-hub stores by window id, so a resend is harmless.
+hub stores by window id, so a resend is harmless. A record the Ack names as refused (``conflict``: the hub
+holds its window id with other content) will never be stored: it leaves the outbox into the loss ledger.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from edge_agent import __version__
-from edge_agent.broker import CloudBroker
-from edge_agent.errors import BrokerError, OutboxError
+from edge_agent.errors import OutboxError
 from edge_agent.outbox import Outbox
 from edge_protocol.aggregate import WindowResult
 from edge_protocol.messages import CLOUD_MESSAGE, Ack, AggregateBatch, SequencedResult, Status
 from edge_protocol.topics import Topics
+from mqtt_session import MqttSession, SessionError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class Uplink:
     def __init__(
         self,
         *,
-        cloud: CloudBroker,
+        cloud: MqttSession,
         outbox: Outbox,
         device_id: str,
         topics: Topics,
@@ -65,15 +66,18 @@ class Uplink:
         self._wake = asyncio.Event()
         self.sent = 0
         self.acked = 0
+        self.refused = 0
+        """Records the hub refused (conflicts), given up into the loss ledger."""
         self.resends = 0
         self.invalid_messages = 0
+        cloud.add_connect_hook(self._on_connect)
 
     async def run(self) -> None:
+        for topic in self._subscriptions():
+            await self._cloud.subscribe(topic, qos=1)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(
-                self._cloud.run(self._subscriptions(), self._on_connect, self._on_message),
-                name="agent.uplink.session",
-            )
+            tg.create_task(self._cloud.run(), name="agent.uplink.session")
+            tg.create_task(self._receive_loop(), name="agent.uplink.receive")
             tg.create_task(self._send_loop(), name="agent.uplink.send")
             if self._reporter is not None:
                 tg.create_task(self._report_loop(), name="agent.uplink.report")
@@ -84,6 +88,11 @@ class Uplink:
             topics.append(self._topics.desired(self._device))
         return topics
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the cloud broker, subscribed, and the online status announced."""
+        return self._cloud.connected
+
     def report_soon(self) -> None:
         """Publish the reported state now rather than at the next interval (something changed)."""
         self._report_now.set()
@@ -91,18 +100,19 @@ class Uplink:
     async def _report_loop(self) -> None:
         assert self._reporter is not None
         while True:
-            await self._cloud.connected.wait()
+            await self._cloud.wait_connected()
             self._report_now.clear()
             try:
                 payload = await self._reporter()
                 await self._cloud.publish(self._topics.reported(self._device), payload, retain=True)
-            except BrokerError as exc:
+            except SessionError as exc:
                 log.warning("reported state not sent: %s", exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._report_interval):
                     await self._report_now.wait()
 
     async def _on_connect(self) -> None:
+        # Runs on each connection before wait_connected() returns: the online status goes before any data.
         # Whatever was in flight on the old connection may be lost: send every unacked record again.
         self._sent_through = 0
         self._unacked.clear()
@@ -113,10 +123,15 @@ class Uplink:
     async def announce_offline(self) -> None:
         """Retained offline status on a clean shutdown (the MQTT will covers the unclean one); a broker that
         does not answer within 2 s must not hold up the shutdown."""
-        with contextlib.suppress(BrokerError, TimeoutError):
+        with contextlib.suppress(SessionError, TimeoutError):
             async with asyncio.timeout(2):
                 payload = status_payload(self._device, False)
                 await self._cloud.publish(self._topics.status(self._device), payload, retain=True)
+
+    async def _receive_loop(self) -> None:
+        async with contextlib.aclosing(self._cloud.messages()) as messages:
+            async for message in messages:
+                await self._on_message(message.topic, message.payload)
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if self._on_desired is not None and topic == self._topics.desired(self._device):
@@ -133,11 +148,16 @@ class Uplink:
             log.warning("ignored unexpected %s message on %s", msg.kind, topic)
             return
         try:
-            deleted = await self._outbox.delete(msg.ranges)
+            deleted = await self._outbox.delete(msg.ranges) if msg.ranges else 0
+            given_up = await self._outbox.refuse([(r.seq, r.reason) for r in msg.refused]) if msg.refused else 0
         except OutboxError as exc:
             log.error("acked records not deleted (they will be sent again): %s", exc)
             return
         self.acked += deleted
+        self.refused += given_up
+        for refusal in msg.refused:
+            self._unacked.pop(refusal.seq, None)
+            log.error("the hub refused record %d (%s): counted lost", refusal.seq, refusal.reason)
         for lo, hi in msg.ranges:
             if hi - lo < len(self._unacked):
                 for seq in range(lo, hi + 1):
@@ -149,7 +169,7 @@ class Uplink:
 
     async def _send_loop(self) -> None:
         while True:
-            await self._cloud.connected.wait()
+            await self._cloud.wait_connected()
             self._wake.clear()
             self._outbox.new_records.clear()
             records: list[tuple[int, bytes]] = []
@@ -159,9 +179,9 @@ class Uplink:
             if records:
                 try:
                     await self._send(records)
-                except BrokerError as exc:
+                except SessionError as exc:
                     log.warning("aggregates not sent: %s", exc)
-                    await self._cloud.connected.wait()
+                    await self._cloud.wait_connected()
                 continue
             oldest = next(iter(self._unacked.values()), None)
             timeout = None

@@ -24,8 +24,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.broker.backoff import retry_delay
 from edge_agent.broker.buffered import BufferedClient
+from mqtt_session.backoff import retry_delay
 
 log = logging.getLogger(__name__)
 

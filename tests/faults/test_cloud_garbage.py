@@ -39,7 +39,8 @@ async def hub_and_agent(
     )
     async with running_hub(cloud, rig.prefix, db) as (_api, hub_task), running_agent(config) as (state, agent_task):
         assert state.uplink is not None
-        await wait_for(state.uplink._cloud.connected.is_set, timeout=30, what="the agent's uplink connected")
+        uplink = state.uplink
+        await wait_for(lambda: uplink.connected, timeout=30, what="the agent's uplink connected")
         yield state, agent_task, hub_task, db
 
 
