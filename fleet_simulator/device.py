@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-import aiomqtt
 from pydantic import ValidationError
 
 from edge_protocol.messages import Ack
@@ -28,13 +27,12 @@ from fleet_simulator.messages import (
 )
 from fleet_simulator.outbox import SimOutbox
 from fleet_simulator.state import Behaviour, DeviceState
-from hub.mqtt.broker import Backoff
+from mqtt_session import Backoff, Session, SessionError, Will
 
 log = logging.getLogger(__name__)
 
-# aiomqtt's own call timeouts use asyncio.wait_for, which on Python 3.11 can lose a cancellation
-# (cpython#86296); asyncio.timeout bounds the calls instead.
-_UNBOUNDED = math.inf
+CALL_TIMEOUT = 30.0
+"""Seconds that connecting, a SUBACK or a PUBACK may take: a broker under a whole fleet's load is slow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +92,7 @@ class VirtualDevice:
         self._report_now = asyncio.Event()
         self._subs_changed = asyncio.Event()
         self._templates: dict[SimSubscription, RecordTemplate] = {}
+        self._up = False  # counted in stats.connected
 
     async def run(self, stop: asyncio.Event, clock: Callable[[], float] = time.time) -> None:
         """Produce windows and keep a session until ``stop`` is set; then publish offline and leave."""
@@ -155,85 +154,87 @@ class VirtualDevice:
 
     # -- session ---------------------------------------------------------------------------------------------
 
-    async def _sessions(self, stop: asyncio.Event) -> None:
-        backoff = Backoff(base=0.5, cap=30.0)
-        while not stop.is_set():
-            will = aiomqtt.Will(self.topics.status(self.id), status_payload(self.id, False, time.time()), 1, True)
-            try:
-                async with aiomqtt.Client(
-                    self.config.host, self.config.port, identifier=self.id, will=will, clean_start=True,
-                    protocol=aiomqtt.ProtocolVersion.V5, keepalive=self.config.keepalive, timeout=10,
-                ) as client:  # fmt: skip
-                    backoff.reset()
-                    await self._connected(client, stop)
-                    return
-            except (aiomqtt.MqttError, TimeoutError) as exc:  # TimeoutError: no PUBACK/SUBACK in time
-                self.stats.disconnects += 1
-                delay = backoff.next_delay()
-                log.warning("%s: %s; reconnecting in %.1fs", self.id, exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
+    def _will(self) -> Will:
+        # Made for each connection attempt: the offline status says when the device was last heard of.
+        return Will(self.topics.status(self.id), status_payload(self.id, False, time.time()), qos=1, retain=True)
 
-    async def _connected(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        async with asyncio.timeout(30):
-            await client.subscribe(
-                [(self.topics.acks(self.id), 1), (self.topics.desired(self.id), 1)], timeout=_UNBOUNDED
-            )
-            online = status_payload(self.id, True, time.time())
-            await client.publish(self.topics.status(self.id), online, 1, True, timeout=_UNBOUNDED)
+    async def _sessions(self, stop: asyncio.Event) -> None:
+        session = Session(
+            self.config.host, self.config.port, client_id=self.id, will=self._will, clean_start=True,
+            keepalive=self.config.keepalive, backoff=Backoff(base=0.5, cap=30.0), call_timeout=CALL_TIMEOUT,
+        )  # fmt: skip
+        session.add_connect_hook(lambda: self._on_connect(session))
+        session.add_disconnect_hook(self._on_disconnect)
+        await session.subscribe(self.topics.acks(self.id), qos=1)
+        await session.subscribe(self.topics.desired(self.id), qos=1)
+        try:
+            async with session, asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._receive(session)),
+                    tg.create_task(self._send(session)),
+                    tg.create_task(self._report(session)),
+                ]
+                await stop.wait()
+                with contextlib.suppress(SessionError, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await session.publish(self.topics.status(self.id), status_payload(self.id, False, time.time()),
+                                              qos=1, retain=True)  # fmt: skip
+                for task in tasks:
+                    task.cancel()
+        finally:
+            if self._up:
+                self._up = False
+                self.stats.connected -= 1
+
+    async def _on_connect(self, session: Session) -> None:
+        online = status_payload(self.id, True, time.time())
+        await session.publish(self.topics.status(self.id), online, qos=1, retain=True)
         self.outbox.requeue()  # whatever was in flight on the last connection may be lost
         self._report_now.set()
+        self._up = True
         self.stats.connected += 1
         self.stats.connects += 1
-        tasks = [
-            asyncio.create_task(self._receive(client)),
-            asyncio.create_task(self._send(client)),
-            asyncio.create_task(self._report(client)),
-            asyncio.create_task(stop.wait()),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+
+    def _on_disconnect(self, reason: str) -> None:
+        self.stats.disconnects += 1
+        if self._up:
+            self._up = False
             self.stats.connected -= 1
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()  # an MqttError: reconnect
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            async with asyncio.timeout(2):
-                offline = status_payload(self.id, False, time.time())
-                await client.publish(self.topics.status(self.id), offline, 1, True)
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, session: Session) -> None:
         desired, acks = self.topics.desired(self.id), self.topics.acks(self.id)
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if message.topic.value == desired:
-                if self.state.on_desired(payload, time.time()):
-                    self._subs_changed.set()
-                    self._report_now.set()
-            elif message.topic.value == acks:
-                try:
-                    ack = Ack.model_validate_json(payload)
-                except ValidationError:
-                    log.warning("%s: ignored an invalid ack", self.id)
-                    continue
-                if ack.device == self.id:
-                    self.stats.ack_waits.extend(self.outbox.ack(ack.ranges, time.monotonic()))
-                    self._wake.set()
+        async with contextlib.aclosing(session.messages()) as messages:
+            async for message in messages:
+                if message.topic == desired:
+                    if self.state.on_desired(message.payload, time.time()):
+                        self._subs_changed.set()
+                        self._report_now.set()
+                elif message.topic == acks:
+                    try:
+                        ack = Ack.model_validate_json(message.payload)
+                    except ValidationError:
+                        log.warning("%s: ignored an invalid ack", self.id)
+                        continue
+                    if ack.device == self.id:
+                        self.stats.ack_waits.extend(self.outbox.ack(ack.ranges, time.monotonic()))
+                        self._wake.set()
 
-    async def _send(self, client: aiomqtt.Client) -> None:
+    async def _send(self, session: Session) -> None:
         topic = self.topics.aggregates(self.id)
         while True:
+            await session.wait_connected()
             self._wake.clear()
             seqs, first = self.outbox.take()
             if seqs:
                 at = time.time()
                 payload = batch_payload(self.id, at, self.outbox.render(seqs))
-                async with asyncio.timeout(30):  # not aiomqtt's timeout: see _UNBOUNDED
-                    await client.publish(topic, payload, 1, timeout=_UNBOUNDED)
+                try:
+                    await session.publish(topic, payload, qos=1)
+                except SessionError as exc:
+                    # Unsent records are taken again: first sends from sent_through, resends by their timer
+                    # or the requeue of the next connection.
+                    log.warning("%s: batch not sent: %s", self.id, exc)
+                    continue
                 self.outbox.sent(seqs, time.monotonic())
                 if first:
                     self.stats.first_sends += len(seqs)
@@ -247,8 +248,9 @@ class VirtualDevice:
                 async with asyncio.timeout(due):
                     await self._wake.wait()
 
-    async def _report(self, client: aiomqtt.Client) -> None:
+    async def _report(self, session: Session) -> None:
         while True:
+            await session.wait_connected()
             self._report_now.clear()
             now = time.time()
             payload = reported_payload(
@@ -260,8 +262,10 @@ class VirtualDevice:
                 last_refusal=self.state.last_refusal,
                 ts=now,
             )
-            async with asyncio.timeout(30):
-                await client.publish(self.topics.reported(self.id), payload, 1, True, timeout=_UNBOUNDED)
+            try:
+                await session.publish(self.topics.reported(self.id), payload, qos=1, retain=True)
+            except SessionError as exc:
+                log.warning("%s: reported state not sent: %s", self.id, exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.report_every):
                     await self._report_now.wait()
