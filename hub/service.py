@@ -94,8 +94,15 @@ async def _announce_ready(server: _ApiServer, ingest: Ingest, ready: asyncio.Eve
 
 
 async def _check_api_auth(config: HubConfig, store: Store, token: str | None) -> None:
-    # An API without any token is for development on one machine: refuse to offer it to the network.
-    if token is not None or await asyncio.to_thread(Tokens(store).check, None) is not None:
+    """Lock the API for good when a token is configured; refuse to offer an API that never had a token to the
+    network (a loopback dev hub may stay open); warn when the API is closed and no token opens it."""
+    tokens = Tokens(store)
+    if token is not None:
+        await asyncio.to_thread(tokens.lock, "the [api] token was configured")
+    if await asyncio.to_thread(tokens.locked):
+        await asyncio.to_thread(tokens.lock, "tokens existed before the lock row")  # an older database
+        if token is None and await asyncio.to_thread(tokens.count) == 0:
+            log.warning("the API is closed and no token opens it (the last one was revoked): `hub token create NAME`")
         return
     host = config.api.host
     try:
@@ -104,7 +111,7 @@ async def _check_api_auth(config: HubConfig, store: Store, token: str | None) ->
         loopback = False
     if not loopback:
         raise HubError(f"the API on {host} would be open to anyone: `hub token create NAME` first")
-    log.warning("the API is open: no stored token and no [api] token (`hub token create NAME` locks it)")
+    log.warning("the API is open: this hub never had a token (`hub token create NAME` locks it for good)")
 
 
 async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> None:

@@ -2,43 +2,42 @@
 
 ``/healthz`` and ``/metrics`` are open (for probes and scrapers; they reveal no fleet data); everything under
 ``/v1`` needs ``Authorization: Bearer <token>``: a token stored with ``hub token create`` (production) or the
-config's ``[api] token`` (development). With neither, the API is open (``hub serve`` allows that on loopback
-only).
+config's ``[api] token`` (development). The API fails closed: once the hub has had a token it needs one for
+good, even after the last stored token is revoked (:mod:`hub.security.tokens`); only a hub that never had one
+is open, and ``hub serve`` allows that on loopback only (:mod:`hub.api.auth`). The console (``/console``)
+checks tokens the same way. Errors never echo the store's URL or a database message to a caller who has not
+passed the token check (:mod:`hub.api.errors`).
 """
 
-# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime, and the
-# token dependency refers to a local of create_app that a string annotation could not resolve.
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime.
 
 import asyncio
-import hmac
 import time
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from edge_protocol.aggregate import FieldState
 from edge_protocol.durations import parse_duration
 from hub import __version__
 from hub import metrics as _metrics  # noqa: F401 - registers the hub's counters even before ingest runs
+from hub.api.auth import token_check
+from hub.api.errors import install_error_handlers
 from hub.api.routes.catalog import catalog_router
 from hub.api.routes.fleet import fleet_router, selector_of
 from hub.api.routes.releases import releases_router
 from hub.api.schemas.fleet import AggregateOut, FieldSummary, parse_statistics, parse_time
+from hub.console import console_router
 from hub.db.store import Store
 from hub.desired.image_registry import DigestResolver
 from hub.desired.publisher import DesiredPublisher
-from hub.errors import Conflict, HubError, NotFound, RegistryError, StoreError, Unprocessable
 from hub.fleet.devices import Devices
 from hub.ingest.aggregates import Aggregates, StoredAggregate
 from hub.ingest.rollup import RollupError, rollup
-from hub.security.tokens import Tokens
 
 MAX_LIMIT = 10_000
-_STATUS: dict[type[HubError], int] = {NotFound: 404, Conflict: 409, Unprocessable: 422}
 
 _TIME_HELP = "epoch seconds, a duration ago (10m, 1h30m), or ISO 8601 with a time zone"
 _LABEL_HELP = "key=value; repeat it and every term must match the device's labels"
@@ -53,29 +52,15 @@ def create_app(
     resolver: DigestResolver | None = None,
 ) -> FastAPI:
     """The API over ``store``; every /v1 endpoint requires a bearer token, ``token`` or one of the store's,
-    unless there is none at all.
+    unless the hub never had one (:mod:`hub.api.auth`).
 
     ``desired`` compiles and publishes desired state after changes; without it (no signing key) handler,
     subscription and rollout changes are refused with 409. ``resolver`` resolves image tags to registry
     digests (tests give it a fake transport)."""
     resolver = resolver or DigestResolver()
     app = FastAPI(title="edgefleet hub", version=__version__)
-    bearer = HTTPBearer(auto_error=False, description="a token from `hub token create` (or the api.token)")
-    expected = token.encode() if token else None
-    tokens = Tokens(store)
     devices, windows = Devices(store), Aggregates(store)
-
-    async def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        presented = credentials.credentials if credentials is not None else None
-        # compare_digest: the time taken must not reveal how much of a guessed token was right.
-        if presented is not None and expected is not None and hmac.compare_digest(presented.encode(), expected):
-            return
-        stored = await asyncio.to_thread(tokens.check, presented)
-        if stored or (stored is None and expected is None):
-            return
-        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    install_error_handlers(app, store)
 
     def to_time(value: str | None, name: str) -> float | None:
         if value is None:
@@ -84,21 +69,6 @@ def create_app(
             return parse_time(value, now=clock())
         except ValueError as exc:
             raise HTTPException(422, f"{name}: {exc}") from exc
-
-    @app.exception_handler(StoreError)
-    async def _store_unavailable(_request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse({"detail": f"the store is unavailable: {exc.reason}"}, status_code=503)
-
-    @app.exception_handler(RegistryError)
-    async def _registry_failed(_request: Request, exc: RegistryError) -> JSONResponse:
-        return JSONResponse({"detail": f"registry: {exc}"}, status_code=502)
-
-    @app.exception_handler(NotFound)
-    @app.exception_handler(Conflict)
-    @app.exception_handler(Unprocessable)
-    async def _refused(_request: Request, exc: HubError) -> JSONResponse:
-        status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
-        return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -111,7 +81,7 @@ def create_app(
         """Prometheus text exposition of the hub's counters."""
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(token_check(store, token))])
 
     @v1.get("/aggregates", tags=["aggregates"])
     async def aggregates(
@@ -157,6 +127,7 @@ def create_app(
     v1.include_router(catalog_router(store, desired, clock, resolver))
     v1.include_router(releases_router(store, desired, clock, resolver))
     app.include_router(v1)
+    app.include_router(console_router(store, token, desired=desired, clock=clock))  # the web console, /console
     return app
 
 

@@ -178,16 +178,19 @@ def token_list(config: ConfigOpt = None, as_json: AsJson = False) -> None:
 
 @token_app.command("revoke")
 def token_revoke(name: Annotated[str, typer.Argument(help="the token's name")], config: ConfigOpt = None) -> None:
-    """Delete a token: the API refuses it from the next request."""
+    """Delete a token: the API refuses it from the next request. Revoking the last one leaves the API closed
+    (it never opens again once the hub has had a token): create another first to keep access."""
     from hub.db.store import Store
-    from hub.security.tokens import Tokens
+    from hub.security.tokens import CLOSED_AFTER_LAST_REVOKE, Tokens
 
     cfg = load_hub_config(config)
     try:
         with Store(cfg.store.url) as store:
-            found = Tokens(store).revoke(name)
+            revoked = Tokens(store).revoke(name)
     except HubError as exc:
         raise fail(f"hub: {exc}", 1) from None
-    if not found:
+    if revoked is None:
         raise fail(f"hub: no token named {name!r}", 1)
     typer.echo(f"revoked {name}")
+    if revoked.remaining == 0:
+        typer.echo(f"warning: {CLOSED_AFTER_LAST_REVOKE}", err=True)

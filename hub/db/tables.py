@@ -211,3 +211,14 @@ class ApiTokenRow(Base):
     digest: Mapped[str] = mapped_column(Text, unique=True, doc="SHA-256 of the token, hex")
     hint: Mapped[str] = mapped_column(Text, doc="the token's first characters, to tell tokens apart")
     created_at: Mapped[float] = mapped_column(Double)
+
+
+class ApiLockRow(Base):
+    """Written when the hub first has an API token (stored or configured) and never removed: from then on the
+    API needs a token even after the last one is revoked (:mod:`hub.security.tokens`). One row, id 1."""
+
+    __tablename__ = "api_lock"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, doc="what locked it: the first token's name, or the [api] token")
+    locked_at: Mapped[float] = mapped_column(Double)

@@ -5,21 +5,31 @@ or a slow hash protects low-entropy secrets (passwords) against guessing and pre
 random token cannot be guessed either way, and an unsalted digest can be looked up by its unique index, so
 checking a token is one indexed query, not a hash per stored token. Whoever reads the database learns the
 names and the first characters of each token, never a usable token.
+
+The API fails closed: the first token (stored, or the config's ``[api] token`` seen by ``hub serve``) writes
+the ``api_lock`` row, which nothing removes. From then on a request needs a valid token even when the last
+stored one has been revoked; only a hub that never had a token is open (development on loopback). A database
+from before the lock row counts as locked while it holds a token, and the next create, revoke or ``hub serve``
+writes the row.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from hub.db.store import Store
-from hub.db.tables import ApiTokenRow
+from hub.db.tables import ApiLockRow, ApiTokenRow
 from hub.errors import Conflict, StoreConflict, Unprocessable
+
+log = logging.getLogger(__name__)
 
 PREFIX = "eft_"
 HINT_CHARS = len(PREFIX) + 4
@@ -39,11 +49,27 @@ class TokenInfo:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """A revoked token's name and how many stored tokens are left (0: only the [api] token, if any, opens the
+    API now; the API stays closed)."""
+
+    name: str
+    remaining: int
+
+
+CLOSED_AFTER_LAST_REVOKE = (
+    "that was the last stored token: the API and the console stay closed and refuse every request "
+    "(except with the config's [api] token) until `hub token create NAME`"
+)
+
+
 class Tokens:
     """Create, list, revoke and check the API tokens in ``store`` (blocking; use ``asyncio.to_thread``)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._locked = False  # once seen locked, always: the lock row is never removed
 
     def create(self, name: str, *, now: float | None = None) -> tuple[str, TokenInfo]:
         """A new token named ``name``: the token (shown once) and what is stored about it."""
@@ -55,6 +81,7 @@ class Tokens:
         try:
             with self._store.transaction("create_token") as session:
                 session.add(row)
+                self._lock(session, f"token {name!r} created", info.created_at)
         except StoreConflict as exc:
             raise Conflict(f"a token named {name!r} exists: revoke it first or choose another name") from exc
         return token, info
@@ -64,20 +91,56 @@ class Tokens:
             rows = session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.name))
             return [TokenInfo(r.name, r.hint, r.created_at) for r in rows]
 
-    def revoke(self, name: str) -> bool:
-        """Delete the token ``name``; False when there is none. The API refuses it from the next request."""
+    def count(self) -> int:
+        """How many tokens are stored."""
+        with self._store.transaction("count_tokens") as session:
+            return session.scalar(select(func.count()).select_from(ApiTokenRow)) or 0
+
+    def revoke(self, name: str, *, now: float | None = None) -> Revoked | None:
+        """Delete the token ``name``; None when there is none. The API refuses it from the next request, and
+        stays closed when it was the last one (the lock row is written first, for databases from before it)."""
         with self._store.transaction("revoke_token") as session:
             row = session.get(ApiTokenRow, name)
             if row is None:
-                return False
+                return None
+            self._lock(session, "tokens existed before the lock row", time.time() if now is None else now)
             session.delete(row)
+            session.flush()
+            remaining = session.scalar(select(func.count()).select_from(ApiTokenRow)) or 0
+        if remaining == 0:
+            log.warning("API token %r revoked: %s", name, CLOSED_AFTER_LAST_REVOKE)
+        return Revoked(name, remaining)
+
+    def lock(self, reason: str, *, now: float | None = None) -> None:
+        """Remember for good that this hub has had a token (``hub serve`` with an ``[api] token`` calls it)."""
+        with self._store.transaction("lock_api") as session:
+            self._lock(session, reason, time.time() if now is None else now)
+
+    def locked(self) -> bool:
+        """Whether the hub has ever had a token: the lock row, or (a database from before it) a stored token."""
+        if self._locked:
             return True
+        with self._store.transaction("api_locked") as session:
+            return self._is_locked(session)
 
     def check(self, presented: str | None) -> bool | None:
-        """True: ``presented`` is a stored token; False: it is not; None: no token is stored at all."""
+        """True: ``presented`` is a stored token; False: it is not, and the hub has had a token, so the API is
+        closed to it (even with no stored token left); None: the hub never had a token (an open dev hub)."""
         with self._store.transaction("check_token") as session:
             if presented:
                 found = session.scalar(select(ApiTokenRow.name).where(ApiTokenRow.digest == digest(presented)))
                 if found is not None:
                     return True
-            return False if session.scalar(select(ApiTokenRow.name).limit(1)) is not None else None
+            return False if self._locked or self._is_locked(session) else None
+
+    def _is_locked(self, session: Session) -> bool:
+        locked = session.get(ApiLockRow, 1) is not None or session.scalar(select(ApiTokenRow.name).limit(1)) is not None
+        self._locked = self._locked or locked
+        return locked
+
+    def _lock(self, session: Session, reason: str, now: float) -> None:
+        # ON CONFLICT DO NOTHING: two first tokens created at once both try; the older row stays.
+        session.execute(
+            self._store.insert(ApiLockRow).values(id=1, reason=reason, locked_at=now).on_conflict_do_nothing()
+        )
+        self._locked = True

@@ -59,7 +59,8 @@ def test_only_a_digest_is_stored(store: Store, db: Path) -> None:
     assert tokens.check(None) is False
     assert tokens.revoke("ci")
     assert not tokens.revoke("ci")
-    assert tokens.check(token) is None  # no token left at all
+    assert tokens.check(token) is False  # no token left, and the API stays closed
+    assert tokens.check(None) is False
 
 
 async def test_the_api_wants_a_stored_token_once_there_is_one(store: Store) -> None:
@@ -73,6 +74,37 @@ async def test_the_api_wants_a_stored_token_once_there_is_one(store: Store) -> N
         Tokens(store).revoke("ops")
         Tokens(store).create("other")
         assert (await client.get("/v1/devices", headers=bearer(token))).status_code == 401
+
+
+async def test_revoking_the_last_token_keeps_the_api_closed(store: Store) -> None:
+    async with api(store) as client:
+        token, _ = Tokens(store).create("only")
+        assert (await client.get("/v1/devices", headers=bearer(token))).status_code == 200
+        revoked = Tokens(store).revoke("only")
+        assert revoked is not None and revoked.remaining == 0
+        assert (await client.get("/v1/devices")).status_code == 401
+        assert (await client.get("/v1/devices", headers=bearer(token))).status_code == 401
+    # A hub started afterwards (a new app over the same database) is closed too.
+    async with api(store) as client:
+        assert (await client.get("/v1/devices")).status_code == 401
+    assert Tokens(store).locked()
+
+
+def test_a_database_with_tokens_from_before_the_lock_row_counts_as_locked(store: Store, db: Path) -> None:
+    Tokens(store).create("old")
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM api_lock")  # as written before the lock row existed
+    assert Tokens(store).check(None) is False
+    assert Tokens(store).revoke("old") is not None
+    assert Tokens(store).check(None) is False  # revoke wrote the lock row before deleting the last token
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM api_lock").fetchone() == (1,)
+
+
+async def test_a_configured_token_locks_the_api_for_good(store: Store) -> None:
+    await _check_api_auth(HubConfig(api={"host": "127.0.0.1"}), store, "configured")
+    async with api(store) as client:  # the next start without the [api] token
+        assert (await client.get("/v1/devices")).status_code == 401
+    await _check_api_auth(HubConfig(api={"host": "0.0.0.0"}), store, None)  # closed: may listen anywhere
 
 
 async def test_the_config_token_keeps_working_beside_stored_ones(store: Store) -> None:
@@ -104,7 +136,14 @@ def test_token_commands(tmp_path: Path, db: Path) -> None:
     listed = runner.invoke(app, ["token", "list", "--config", str(config)])
     assert listed.stdout.startswith(f"laptop\t{token[:8]}...")
     assert token not in listed.stdout
-    assert runner.invoke(app, ["token", "revoke", "laptop", "--config", str(config)]).exit_code == 0
+    assert runner.invoke(app, ["token", "create", "spare", "--config", str(config)]).exit_code == 0
+    first = runner.invoke(app, ["token", "revoke", "laptop", "--config", str(config)])
+    assert first.exit_code == 0
+    assert "last stored token" not in first.stderr
+    last = runner.invoke(app, ["token", "revoke", "spare", "--config", str(config)])
+    assert last.exit_code == 0
+    assert "warning: that was the last stored token" in last.stderr
+    assert "stay closed" in last.stderr
     missing = runner.invoke(app, ["token", "revoke", "laptop", "--config", str(config)])
     assert missing.exit_code == 1
     assert "no token named" in missing.stderr
