@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mqtt_session.interface import ConnectHook, DisconnectHook, Message, SessionError
+
+if TYPE_CHECKING:
+    from mqtt_session.interface import MqttSession
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class FakeSession:
         self._disconnect_hooks: list[DisconnectHook] = []
         self.new_publish = asyncio.Event()
         """Set on every publish; clear it to wait for the next one."""
+        self._link_up = self.start_connected  # publishes work from here; connected waits for the hooks
         if self.start_connected:
             self._connected.set()
 
@@ -60,7 +65,7 @@ class FakeSession:
         self.filters[topic_filter] = qos
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        if self.fail_publish:
+        if self.fail_publish or not self._link_up:
             raise SessionError("not connected to the broker", topic=topic)
         self.published.append(Published(topic, payload, qos, retain))
         self.new_publish.set()
@@ -85,18 +90,24 @@ class FakeSession:
     def drop(self, reason: str = "connection lost") -> None:
         """Lose the connection: publishes fail until :meth:`reconnect`."""
         self._connected.clear()
-        self.fail_publish = True
+        self._link_up = False
         self.last_error = reason
         for hook in self._disconnect_hooks:
             hook(reason)
 
     async def reconnect(self) -> None:
         """A new connection: the connect hooks run (they may publish), then ``wait_connected()`` returns."""
-        self.fail_publish = False
         await self._connect()
 
     async def _connect(self) -> None:
+        self._link_up = True
         self.connects += 1
         for hook in self._connect_hooks:
             await hook()
         self._connected.set()
+
+
+if TYPE_CHECKING:  # mypy checks that the fake keeps the real session's interface
+
+    def _conforms(fake: FakeSession) -> MqttSession:
+        return fake

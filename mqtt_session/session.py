@@ -13,7 +13,7 @@ import logging
 import ssl
 from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -133,7 +133,7 @@ class Session:
 
     # -- lifetime --------------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Session:
+    async def __aenter__(self) -> Self:
         if self._tasks is not None:
             raise RuntimeError(f"{self!r} is already running")
         # The TaskGroup lives as long as the block: a crash of the connection task propagates to the task
