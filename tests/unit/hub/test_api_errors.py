@@ -27,7 +27,7 @@ from hub.security.tokens import Tokens
 TOKEN = "errors-test-token"
 PASSWORD = "S3cret-Pw-42"
 SECRET_URL = f"postgresql+psycopg://hub:{PASSWORD}@db.internal.example:5432/edgefleet"
-DB_MESSAGE = f'(psycopg.OperationalError) connection to {SECRET_URL} failed: FATAL: password authentication failed'
+DB_MESSAGE = f"(psycopg.OperationalError) connection to {SECRET_URL} failed: FATAL: password authentication failed"
 SECRETS = (PASSWORD, "db.internal.example", "postgresql")
 LEAKS = (*SECRETS, "psycopg", "FATAL", "password authentication")
 """What a stranger must not see: the URL's parts and anything of the database's message."""

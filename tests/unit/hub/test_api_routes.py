@@ -48,7 +48,8 @@ def _routes(app: FastAPI) -> list[tuple[str, str]]:
     for route in _flat(app.routes):
         # A Mount or a websocket route would need its own enumeration here: fail rather than go unchecked.
         path, methods = getattr(route, "path", ""), getattr(route, "methods", None)
-        assert path and methods, f"{route!r}: enumerate this kind of route too"
+        assert path, f"{route!r}: enumerate this kind of route too"
+        assert methods, f"{route!r}: enumerate this kind of route too"
         found += [(method, path) for method in sorted(methods)]
     return found
 
@@ -67,7 +68,7 @@ def _flat(routes: Iterable[object]) -> Iterator[object]:
 
 def _call(client: TestClient, method: str, path: str, headers: dict[str, str]) -> tuple[int, str]:
     url = _PARAM.sub(lambda m: DUMMIES.get(m.group(1), "1"), path)
-    body = {} if method in ("POST", "PUT", "PATCH") else None
+    body: dict[str, object] | None = {} if method in ("POST", "PUT", "PATCH") else None
     response = client.request(method, url, headers=headers, json=body, follow_redirects=False)
     return response.status_code, response.headers.get("location", "")
 

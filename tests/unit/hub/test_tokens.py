@@ -81,7 +81,8 @@ async def test_revoking_the_last_token_keeps_the_api_closed(store: Store) -> Non
         token, _ = Tokens(store).create("only")
         assert (await client.get("/v1/devices", headers=bearer(token))).status_code == 200
         revoked = Tokens(store).revoke("only")
-        assert revoked is not None and revoked.remaining == 0
+        assert revoked is not None
+        assert revoked.remaining == 0
         assert (await client.get("/v1/devices")).status_code == 401
         assert (await client.get("/v1/devices", headers=bearer(token))).status_code == 401
     # A hub started afterwards (a new app over the same database) is closed too.
