@@ -68,6 +68,10 @@ def rollout_start(
     max_error_rate: Annotated[float | None, typer.Option(help="errors / events during the soak (0.05)")] = None,
     max_lag_ms: Annotated[float | None, typer.Option(help="largest processing lag during the soak (1000)")] = None,
     health_timeout: Annotated[str | None, typer.Option(help="time to report healthy (default 120s)")] = None,
+    min_events: Annotated[
+        int | None,
+        typer.Option(min=0, help="events a device must handle during its soak; fewer is 'no data' (default 10)"),
+    ] = None,
     as_json: AsJson = False,
     api: Api = DEFAULT_URL,
     token: Token = None,
@@ -81,6 +85,7 @@ def rollout_start(
         "max_error_rate": max_error_rate,
         "max_lag_ms": max_lag_ms,
         "health_timeout": health_timeout,
+        "min_events": min_events,
     }
     body = {"handler": handler, "release": release, "target": target or []}
     body.update({key: value for key, value in given.items() if value is not None})

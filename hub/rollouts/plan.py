@@ -8,6 +8,12 @@ reported lag stay within the limits. A refused update, a health timeout, a handl
 release during the soak, or a limit exceeded halts the rollout: the step's devices go back to their previous
 release and later steps are never touched. When every step passed, the release becomes the stable one.
 
+No data is not healthy: a device that handled fewer than ``min_events`` events (ok or not) since its soak began
+reads "no data" (still soaking: neither passed nor failed). Its soak runs on until enough events arrive, for
+at most ``health_timeout`` more; a device still without data then fails its gate ("no data"), like a device
+that never reports. An error rate over 0 events proves nothing, and a release that silently stopped taking
+events (a wrong subscription, a handler that never answers) must not pass for a good one.
+
 ``advance`` is one tick of the controller; the store applies what it returns under a compare-and-set.
 """
 
@@ -61,6 +67,17 @@ class Limits:
     max_error_rate: float = 0.05
     max_lag_ms: float = 1000.0
     health_timeout: float = 120.0
+    min_events: int = 10
+    """Events a device must handle during its soak for its error rate to count; fewer is "no data"."""
+
+
+NO_DATA = "no data"
+"""The gate's reading, and the start of the reason, of a soaking device with fewer than ``min_events``."""
+
+
+def no_data(status: DeviceStatus, reason: str | None) -> bool:
+    """Whether a device's gate reads "no data": soaking without enough events, or failed for want of them."""
+    return status in (DeviceStatus.SOAKING, DeviceStatus.FAILED) and (reason or "").startswith(NO_DATA)
 
 
 def batch_size(batch: str | int, total: int) -> int:
@@ -213,6 +230,7 @@ def _wait_healthy(
             soak_reports=0,
             soak_seen_at=seen.received_at,
             max_lag_ms=None,
+            reason=None,
         )
     if p.assigned_at is not None and now - p.assigned_at > limits.health_timeout:
         wait = format_duration(limits.health_timeout)
@@ -227,13 +245,24 @@ def _soak(p: Progress, seen: Observation, report: HandlerReport, limits: Limits,
     if p.max_lag_ms is not None and p.max_lag_ms > limits.max_lag_ms:
         return _fail(p, f"lag {p.max_lag_ms:.0f} ms over the limit of {limits.max_lag_ms:.0f} ms")
     soaked = now - (p.soak_started_at if p.soak_started_at is not None else now)
+    overdue = soaked > limits.soak + limits.health_timeout
     if soaked < limits.soak or p.soak_reports == 0:
-        if p.soak_reports == 0 and soaked > limits.soak + limits.health_timeout:
+        if p.soak_reports == 0 and overdue:
             return _fail(p, f"no report during the soak of {format_duration(limits.soak)}")
         return p
+    return _judge(p, report, limits, overdue=overdue)
+
+
+def _judge(p: Progress, report: HandlerReport, limits: Limits, *, overdue: bool) -> Progress:
+    """The end of a soak: passed or failed on the counts, or still "no data" (failed once ``overdue``)."""
     processed, errors = deltas(p, report)
-    rate = error_rate(processed, errors)
     counts = f"{errors} errors, {processed} ok"
+    if processed + errors < limits.min_events:
+        why = f"{NO_DATA}: {processed + errors} of {limits.min_events} events needed ({counts})"
+        if overdue:
+            return _fail(p, f"{why} within {format_duration(limits.soak + limits.health_timeout)} of becoming healthy")
+        return p if p.reason == why else replace(p, reason=why)
+    rate = error_rate(processed, errors)
     if rate > limits.max_error_rate:
         return _fail(p, f"error rate {rate:.1%} over the limit of {limits.max_error_rate:.1%} ({counts})")
     worst = "no lag reported" if p.max_lag_ms is None else f"max lag {p.max_lag_ms:.0f} ms"

@@ -149,6 +149,7 @@ def _rollout_out(r: RolloutRecord, desired: list[VersionOut] | None = None) -> R
         max_error_rate=r.limits.max_error_rate,
         max_lag_ms=r.limits.max_lag_ms,
         health_timeout=r.limits.health_timeout,
+        min_events=r.limits.min_events,
         state=r.state,
         step=r.step + 1,
         steps=r.steps,

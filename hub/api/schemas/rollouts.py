@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from edge_protocol.durations import Duration
 from hub.api.schemas.catalog import VersionOut
 from hub.desired.image_registry import DIGEST
 from hub.desired.versions import check_version
 from hub.fleet.labels import Selector
-from hub.rollouts.plan import DeviceStatus, Limits, State, batch_size
+from hub.rollouts.plan import DeviceStatus, Limits, State, batch_size, no_data
 
 _DEFAULTS = Limits()
 
@@ -69,6 +69,11 @@ class RolloutIn(_In):
     max_error_rate: float = Field(default=_DEFAULTS.max_error_rate, ge=0, le=1)
     max_lag_ms: float = Field(default=_DEFAULTS.max_lag_ms, ge=0)
     health_timeout: Duration = Field(default=_DEFAULTS.health_timeout, gt=0, description="to report healthy")
+    min_events: int = Field(
+        default=_DEFAULTS.min_events, ge=0,
+        description="events each device must handle during its soak; fewer is 'no data', a failure once the soak "
+        "has waited health_timeout more (0: judge on any count)",
+    )  # fmt: skip
 
     @field_validator("target")
     @classmethod
@@ -90,6 +95,7 @@ class RolloutIn(_In):
             max_error_rate=self.max_error_rate,
             max_lag_ms=self.max_lag_ms,
             health_timeout=self.health_timeout,
+            min_events=self.min_events,
         )
 
 
@@ -104,6 +110,12 @@ class DeviceProgressOut(_Out):
     soak_reports: int = 0
     max_lag_ms: float | None = None
     reason: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def no_data(self) -> bool:
+        """The gate reads "no data": too few events during the soak (still waiting, or failed for it)."""
+        return no_data(self.status, self.reason)
 
 
 class RolloutOut(_Out):
@@ -120,6 +132,7 @@ class RolloutOut(_Out):
     max_error_rate: float
     max_lag_ms: float
     health_timeout: Duration
+    min_events: int = _DEFAULTS.min_events
     state: State
     step: int = Field(description="the current step, 1-based (steps + 1 once completed)")
     steps: list[list[str]]

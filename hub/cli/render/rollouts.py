@@ -8,9 +8,9 @@ from rich.table import Table
 from rich.text import Text
 
 from edge_protocol.durations import format_duration
-from hub.api.schemas.rollouts import ReleaseOut, RolloutOut
+from hub.api.schemas.rollouts import DeviceProgressOut, ReleaseOut, RolloutOut
 from hub.cli.render.aggregates import local
-from hub.rollouts.plan import DeviceStatus, State
+from hub.rollouts.plan import NO_DATA, DeviceStatus, State
 
 _STATE_STYLE = {
     State.RUNNING: "cyan",
@@ -27,6 +27,14 @@ _STATUS_STYLE = {
     DeviceStatus.SOAKING: "cyan",
     DeviceStatus.ASSIGNED: "cyan",
 }
+
+
+def status_text(d: DeviceProgressOut) -> Text:
+    """A device's status; a soak without enough events reads "no data" (a failure for it "failed: no data")."""
+    if d.no_data:
+        failed = d.status is DeviceStatus.FAILED
+        return Text(f"failed: {NO_DATA}" if failed else NO_DATA, style="bold red" if failed else "yellow")
+    return Text(d.status.value, style=_STATUS_STYLE.get(d.status, ""))
 
 
 def _table(*columns: str) -> Table:
@@ -75,7 +83,7 @@ def rollout_detail(r: RolloutOut) -> RenderableType:
     facts.add_row(
         "gate",
         f"soak {format_duration(r.soak)}, error rate <= {r.max_error_rate:.1%}, lag <= {r.max_lag_ms:.0f} ms, "
-        f"healthy within {format_duration(r.health_timeout)}",
+        f"healthy within {format_duration(r.health_timeout)}, at least {r.min_events} events",
     )
     if r.reason:
         facts.add_row("reason", r.reason)
@@ -86,7 +94,7 @@ def rollout_detail(r: RolloutOut) -> RenderableType:
         devices.add_row(
             d.device,
             str(d.step) if d.step > 0 else "-",
-            Text(d.status.value, style=_STATUS_STYLE.get(d.status, "")),
+            status_text(d),
             "-" if d.desired_version is None else str(d.desired_version),
             str(d.soak_reports) if d.soak_started_at is not None else "-",
             "-" if d.max_lag_ms is None else f"{d.max_lag_ms:.0f} ms",

@@ -1,5 +1,5 @@
 """Rollouts driven by synthetic reported states and an injected clock: the happy path through every step, the
-three ways a step halts (refused update, health timeout, error rate in the soak), operators' commands, and two
+ways a step halts (refused update, health timeout, error rate in the soak, no data), operators' commands, and two
 controllers racing on one rollout."""
 
 from __future__ import annotations
@@ -7,7 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import ValidationError
+from rich.console import Console
 
+from hub.api.routes.releases import _rollout_out
+from hub.api.schemas.rollouts import RolloutIn, RolloutOut
+from hub.cli.render.rollouts import rollout_detail
 from hub.desired.releases import Releases
 from hub.errors import Conflict, Unprocessable
 from hub.fleet.devices import Devices
@@ -283,3 +288,65 @@ async def test_starting_a_rollout_checks_its_inputs(world: World) -> None:
     assert (everyone.image, everyone.previous_image) == (NEW, OLD)
     assert {d for step in everyone.steps for d in step} == set(LAB)
     assert PLANT not in {p.device for p in everyone.devices}
+
+
+async def test_a_device_without_events_reads_no_data_then_halts_the_rollout(world: World) -> None:
+    """No data is not healthy: the canary runs the release but handles no event during its soak."""
+    w = world
+    rid = w.start(min_events=5)
+    await w.tick()
+    w.report("d1", processed=40)
+    await w.tick()
+    w.clock.advance(SOAK + 1)
+    w.report("d1", processed=42)  # 2 events in the soak
+    await w.tick()
+    d1 = w.progress(rid, "d1")
+    assert (d1.status, d1.reason) == (DeviceStatus.SOAKING, "no data: 2 of 5 events needed (0 errors, 2 ok)")
+    assert w.get(rid).state is State.RUNNING  # waiting, not passed: the next step is not assigned
+    assert w.image("d2") == OLD
+    shown = _detail(w, rid)
+    assert "no data" in shown
+    assert "at least 5 events" in shown
+    w.clock.advance(HEALTH - 2)
+    await w.tick()
+    assert w.get(rid).state is State.RUNNING  # soak + health_timeout since it became healthy: not over yet
+    w.clock.advance(3)
+    await w.tick()
+    r = w.get(rid)
+    assert r.state is State.HALTED
+    assert r.reason == "step 1: d1: no data: 2 of 5 events needed (0 errors, 2 ok) within 150s of becoming healthy"
+    assert w.image("d1") == OLD
+    assert "failed: no data" in _detail(w, rid)
+
+
+async def test_events_arriving_within_the_extended_soak_pass_the_step(world: World) -> None:
+    w = world
+    rid = w.start()  # default min_events
+    await w.tick()
+    w.report("d1")
+    await w.tick()
+    w.clock.advance(SOAK + 1)
+    w.report("d1", processed=3)
+    await w.tick()
+    assert w.progress(rid, "d1").reason == f"no data: 3 of {Limits().min_events} events needed (0 errors, 3 ok)"
+    w.clock.advance(60)
+    w.report("d1", processed=Limits().min_events)
+    await w.tick()
+    assert w.progress(rid, "d1").status is DeviceStatus.PASSED
+    assert w.get(rid).step == 1
+
+
+def test_min_events_comes_from_the_request_and_goes_back_out() -> None:
+    body = RolloutIn(handler="temp-c", release="1.1", min_events=25)
+    assert body.limits.min_events == 25
+    assert RolloutIn(handler="temp-c", release="1.1").limits.min_events == Limits().min_events
+    with pytest.raises(ValidationError):
+        RolloutIn(handler="temp-c", release="1.1", min_events=-1)
+
+
+def _detail(w: World, rollout_id: int) -> str:
+    """``hub rollout status`` as the operator sees it, from the API's JSON."""
+    out = RolloutOut.model_validate_json(_rollout_out(w.get(rollout_id)).model_dump_json())
+    console = Console(record=True, width=240)
+    console.print(rollout_detail(out))
+    return console.export_text()
