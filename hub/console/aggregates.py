@@ -162,7 +162,7 @@ async def _select(console: Console, result: Result) -> None:
     series: dict[str, list[Point]] = defaultdict(list)
     for row in rolled:
         agg = row.aggregate
-        name = "all selected devices, merged" if query.rollup else agg.device
+        name = "merged" if query.rollup else agg.device
         if agg.group:
             name = f"{name} [{agg.group}]"
         series[name].append((agg.window_start, result.value(row)))
