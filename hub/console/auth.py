@@ -98,6 +98,7 @@ class ConsoleAuth:
         session = Session.parse(request.cookies.get(SESSION_COOKIE))
         if session is None or not await self.token_ok(session.token):
             return None
+        request.state.authorized = True  # as the API's token check marks it: errors may then say more
         return session
 
     async def require(self, request: Request) -> Session:
