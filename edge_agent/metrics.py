@@ -51,11 +51,16 @@ class AgentCollector(Collector):
         yield backlog
         up = GaugeMetricFamily("edgefleet_agent_handler_up", "1 when the handler answers", labels=["handler"])
         restarts = CounterMetricFamily("edgefleet_agent_handler_restarts", "container restarts", labels=["handler"])
+        ooms = CounterMetricFamily(
+            "edgefleet_agent_handler_oom_kills", "containers killed for memory (OOM killer)", labels=["handler"]
+        )
         for name, runtime in dict(s.runtimes).items():
             up.add_metric([name], 1.0 if runtime.healthy else 0.0)
             restarts.add_metric([name], runtime.restarts)
+            ooms.add_metric([name], runtime.oom_kills)
         yield up
         yield restarts
+        yield ooms
         pending = GaugeMetricFamily("edgefleet_agent_outbox_pending", "records waiting for the hub's ack")
         pending.add_metric([], s.outbox.pending if s.outbox is not None else 0)
         yield pending

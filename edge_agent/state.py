@@ -73,6 +73,7 @@ class AgentState:
             replicas=described.replicas,
             arrival_rate=described.arrival_rate,
             capacity_per_replica=described.capacity_per_replica,
+            oom_kills=described.oom_kills,
         )
 
     async def reported(self, device_id: str) -> Reported:

@@ -13,6 +13,7 @@ DeadLetterReason = Literal[
     "handler-error",
     "handler-invalid-reply",
     "handler-exited",
+    "handler-oom",
     "handler-timeout",
     "handler-unavailable",
     "late",

@@ -87,6 +87,9 @@ class HandlerReport(WireModel):
     replicas: int = Field(default=1, ge=0, description="P: replicas running")
     arrival_rate: float | None = Field(default=None, ge=0, description="E: events/s offered to the handler")
     capacity_per_replica: float | None = Field(default=None, ge=0, description="m: events/s one replica handles")
+    oom_kills: int = Field(
+        default=0, ge=0, description="containers killed for memory (the kernel's OOM killer, inside the limit)"
+    )
 
 
 class SubscriptionReport(WireModel):

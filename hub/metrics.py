@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from edge_protocol.messages import Reported
+
 MESSAGES = Counter(
     "edgefleet_hub_messages_total",
     "MQTT messages received by ingest, by channel",
@@ -49,3 +51,38 @@ INGEST_QUEUED = Gauge(
     "edgefleet_hub_ingest_queued_records",
     "Records checked by ingest and waiting for their transaction",
 )
+HANDLER_FAILURES = Counter(
+    "edgefleet_hub_handler_failures_total",
+    "Handler failures devices reported (the increase of their per-handler counts), by reason: "
+    "oom (a container killed for memory by the kernel's OOM killer, inside its limit)",
+    ["reason"],
+)
+
+
+class HandlerFailureCounts:
+    """Turns the cumulative per-handler counts of reported states into ``HANDLER_FAILURES`` increments.
+
+    A retained state the hub hears first (at subscribe, after a hub restart) is only a baseline: whoever heard
+    it live counted it. A count lower than the last one is an agent restart: it is all new. An older state
+    (by the agent's ``ts``) than the last one changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def observe(self, reported: Reported, *, retained: bool) -> None:
+        for handler in reported.handlers:
+            key = (reported.device, handler.name)
+            last = self._last.get(key)
+            if last is not None and reported.ts <= last[0]:
+                continue
+            self._last[key] = (reported.ts, handler.oom_kills)
+            if last is None and retained:
+                continue
+            before = last[1] if last is not None else 0
+            new = handler.oom_kills - before if handler.oom_kills >= before else handler.oom_kills
+            if new:
+                HANDLER_FAILURES.labels("oom").inc(new)
+
+
+HANDLER_FAILURE_COUNTS = HandlerFailureCounts()

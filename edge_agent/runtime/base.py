@@ -70,6 +70,8 @@ class RuntimeDescription:
     """E: events per second offered in the pool's last evaluation window (None unless scaled by load)."""
     capacity_per_replica: float | None = None
     """m: events per busy second of one replica in that window."""
+    oom_kills: int = 0
+    """Times a container of the handler was killed for memory (the kernel's OOM killer, inside its limit)."""
 
 
 class HandlerRuntime(abc.ABC):
@@ -123,12 +125,19 @@ class HandlerRuntime(abc.ABC):
         return 0
 
     @property
+    def oom_kills(self) -> int:
+        """Of those, times it was killed for memory (the kernel's OOM killer, inside the spec's limit)."""
+        return 0
+
+    @property
     def container_id(self) -> str | None:
         """The container serving now, if the handler runs in one."""
         return None
 
     def describe(self) -> RuntimeDescription:
-        return RuntimeDescription(image=self.spec.image, restarts=self.restarts, container=self.container_id)
+        return RuntimeDescription(
+            image=self.spec.image, restarts=self.restarts, container=self.container_id, oom_kills=self.oom_kills
+        )
 
 
 IN_PROCESS_IMAGE = "in-process"

@@ -109,6 +109,20 @@ def create_and_attach(client: docker.DockerClient, name: str, args: dict[str, An
     return container, dup
 
 
+def exit_state(container: Container, timeout: float) -> dict[str, Any]:
+    """The engine's ``State`` of a container whose stream ended, once it has exited (waiting up to ``timeout``
+    for the engine to see the exit): ``OOMKilled`` and ``ExitCode`` say why. Empty when the engine cannot say."""
+    # requests' timeouts and connection errors are OSErrors.
+    with contextlib.suppress(docker.errors.APIError, OSError):
+        container.wait(timeout=timeout)
+    try:
+        container.reload()
+    except (docker.errors.APIError, OSError):
+        return {}
+    state = container.attrs.get("State")
+    return state if isinstance(state, dict) else {}
+
+
 def stop_and_remove(container: Container) -> None:
     with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
         container.stop(timeout=3)

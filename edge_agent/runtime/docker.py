@@ -21,12 +21,21 @@ from docker.models.containers import Container
 from edge_agent.errors import HandlerExitedAtStart, HandlerStartError
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome, RuntimeStats
 from edge_agent.runtime.channel import HandlerChannel, Io
-from edge_agent.runtime.containers import create_and_attach, ensure_image, hardened_create_args, stop_and_remove
+from edge_agent.runtime.containers import (
+    create_and_attach,
+    ensure_image,
+    exit_state,
+    hardened_create_args,
+    stop_and_remove,
+)
 from edge_agent.runtime.replies import PendingReplies
 from edge_protocol.deadletter import DeadLetterReason
 from edge_protocol.specs import HandlerSpec
 
 log = logging.getLogger(__name__)
+
+EXIT_WAIT = 5.0
+"""How long to wait for the engine to see the exit of a container whose stream ended, to learn why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,7 @@ class DockerHandler(HandlerRuntime):
         self._poisoned = False
         self._failures = 0
         self._restarts = 0
+        self._oom_kills = 0
 
     @property
     def healthy(self) -> bool:
@@ -86,6 +96,10 @@ class DockerHandler(HandlerRuntime):
     @property
     def restarts(self) -> int:
         return self._restarts
+
+    @property
+    def oom_kills(self) -> int:
+        return self._oom_kills
 
     @property
     def container_id(self) -> str | None:
@@ -249,13 +263,28 @@ class DockerHandler(HandlerRuntime):
                     self._poisoned = False
                     self._healthy = False
                     return replies.take_waiting()
-                return self._charge_oldest("handler-exited", "the handler's container exited")
+                return self._charge_oldest(*await self._exit_reason())
             try:
                 async with asyncio.timeout(timeout):
                     await replies.progress.wait()
             except TimeoutError:
                 return self._charge_oldest("handler-timeout", f"no reply within {timeout:g}s")
         return []
+
+    async def _exit_reason(self) -> tuple[DeadLetterReason, str]:
+        """Why the container's stream ended, as the engine tells it: killed by the kernel's OOM killer inside
+        its memory limit (``handler-oom``, counted), or any other exit."""
+        container = self._container
+        state = await asyncio.to_thread(exit_state, container, EXIT_WAIT) if container is not None else {}
+        code = state.get("ExitCode")
+        if state.get("OOMKilled"):
+            self._oom_kills += 1
+            log.error("handler %s: container %s killed for memory (limit %s, exit code %s)",
+                      self.name, container.short_id if container else "?", self.spec.limits.memory, code)
+            return "handler-oom", f"killed for memory: out of its {self.spec.limits.memory} limit (exit code {code})"
+        if isinstance(code, int) and not state.get("Running"):
+            return "handler-exited", f"the handler's container exited (exit code {code})"
+        return "handler-exited", "the handler's container exited"
 
     def _charge_oldest(self, reason: DeadLetterReason, detail: str) -> list[int]:
         """The oldest waiting event caused the exit or hang: dead-letter it, retry the others."""

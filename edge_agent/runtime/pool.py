@@ -72,6 +72,10 @@ class ReplicaPool(HandlerRuntime):
         return sum(r.restarts for r in self.replicas)
 
     @property
+    def oom_kills(self) -> int:
+        return sum(r.oom_kills for r in self.replicas)
+
+    @property
     def container_id(self) -> str | None:
         return next((r.container_id for r in self.replicas if r.healthy), None)
 
@@ -83,6 +87,7 @@ class ReplicaPool(HandlerRuntime):
             replicas=len(self.replicas),
             arrival_rate=self.arrival_rate,
             capacity_per_replica=self.capacity,
+            oom_kills=self.oom_kills,
         )
 
     async def start(self) -> None:

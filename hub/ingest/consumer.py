@@ -121,6 +121,7 @@ class Ingest:
             stored = await self._writes.put(DeviceSeen(device, seen_at, msg.online, msg.agent_version))
             return self._seen_once_stored(device, stored)
         if channel == "reported" and isinstance(msg, Reported):
+            metrics.HANDLER_FAILURE_COUNTS.observe(msg, retained=message.retain)
             now = self._clock()
             stored = await self._writes.put(ReportedState(msg, msg.ts if message.retain else now, now))
             return self._seen_once_stored(device, stored)
