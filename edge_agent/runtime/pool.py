@@ -3,24 +3,42 @@
 Every ``scale_every`` seconds the pool measures the arrival rate E (events offered per second) and each
 replica's capacity m (events per busy second) and runs P = ceil(E / (m x target_utilization)) replicas within
 [replicas, max_replicas]. It grows at once and shrinks only after two evaluations in a row asked for fewer, so
-P does not flap. A batch is split across replicas -- by a hash of the subscription's key when it names one, so
-that events of one key stay in order on one replica, else in contiguous parts -- and the outcomes are put
-back in the batch's order.
+P does not flap. A batch is split across replicas -- by the subscription's key when it names one, else in
+contiguous parts -- and the outcomes are put back in the batch's order.
+
+A key is served by one replica for as long as the replica count stays the same, whichever other keys share
+its batch, so that its events stay in order and whatever a handler keeps per key stays on one replica. The
+replica is chosen by rendezvous hashing (the highest hash of key and replica number wins), so that a scale from
+n to n + 1 replicas moves only the keys the new replica wins (about 1 in n + 1) and a shrink only those of the
+replica that goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import math
 import time
-import zlib
 from collections.abc import Callable
 
 from edge_agent.runtime.base import EventTuple, HandlerRuntime, Outcome, RuntimeDescription, RuntimeStats
 from edge_protocol.specs import HandlerSpec
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def replica_of(key: str, replicas: int) -> int:
+    """The replica (0 .. ``replicas`` - 1) that serves ``key``: rendezvous hashing, stable while ``replicas``
+    is, and moving only the keys a new replica wins when it grows."""
+    encoded = key.encode()
+
+    def score(replica: int) -> bytes:
+        return hashlib.blake2b(encoded, digest_size=8, salt=replica.to_bytes(8, "big")).digest()
+
+    return max(range(replicas), key=score)
 
 
 class ReplicaPool(HandlerRuntime):
@@ -107,22 +125,23 @@ class ReplicaPool(HandlerRuntime):
             async with self._lock:
                 await self._maybe_scale()
 
-    def _parts(self, count: int, keys: list[str] | None) -> list[list[int]]:
+    def _parts(self, count: int, keys: list[str] | None) -> list[tuple[int, list[int]]]:
+        """(replica, the batch's indices it serves) for each replica with something to do."""
         n = len(self.replicas)
         if keys is not None:
-            parts: list[list[int]] = [[] for _ in range(n)]
+            parts: dict[int, list[int]] = {}
             for i, key in enumerate(keys):
-                parts[zlib.crc32(key.encode()) % n].append(i)
-            return parts
-        size = math.ceil(count / n)
-        return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+                parts.setdefault(replica_of(key, n), []).append(i)
+            return sorted(parts.items())
+        size = max(1, math.ceil(count / n))
+        return [(r, list(range(i, min(i + size, count)))) for r, i in enumerate(range(0, count, size))]
 
     async def _process(self, events: list[EventTuple], keys: list[str] | None) -> list[Outcome]:
         async with self._lock:
             started = self._clock()
-            parts = [p for p in self._parts(len(events), keys) if p]
+            parts = self._parts(len(events), keys)
             results = await asyncio.gather(
-                *(r.process([events[i] for i in part]) for r, part in zip(self.replicas, parts, strict=False))
+                *(self.replicas[r].process([events[i] for i in part]) for r, part in parts)
             )
             # Each part kept one replica busy for at most the whole call: an upper bound of busy time, so m is
             # if anything underestimated and the pool errs towards one replica more.
@@ -130,7 +149,7 @@ class ReplicaPool(HandlerRuntime):
             self._offered += len(events)
             await self._maybe_scale()
         outcomes: list[Outcome | None] = [None] * len(events)
-        for part, part_outcomes in zip(parts, results, strict=False):
+        for (_replica, part), part_outcomes in zip(parts, results, strict=True):
             for i, outcome in zip(part, part_outcomes, strict=True):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
