@@ -16,7 +16,6 @@ import random
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -26,13 +25,10 @@ from edge_agent.aggregation.windows import WindowSet, numeric_values
 from edge_agent.outbox import Outbox
 from edge_protocol.aggregate import FieldState, WindowResult
 from edge_protocol.sketch import RELATIVE_ACCURACY
-from edge_protocol.specs import SubscriptionSpec, quantile_of
+from edge_protocol.specs import quantile_of
 from hub.ingest.aggregates import StoredAggregate
 from hub.ingest.rollup import rollup
-
-FAR = 1e12
-QUANTILES = ["p50", "p90", "p95", "p99", "p37.5"]
-ALL_STATS = ["count", "sum", "min", "max", "mean", "stddev", "first", "last", *QUANTILES]
+from tests.unit.agent.accuracy import FAR, spec
 
 # Values: |v| in [1e-300, 1e6], exact zeros, both signs. Below ~2.3e-308 DDSketch's mapping counts a value as
 # zero (its documented floor), so the relative guarantee starts above it; the sketch must still be right near 0.
@@ -41,12 +37,6 @@ values_st = st.one_of(
     st.sampled_from([0.0, -0.0, 1e-300, -1e-300, 1e-9, -1e-9, 1.0, -1.0]),
     st.floats(min_value=0.5, max_value=2.0),  # a tight cluster: quantiles in neighbouring sketch bins
 )
-
-
-def spec(window: dict[str, Any], stats: list[str] | None = None, **kw: Any) -> SubscriptionSpec:
-    return SubscriptionSpec(
-        name="acc", topic="sensors/#", handler="h", window=window, stats=stats or ALL_STATS, fields=["v"], **kw
-    )
 
 
 def wire(result: WindowResult) -> WindowResult:

@@ -24,7 +24,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.runtime.base import FunctionRuntime
 from edge_protocol.aggregate import WindowResult
 from edge_protocol.deadletter import DeadLetter
-from tests.unit.agent.test_aggregation_accuracy import FAR, spec
+from tests.unit.agent.accuracy import FAR, spec
 
 # -- out-of-order and late events ------------------------------------------------------------------------------
 SIZE, LATENESS = 10.0, 5.0
