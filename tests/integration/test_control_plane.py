@@ -6,11 +6,9 @@ state; the CLI without a token, or with a wrong one, is refused by the API."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +16,17 @@ import httpx
 import orjson
 import pytest
 
-from edge_agent.config import AgentConfig
-from edge_agent.state import AgentState
-from hub.config import HubConfig
 from hub.desired.keys import init_keys
 from scripts.mosquitto import Mosquitto
-from tests.integration.test_end_to_end import publish_all
-from tests.integration.test_hub_ingest import hub_config, running_hub
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
 from tests.support.engine import remove_labelled
-from tests.support.running import running_agent, wait_for
+from tests.support.mqtt_clients import publish_all
+from tests.support.running import fleet_of, hub_config, serving_hub, wait_for
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "control-plane-token"
 HUB = [sys.executable, "-m", "hub"]
-
-
-class Fleet:
-    """Three agents, started and stopped by id."""
-
-    def __init__(self, configs: dict[str, AgentConfig]) -> None:
-        self.configs = configs
-        self.states: dict[str, AgentState] = {}
-        self._stacks: dict[str, contextlib.AsyncExitStack] = {}
-
-    async def start(self, device: str) -> AgentState:
-        stack = contextlib.AsyncExitStack()
-        state, _task = await stack.enter_async_context(running_agent(self.configs[device]))
-        self._stacks[device], self.states[device] = stack, state
-        return state
-
-    async def stop(self, device: str) -> None:
-        await self._stacks.pop(device).aclose()
-
-    async def aclose(self) -> None:
-        for device in list(self._stacks):
-            await self.stop(device)
-
-
-@contextlib.asynccontextmanager
-async def fleet_of(configs: dict[str, AgentConfig]) -> AsyncIterator[Fleet]:
-    fleet = Fleet(configs)
-    try:
-        await asyncio.gather(*(fleet.start(d) for d in configs))
-        yield fleet
-    finally:
-        await fleet.aclose()
 
 
 async def test_hub_manages_three_agents_by_label(
@@ -77,8 +39,9 @@ async def test_hub_manages_three_agents_by_label(
     tmp_path: Path,
 ) -> None:
     keys = init_keys(tmp_path / "keys")
-    base = hub_config(cloud_broker, topic_prefix, tmp_path, token=TOKEN)
-    config = HubConfig(**{**base.model_dump(), "signing": {"private_key": keys.private_path}})
+    config = hub_config(
+        cloud_broker, topic_prefix, tmp_path / "hub.db", token=TOKEN, signing={"private_key": keys.private_path}
+    )
     labels = {f"{device_id}-a": "lab", f"{device_id}-b": "lab", f"{device_id}-c": "field"}
     configs = {
         dev: agent_config(
@@ -92,7 +55,7 @@ async def test_hub_manages_three_agents_by_label(
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
         async with fleet_of(configs) as fleet:
-            async with running_hub(config) as api, httpx.AsyncClient(base_url=api, headers=auth) as http:
+            async with serving_hub(config) as (api, _hub), httpx.AsyncClient(base_url=api, headers=auth) as http:
 
                 async def known() -> bool:
                     devices = (await http.get("/v1/devices")).json()
@@ -160,7 +123,7 @@ async def test_hub_manages_three_agents_by_label(
             assert state.reconciler is not None
             assert state.reconciler.applied_version is not None
 
-            async with running_hub(config) as api, httpx.AsyncClient(base_url=api, headers=auth) as http:
+            async with serving_hub(config) as (api, _hub), httpx.AsyncClient(base_url=api, headers=auth) as http:
                 resp = await http.delete("/v1/subscriptions/temps")
                 assert resp.status_code in (200, 204), resp.text
                 await wait_for(lambda: all(fleet.states[d].dispatchers == {} for d in lab), timeout=60,

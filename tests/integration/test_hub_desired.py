@@ -16,10 +16,9 @@ import pytest
 from edge_protocol.desired import DesiredDocument, load_public_key, verify_document
 from edge_protocol.messages import Reported, Status
 from edge_protocol.topics import Topics
-from hub.config import HubConfig
 from hub.desired.keys import init_keys
 from scripts.mosquitto import Mosquitto
-from tests.integration.test_hub_ingest import hub_config, running_hub, wait_until
+from tests.support.running import hub_config, serving_hub, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +49,13 @@ async def test_a_device_gets_its_signed_desired_state_retained(
     topics = Topics(topic_prefix)
     pair = init_keys(tmp_path / "keys")
     public = load_public_key(pair.public_path.read_text())
-    base = hub_config(cloud_broker, topic_prefix, tmp_path, token=TOKEN)
-    config = HubConfig(**{**base.model_dump(), "signing": {"private_key": pair.private_path}})
+    config = hub_config(
+        cloud_broker, topic_prefix, tmp_path / "hub.db", token=TOKEN, signing={"private_key": pair.private_path}
+    )
     other = f"{device_id}-other"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with (
-        running_hub(config) as api,
+        serving_hub(config) as (api, _hub),
         httpx.AsyncClient(base_url=api, headers=auth) as http,
         device(cloud_broker, topics, device_id) as agent,
     ):
@@ -93,7 +93,7 @@ async def test_a_device_gets_its_signed_desired_state_retained(
             shown = (await http.get(f"/v1/devices/{device_id}/desired")).json()
             return shown["version"] == 2 and shown["published_at"] is not None
 
-        await wait_until(published, what="version 2 marked published")
+        await wait_for(published, timeout=10, what="version 2 marked published")
         other_doc = DesiredDocument.model_validate((await http.get(f"/v1/devices/{other}/desired")).json()["document"])
         assert (other_doc.version, other_doc.subscriptions) == (1, [])
 
@@ -105,7 +105,7 @@ async def test_a_device_gets_its_signed_desired_state_retained(
             view = (await http.get(f"/v1/devices/{device_id}")).json()
             return (view["applied_version"], view["desired_version"]) == (2, 2)
 
-        await wait_until(applied, what="applied version 2 in /v1/devices/{id}")
+        await wait_for(applied, timeout=10, what="applied version 2 in /v1/devices/{id}")
 
     # A device that (re)connects later gets the newest version from the broker, even with the hub gone.
     async with device(cloud_broker, topics, device_id) as late:

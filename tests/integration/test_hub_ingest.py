@@ -8,9 +8,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import httpx
@@ -20,11 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_protocol.aggregate import FieldAccumulator, WindowResult, window_id
 from edge_protocol.messages import Ack, AggregateBatch, SequencedResult, Status
 from edge_protocol.topics import Topics
-from hub.config import HubConfig
-from hub.service import serve
 from scripts.loopback import free_port
 from scripts.mosquitto import Mosquitto
-from tests.support.running import cancel_and_wait
+from tests.support.running import hub_config, serving_hub, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,40 +49,6 @@ def make_batch(device: str, seqs: list[int], *, start: float = 1_700_000_000.0) 
         )
         records.append(SequencedResult(seq=seq, result=result))
     return AggregateBatch(device=device, sent_at=time.time(), records=records)
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str) -> None:
-    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def hub_config(broker: Mosquitto, prefix: str, tmp_path: Path, **api: Any) -> HubConfig:
-    return HubConfig(
-        broker={"host": broker.host, "port": broker.port, "prefix": prefix, "client_id": f"hub-{prefix}"},
-        store={"url": f"sqlite:///{tmp_path / 'hub.db'}"},
-        api={"host": "127.0.0.1", "port": free_port(), **api},
-    )
-
-
-@contextlib.asynccontextmanager
-async def running_hub(config: HubConfig) -> AsyncIterator[str]:
-    """``serve()`` as a task until ready; yields the API URL; cancels and awaits it on exit."""
-    ready = asyncio.Event()
-    task = asyncio.create_task(serve(config, ready=ready), name="test.hub")
-    waiter = asyncio.create_task(ready.wait(), name="test.hub.ready")
-    try:
-        done, _ = await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # serve() failed: raise its error here
-        assert waiter in done, "the hub did not become ready within 20s"
-        yield f"http://{config.api.host}:{config.api.port}"
-    finally:
-        waiter.cancel()
-        await cancel_and_wait(task, what="the hub")
 
 
 @contextlib.asynccontextmanager
@@ -132,9 +95,9 @@ async def test_batches_are_acked_by_range_stored_once_and_shown_by_the_cli(
     cloud_broker: Mosquitto, topic_prefix: str, device_id: str, tmp_path: Path
 ) -> None:
     topics = Topics(topic_prefix)
-    config = hub_config(cloud_broker, topic_prefix, tmp_path, token=TOKEN)
+    config = hub_config(cloud_broker, topic_prefix, tmp_path / "hub.db", token=TOKEN)
     batch = make_batch(device_id, [1, 2, 3, 5])  # 4 is missing: the hub must not ack it
-    async with running_hub(config) as api, device_client(cloud_broker, topics, device_id) as agent:
+    async with serving_hub(config) as (api, _hub), device_client(cloud_broker, topics, device_id) as agent:
         await agent.publish(topics.aggregates(device_id), batch.model_dump_json(), qos=1)
         assert await next_ack(agent) == Ack(device=device_id, ranges=[(1, 3), (5, 5)])
 
@@ -171,9 +134,9 @@ async def test_status_messages_update_the_device_list(
     cloud_broker: Mosquitto, topic_prefix: str, device_id: str, tmp_path: Path
 ) -> None:
     topics = Topics(topic_prefix)
-    config = hub_config(cloud_broker, topic_prefix, tmp_path)
+    config = hub_config(cloud_broker, topic_prefix, tmp_path / "hub.db")
     async with (
-        running_hub(config) as api,
+        serving_hub(config) as (api, _hub),
         device_client(cloud_broker, topics, device_id) as agent,
         httpx.AsyncClient(base_url=api) as http,
     ):
@@ -184,10 +147,10 @@ async def test_status_messages_update_the_device_list(
             devices = (await http.get("/v1/devices")).json()
             return any(d["id"] == device_id and d["online"] is state for d in devices)
 
-        await wait_until(lambda: listed(True), what="the device online in /v1/devices")
+        await wait_for(lambda: listed(True), timeout=10, what="the device online in /v1/devices")
         offline = Status(device=device_id, online=False, agent_version="9.9.9", ts=time.time())
         await agent.publish(topics.status(device_id), offline.model_dump_json(), qos=1, retain=True)
-        await wait_until(lambda: listed(False), what="the device offline in /v1/devices")
+        await wait_for(lambda: listed(False), timeout=10, what="the device offline in /v1/devices")
         await agent.publish(topics.status(device_id), b"", qos=1, retain=True)  # clear the retained status
 
 
@@ -196,7 +159,7 @@ async def test_the_hub_resubscribes_after_a_broker_restart(
 ) -> None:
     broker = fresh_broker()
     topics = Topics(topic_prefix)
-    async with running_hub(hub_config(broker, topic_prefix, tmp_path)):
+    async with serving_hub(hub_config(broker, topic_prefix, tmp_path / "hub.db")):
         async with device_client(broker, topics, device_id) as agent:
             await agent.publish(topics.aggregates(device_id), make_batch(device_id, [1]).model_dump_json(), qos=1)
             assert (await next_ack(agent)).ranges == [(1, 1)]
@@ -234,7 +197,7 @@ async def test_hub_serve_stops_cleanly_on_sigterm(cloud_broker: Mosquitto, topic
                 except httpx.TransportError:
                     return False
 
-            await wait_until(healthy, timeout=30, what="hub serve to answer /healthz")
+            await wait_for(healthy, timeout=30, what="hub serve to answer /healthz")
         proc.terminate()
         async with asyncio.timeout(15):
             _, err = await proc.communicate()

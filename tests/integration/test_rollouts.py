@@ -14,15 +14,12 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from hub.config import HubConfig
 from hub.desired.keys import init_keys
 from scripts.mosquitto import Mosquitto
-from tests.integration.test_control_plane import fleet_of
-from tests.integration.test_end_to_end import DeadLetters
-from tests.integration.test_hub_ingest import hub_config, running_hub
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
 from tests.support.engine import remove_labelled
-from tests.support.running import wait_for
+from tests.support.mqtt_clients import DeadLetters
+from tests.support.running import fleet_of, hub_config, serving_hub, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,8 +64,9 @@ async def test_rollouts_update_gate_and_roll_back(
     tmp_path: Path,
 ) -> None:
     keys = init_keys(tmp_path / "keys")
-    base = hub_config(cloud_broker, topic_prefix, tmp_path, token=TOKEN)
-    config = HubConfig(**{**base.model_dump(), "signing": {"private_key": keys.private_path}})
+    config = hub_config(
+        cloud_broker, topic_prefix, tmp_path / "hub.db", token=TOKEN, signing={"private_key": keys.private_path}
+    )
     devices = [f"{device_id}-{n}" for n in "abc"]
     configs = {
         dev: agent_config(
@@ -84,7 +82,7 @@ async def test_rollouts_update_gate_and_roll_back(
     deadletters = DeadLetters(device_broker, topic_prefix)
     publisher: Publisher | None = None
     try:
-        async with fleet_of(configs) as fleet, running_hub(config) as api, httpx.AsyncClient(
+        async with fleet_of(configs) as fleet, serving_hub(config) as (api, _hub), httpx.AsyncClient(
             base_url=api, headers=auth, timeout=30
         ) as http:
 

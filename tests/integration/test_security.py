@@ -29,8 +29,7 @@ from hub.security import credentials
 from hub.security.ca import CertificateAuthority
 from scripts.loopback import free_port
 from scripts.mosquitto import Mosquitto
-from tests.integration.test_hub_ingest import running_hub
-from tests.support.running import running_agent, wait_for
+from tests.support.running import running_agent, serving_hub, wait_for
 from tests.support.secure_broker import HUB_USERNAME, MqttProbe, SecureCloud, tls_context
 from tests.unit.hub.factories import batch, record
 
@@ -242,7 +241,7 @@ async def test_hub_and_a_provisioned_agent_work_through_the_secured_broker(
     config = HubConfig(**{**base.model_dump(), "api": {"host": "127.0.0.1", "port": free_port()}})
     agent = load_config(out / "agent.toml", data_dir=tmp_path / "agent", local_broker={"port": device_broker.port})
     topics = Topics(secure_cloud.prefix)
-    async with running_hub(config) as api, httpx.AsyncClient(base_url=api) as http:
+    async with serving_hub(config) as (api, _hub), httpx.AsyncClient(base_url=api) as http:
         assert (await http.get("/v1/devices")).status_code == 401
         assert (await http.get("/v1/devices", headers={"Authorization": "Bearer eft_wrong"})).status_code == 401
         auth = {"Authorization": f"Bearer {token}"}

@@ -88,24 +88,76 @@ async def running_agent(config: AgentConfig, **kwargs: Any) -> AsyncIterator[tup
             raise task.exception()  # type: ignore[misc]
 
 
+class Fleet:
+    """Agents in-process (:func:`running_agent`), started and stopped by device id."""
+
+    def __init__(self, configs: dict[str, AgentConfig]) -> None:
+        self.configs = configs
+        self.states: dict[str, AgentState] = {}
+        self._stacks: dict[str, contextlib.AsyncExitStack] = {}
+
+    async def start(self, device: str) -> AgentState:
+        stack = contextlib.AsyncExitStack()
+        state, _task = await stack.enter_async_context(running_agent(self.configs[device]))
+        self._stacks[device], self.states[device] = stack, state
+        return state
+
+    async def stop(self, device: str) -> None:
+        await self._stacks.pop(device).aclose()
+
+    async def aclose(self) -> None:
+        for device in list(self._stacks):
+            await self.stop(device)
+
+
 @contextlib.asynccontextmanager
-async def running_hub(
-    cloud: Mosquitto, prefix: str, db: Path
-) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.Task[None]]]:
-    """The hub's ``serve()`` in-process (as in the end-to-end test); cancelled and awaited at exit."""
-    port = free_port()
-    config = HubConfig(
+async def fleet_of(configs: dict[str, AgentConfig]) -> AsyncIterator[Fleet]:
+    """Every agent of ``configs`` started at once; all stopped at exit."""
+    fleet = Fleet(configs)
+    try:
+        await asyncio.gather(*(fleet.start(d) for d in configs))
+        yield fleet
+    finally:
+        await fleet.aclose()
+
+
+def hub_config(cloud: Mosquitto, prefix: str, db: Path, *, token: str | None = None, **sections: Any) -> HubConfig:
+    """A hub on ``cloud`` under ``prefix`` with its SQLite store at ``db`` and its API on a free loopback port;
+    ``token`` is the API's bearer token, ``sections`` (``signing={...}``) are further config sections."""
+    api: dict[str, Any] = {"host": "127.0.0.1", "port": free_port()}
+    if token is not None:
+        api["token"] = token
+    return HubConfig(
         broker={"host": cloud.host, "port": cloud.port, "prefix": prefix, "client_id": f"hub-{uuid.uuid4().hex[:8]}"},
         store={"url": f"sqlite:///{db}"},
-        api={"host": "127.0.0.1", "port": port},
+        api=api,
+        **sections,
     )
+
+
+@contextlib.asynccontextmanager
+async def serving_hub(config: HubConfig) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
+    """The hub's ``serve(config)`` as a task until ready: yields its API's URL and the task; cancelled and
+    awaited at exit."""
     ready = asyncio.Event()
     task = asyncio.create_task(hub_serve(config, ready=ready), name="test.hub")
     try:
         await wait_for(lambda: ready.is_set() or task.done(), timeout=30, what="hub ready")
         if task.done():
-            task.result()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
-            yield api, task
+            task.result()  # serve() failed: raise its error here
+        assert ready.is_set(), "the hub stopped before it was ready"
+        yield f"http://{config.api.host}:{config.api.port}", task
     finally:
         await cancel_and_wait(task, what="the hub")
+
+
+@contextlib.asynccontextmanager
+async def running_hub(
+    cloud: Mosquitto, prefix: str, db: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.Task[None]]]:
+    """A hub with :func:`hub_config`'s defaults and an API client on it (no token); see :func:`serving_hub`."""
+    async with (
+        serving_hub(hub_config(cloud, prefix, db)) as (url, task),
+        httpx.AsyncClient(base_url=url, timeout=10) as api,
+    ):
+        yield api, task
