@@ -54,13 +54,22 @@ class AgentCollector(Collector):
         ooms = CounterMetricFamily(
             "edgefleet_agent_handler_oom_kills", "containers killed for memory (OOM killer)", labels=["handler"]
         )
+        lag = GaugeMetricFamily(
+            "edgefleet_agent_handler_lag_seconds",
+            "worst arrival-to-outcome time of the last report interval and the running one",
+            labels=["handler"],
+        )
         for name, runtime in dict(s.runtimes).items():
             up.add_metric([name], 1.0 if runtime.healthy else 0.0)
             restarts.add_metric([name], runtime.restarts)
             ooms.add_metric([name], runtime.oom_kills)
+            lag_ms = runtime.stats.lag_ms()  # a read: the next report's lag is untouched
+            if lag_ms is not None:
+                lag.add_metric([name], lag_ms / 1000)
         yield up
         yield restarts
         yield ooms
+        yield lag
         pending = GaugeMetricFamily("edgefleet_agent_outbox_pending", "records waiting for the hub's ack")
         pending.add_metric([], s.outbox.pending if s.outbox is not None else 0)
         yield pending

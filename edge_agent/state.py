@@ -55,7 +55,7 @@ class AgentState:
         else:
             self.alarms.discard(name)
 
-    def _handler_report(self, name: str, runtime: HandlerRuntime) -> HandlerReport:
+    def _handler_report(self, name: str, runtime: HandlerRuntime, publish: bool) -> HandlerReport:
         described = runtime.describe()
         failed_image, update_error = self.update_errors.get(name, (None, None))
         return HandlerReport(
@@ -67,7 +67,7 @@ class AgentState:
             container=described.container,
             processed=runtime.stats.processed,
             errors=runtime.stats.errors,
-            lag_ms=runtime.stats.take_lag_ms(),
+            lag_ms=runtime.stats.end_interval_lag_ms() if publish else runtime.stats.lag_ms(),
             update_failed_image=failed_image,
             update_error=update_error,
             replicas=described.replicas,
@@ -76,9 +76,13 @@ class AgentState:
             oom_kills=described.oom_kills,
         )
 
-    async def reported(self, device_id: str) -> Reported:
-        """The reported state: applied version, handlers, counters, the outbox's loss ledger and alarms."""
-        handlers = [self._handler_report(name, runtime) for name, runtime in self.runtimes.items()]
+    async def reported(self, device_id: str, *, publish: bool = True) -> Reported:
+        """The reported state: applied version, handlers, counters, the outbox's loss ledger and alarms.
+
+        ``publish``: the state the agent publishes, which ends each handler's lag interval (its ``lag_ms`` is the
+        worst since the last one published). A local read (``publish=False``: the status endpoint) changes
+        nothing: its ``lag_ms`` spans the interval the last report ended and the running one."""
+        handlers = [self._handler_report(name, runtime, publish) for name, runtime in self.runtimes.items()]
         subs = {
             name: SubscriptionReport(**d.counters.as_dict(), backlog=d.backlog) for name, d in self.dispatchers.items()
         }

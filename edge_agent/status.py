@@ -75,7 +75,8 @@ def _handler_class(
                 if self.path == "/metrics":
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif self.path == "/status":
-                    report = on_loop(state.reported(device_id), timeout=5.0)
+                    # A read: it must not end the lag interval the next published report carries.
+                    report = on_loop(state.reported(device_id, publish=False), timeout=5.0)
                     self._send(200, report.model_dump_json().encode(), "application/json")
                 elif self.path == "/healthz":
                     problems = on_loop(check())

@@ -32,14 +32,22 @@ Outcome = Reply | Failure
 
 
 class RuntimeStats:
-    """What a rollout gates on, per runtime: results, handler failures, and the worst lag since last read."""
+    """What a rollout gates on, per runtime: results, handler failures, and the worst lag per report interval.
 
-    __slots__ = ("errors", "lag_max", "processed")
+    The agent's published reports end the intervals (``end_interval_lag_ms``); everything else (``edge-agent
+    status``, the status endpoint, a scrape) only reads (``lag_ms``), so no local read takes away the lag the
+    next report must carry.
+    """
+
+    __slots__ = ("_lag", "_last_lag", "errors", "processed")
 
     def __init__(self) -> None:
         self.processed = 0
         self.errors = 0
-        self.lag_max = 0.0
+        self._lag = 0.0
+        """The worst lag of the running interval, in seconds (0: nothing processed yet)."""
+        self._last_lag = 0.0
+        """That of the interval the last report ended."""
 
     def record(self, outcomes: Sequence[Outcome], lag: float) -> None:
         """Count one batch's outcomes; ``lag`` is the longest arrival-to-outcome time among its events."""
@@ -49,12 +57,22 @@ class RuntimeStats:
             else:
                 self.processed += 1
         if outcomes:
-            self.lag_max = max(self.lag_max, lag)
+            self._lag = max(self._lag, lag)
 
-    def take_lag_ms(self) -> float | None:
-        """The worst arrival-to-outcome time since the last call, in ms (None when nothing was processed)."""
-        lag, self.lag_max = self.lag_max, 0.0
-        return round(lag * 1000, 3) if lag else None
+    def end_interval_lag_ms(self) -> float | None:
+        """For the report being published: the worst arrival-to-outcome time since the last report, in ms (None
+        when nothing was processed); a new interval starts."""
+        lag, self._last_lag, self._lag = self._lag, self._lag, 0.0
+        return _ms(lag)
+
+    def lag_ms(self) -> float | None:
+        """For a local read, which changes nothing: the worst arrival-to-outcome time of the interval the last
+        report ended and of the running one, in ms (None when nothing was processed in either)."""
+        return _ms(max(self._lag, self._last_lag))
+
+
+def _ms(seconds: float) -> float | None:
+    return round(seconds * 1000, 3) if seconds else None
 
 
 @dataclass(frozen=True, slots=True)
