@@ -25,7 +25,7 @@ import pytest
 
 from scripts.mosquitto import Mosquitto
 from tests.support.daemons import agent_process
-from tests.support.engine import labelled_containers
+from tests.support.engine import containers_of
 from tests.support.mqtt_clients import dead_letters, publish_all
 from tests.support.readers import Totals, outbox_results
 from tests.support.rig import Rig
@@ -149,7 +149,7 @@ async def test_endless_line_is_rejected_and_memory_stays_bounded(
         await asyncio.to_thread(publish_all, rig.broker, temps)
         await wait_for(lambda: (sample(), temps_committed() >= len(temps))[1], timeout=30,
                        what="the other subscription's events committed", detail=agent.tail)
-        bad_running = labelled_containers(docker_client, rig.device_id, running_only=True)
+        bad_running = containers_of(docker_client, rig.device_id)
         _rss, hwm = agent.memory_kib()
         record = letters.records[0]
         print(f"\nendless line: {record.reason} ({record.detail}); other subscription: {temps_committed()} events "
@@ -219,20 +219,20 @@ async def test_crash_loop_is_dead_lettered_and_the_handler_restarted(
         async with running_agent(config) as (state, agent_task):
             runtime = state.runtimes["bad"]
             counters = state.dispatchers["bad"].counters
-            first_container = runtime.container_id  # type: ignore[attr-defined]
+            first_container = runtime.container_id
             await asyncio.to_thread(publish_all, rig.broker, crashes + valid)
             await wait_for(lambda: counters.processed >= len(valid) and len(letters.records) >= len(crashes),
                            timeout=60, what="crashes dead-lettered and valid events processed",
-                           detail=lambda: (state.counters(), getattr(runtime, "restarts", None)))
-            print(f"\ncrash loop: {counters.dead_lettered} restarts={runtime.restarts}")  # type: ignore[attr-defined]
+                           detail=lambda: (state.counters(), runtime.restarts))
+            print(f"\ncrash loop: {counters.dead_lettered} restarts={runtime.restarts}")
             assert sorted(d.payload_bytes() for d in letters.records) == sorted(p for _t, p in crashes)
             assert {d.reason for d in letters.records} == {"handler-exited"}
             assert counters.processed == len(valid)
-            assert runtime.restarts >= len(crashes)  # type: ignore[attr-defined]
+            assert runtime.restarts >= len(crashes)
             assert runtime.healthy
-            assert runtime.container_id not in (None, first_container)  # type: ignore[attr-defined]
-            running = labelled_containers(docker_client, rig.device_id, running_only=True)
-            assert [c.id for c in running] == [runtime.container_id]  # type: ignore[attr-defined]
+            assert runtime.container_id not in (None, first_container)
+            running = containers_of(docker_client, rig.device_id)
+            assert [c.id for c in running] == [runtime.container_id]
             assert not agent_task.done()
 
 

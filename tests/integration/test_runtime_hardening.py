@@ -25,13 +25,13 @@ import pytest
 from docker.models.containers import Container
 from docker.types import LogConfig
 
-from edge_agent.runtime.containers import LABEL_DEVICE, LABEL_HANDLER, hardened_create_args
+from edge_agent.runtime.containers import hardened_create_args
 from edge_protocol.specs import HandlerSpec
 from scripts.mosquitto import Mosquitto
-from tests.support.agent_config import agent_config
-from tests.support.engine import HANDLER_IMAGES, ensure_handler_images
+from tests.support.engine import HANDLER_IMAGES, containers_of, ensure_handler_images
 from tests.support.mqtt_clients import publish_all
 from tests.support.readers import outbox_results
+from tests.support.rig import Rig
 from tests.support.running import running_agent, wait_for
 from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
@@ -48,15 +48,6 @@ def images(docker_client: docker.DockerClient) -> dict[str, str]:
     return ensure_handler_images(docker_client, IMAGES)
 
 
-
-def containers_of(
-    client: docker.DockerClient, device: str, handler: str | None = None, *, running: bool = True
-) -> list[Container]:
-    labels = [f"{LABEL_DEVICE}={device}"] + ([f"{LABEL_HANDLER}={handler}"] if handler else [])
-    return client.containers.list(all=not running, filters={"label": labels})
-
-
-
 @contextlib.contextmanager
 def hardened_container(
     client: docker.DockerClient, spec: HandlerSpec, device: str, **override: Any
@@ -70,7 +61,6 @@ def hardened_container(
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
-
 
 
 # -- 1. hardening, as the engine sees it ------------------------------------------------------------------
@@ -101,24 +91,17 @@ print(json.dumps({
 
 
 async def test_running_handler_container_is_hardened(
-    device_broker: Mosquitto,
+    rig: Rig,
     docker_client: docker.DockerClient,
     images: dict[str, str],
-    device_id: str,
-    topic_prefix: str,
-    tmp_path: Path,
 ) -> None:
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
+    config = rig.agent_config(
         cloud_port=None,
-        prefix=topic_prefix,
         handlers=[{**TEMP_C, "limits": LIMITS}],
-        subscriptions=[temps_subscription(topic_prefix)],
+        subscriptions=[temps_subscription(rig.prefix)],
     )
     async with running_agent(config) as (state, agent_task):
-        found = await asyncio.to_thread(containers_of, docker_client, device_id, "temp-c")
+        found = await asyncio.to_thread(containers_of, docker_client, rig.device_id, "temp-c")
         assert [c.id for c in found] == [state.runtimes["temp-c"].container_id]  # type: ignore[attr-defined]
         container = found[0]
         probe = await asyncio.to_thread(container.exec_run, ["python3", "-c", STATUS_PROBE])
@@ -237,30 +220,23 @@ PIDS = 32
 
 
 async def test_fork_bomb_stops_at_the_pids_limit_and_the_agent_keeps_serving(
-    device_broker: Mosquitto,
+    rig: Rig,
     docker_client: docker.DockerClient,
     images: dict[str, str],
-    device_id: str,
-    topic_prefix: str,
-    tmp_path: Path,
 ) -> None:
-    data_dir = tmp_path / "agent"
-    config = agent_config(
-        device_id=device_id,
-        data_dir=data_dir,
-        device_port=device_broker.port,
+    data_dir = rig.data_dir
+    config = rig.agent_config(
         cloud_port=None,
-        prefix=topic_prefix,
         handlers=[{"name": "forkbomb", "image": FORKBOMB_IMAGE, "limits": {"pids": PIDS}, "event_timeout": "30s"},
                   TEMP_C],
         subscriptions=[
-            {"name": "bomb", "topic": f"{topic_prefix}/bomb/+", "handler": "forkbomb", "window": {"size": "1s"},
+            {"name": "bomb", "topic": f"{rig.prefix}/bomb/+", "handler": "forkbomb", "window": {"size": "1s"},
              "stats": ["count", "min", "max"]},
-            temps_subscription(topic_prefix),
+            temps_subscription(rig.prefix),
         ],
     )
-    bomb = (f"{topic_prefix}/bomb/1", b"{}")
-    temps, _celsius = temperature_events(topic_prefix, 50, seed=5)
+    bomb = (f"{rig.prefix}/bomb/1", b"{}")
+    temps, _celsius = temperature_events(rig.prefix, 50, seed=5)
 
     def bomb_results() -> dict[str, Any]:
         """The forks/errno/reaped FieldStates summed over the bomb subscription's closed windows."""
@@ -280,16 +256,16 @@ async def test_fork_bomb_stops_at_the_pids_limit_and_the_agent_keeps_serving(
         bomber: Any = state.runtimes["forkbomb"]
         first_container = bomber.container_id
         started = time.monotonic()
-        await asyncio.to_thread(publish_all, device_broker, [bomb])
+        await asyncio.to_thread(publish_all, rig.broker, [bomb])
         await wait_for(lambda: bombs_answered() >= 1, timeout=30, what="the fork bomb's answer committed",
                        detail=state.counters)
         bomb_seconds = time.monotonic() - started
         # Afterwards: another subscription's events, and a second bomb on the same (reaped) container.
-        await asyncio.to_thread(publish_all, device_broker, [*temps, bomb])
+        await asyncio.to_thread(publish_all, rig.broker, [*temps, bomb])
         await wait_for(lambda: state.dispatchers["temps"].counters.processed >= len(temps) and bombs_answered() >= 2,
                        timeout=30, what="other events and a second bomb processed", detail=state.counters)
         results = bomb_results()
-        running = await asyncio.to_thread(containers_of, docker_client, device_id, "forkbomb")
+        running = await asyncio.to_thread(containers_of, docker_client, rig.device_id, "forkbomb")
         print(f"\nfork bomb under pids={PIDS}: {results} (first answer after {bomb_seconds:.2f}s); "
               f"then {state.dispatchers['temps'].counters.processed} other events processed")
         forks = results["forks"]

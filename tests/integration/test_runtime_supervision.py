@@ -25,12 +25,12 @@ from docker.models.containers import Container
 
 from edge_agent.runtime.containers import LABEL_HANDLER, LABEL_REPLICA
 from scripts.mosquitto import Mosquitto
-from tests.integration.test_runtime_hardening import containers_of
-from tests.support.agent_config import QUICK_RESTARTS, agent_config, agent_document
+from tests.support.agent_config import QUICK_RESTARTS, agent_document
 from tests.support.daemons import agent_process
-from tests.support.engine import HANDLER_IMAGES, ensure_handler_images, remove_labelled
+from tests.support.engine import HANDLER_IMAGES, containers_of, ensure_handler_images, remove_labelled
 from tests.support.mqtt_clients import dead_letters, publish_all
 from tests.support.readers import outbox_results
+from tests.support.rig import Rig
 from tests.support.running import running_agent, wait_for
 from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
 
@@ -46,13 +46,11 @@ def images(docker_client: docker.DockerClient) -> dict[str, str]:
     return ensure_handler_images(docker_client, IMAGES)
 
 
-
 def started_at(container: Container) -> float:
     """State.StartedAt of ``inspect`` as epoch seconds (the engine writes nanoseconds; keep microseconds)."""
     stamp = container.attrs["State"]["StartedAt"]
     head, _, frac = stamp.rstrip("Z").partition(".")
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
-
 
 
 # -- 1. supervision: SIGKILL again and again --------------------------------------------------------------
@@ -66,12 +64,9 @@ SLOW_EVENT_MS = 3000  # each event keeps the handler busy for 3 s: every kill hi
 
 
 async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
-    device_broker: Mosquitto,
+    rig: Rig,
     docker_client: docker.DockerClient,
     images: dict[str, str],
-    device_id: str,
-    topic_prefix: str,
-    tmp_path: Path,
 ) -> None:
     """Four kills, each of the container the agent just started, are four consecutive failures: no reply ever
     comes back (a reply resets the count, hence a handler that takes 3 s per event and a kill within ~0.1 s of
@@ -81,25 +76,21 @@ async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
     than restart_max = 4 s later), so the fourth kill, about 2 s after it, is not restarted: the events left are
     dead-lettered ``handler-unavailable`` at once and the runtime reports ``failed``.
     """
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
+    config = rig.agent_config(
         cloud_port=None,
-        prefix=topic_prefix,
         handlers=[{"name": "slow", "image": SLOW_IMAGE, "env": {"DELAY_MS": str(SLOW_EVENT_MS)},
                    "event_timeout": "60s"}],
-        subscriptions=[{"name": "slow", "topic": f"{topic_prefix}/slow/+", "handler": "slow",
+        subscriptions=[{"name": "slow", "topic": f"{rig.prefix}/slow/+", "handler": "slow",
                         "window": {"size": "1s"}, "stats": ["count"]}],
         runtime=BACKOFF,
     )
-    events = [(f"{topic_prefix}/slow/e{i}", json.dumps({"n": i}).encode()) for i in range(6)]
+    events = [(f"{rig.prefix}/slow/e{i}", json.dumps({"n": i}).encode()) for i in range(6)]
     kills: list[tuple[str, float, float]] = []  # container id, its StartedAt, when the kill returned
     states: list[str] = []
 
     def newest_unkilled() -> Container | None:
         seen = {k[0] for k in kills}
-        fresh = [c for c in containers_of(docker_client, device_id, "slow") if c.id not in seen]
+        fresh = [c for c in containers_of(docker_client, rig.device_id, "slow") if c.id not in seen]
         return fresh[0] if fresh else None
 
     def kill(container: Container) -> None:
@@ -109,7 +100,7 @@ async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
             container.kill()  # SIGKILL
         kills.append((str(container.id), start, time.time()))
 
-    with dead_letters(device_broker, topic_prefix) as letters:
+    with dead_letters(rig.broker, rig.prefix) as letters:
         async with running_agent(config) as (state, agent_task):
             runtime: Any = state.runtimes["slow"]
 
@@ -121,7 +112,7 @@ async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
 
             watcher = asyncio.create_task(watch_state(), name="test.state-watch")
             try:
-                await asyncio.to_thread(publish_all, device_broker, events)
+                await asyncio.to_thread(publish_all, rig.broker, events)
                 for n in range(4):
                     found: list[Container] = []
 
@@ -138,8 +129,8 @@ async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
                                what="every event dead-lettered", detail=lambda: (states, letters.reasons()))
                 last_kill = kills[-1][2]
                 after = time.time() - last_kill
-                report = await state.reported(device_id)
-                running_now = await asyncio.to_thread(containers_of, docker_client, device_id, "slow")
+                report = await state.reported(rig.device_id)
+                running_now = await asyncio.to_thread(containers_of, docker_client, rig.device_id, "slow")
             finally:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -250,34 +241,27 @@ class StillScaledUp(AssertionError):
 
 
 async def test_replicas_grow_under_load_and_shrink_when_it_stops(
-    device_broker: Mosquitto,
+    rig: Rig,
     docker_client: docker.DockerClient,
     images: dict[str, str],
-    device_id: str,
-    topic_prefix: str,
-    tmp_path: Path,
 ) -> None:
     """Observable behaviour only: how many containers of the handler run, sampled through the Docker SDK."""
     from tests.support.mqtt_clients import PacedPublisher
 
-    config = agent_config(
-        device_id=device_id,
-        data_dir=tmp_path / "agent",
-        device_port=device_broker.port,
+    config = rig.agent_config(
         cloud_port=None,
-        prefix=topic_prefix,
         handlers=[{"name": "slow", "image": SLOW_IMAGE, "env": {"DELAY_MS": str(DELAY_MS)}, "replicas": 1,
                    "max_replicas": 3, "batch_size": 20, "event_timeout": "10s"}],
-        subscriptions=[{"name": "load", "topic": f"{topic_prefix}/load/+", "handler": "slow",
+        subscriptions=[{"name": "load", "topic": f"{rig.prefix}/load/+", "handler": "slow",
                         "window": {"size": "1s"}, "stats": ["count"]}],
     )
     seconds = int(GROW_DEADLINE) + 10
-    messages = [(f"{topic_prefix}/load/s{i % 4}", json.dumps({"v": i}).encode()) for i in range(RATE * seconds)]
+    messages = [(f"{rig.prefix}/load/s{i % 4}", json.dumps({"v": i}).encode()) for i in range(RATE * seconds)]
     samples: list[tuple[float, int]] = []
     t0 = time.monotonic()
 
     async def count() -> int:
-        n = len(await asyncio.to_thread(containers_of, docker_client, device_id, "slow"))
+        n = len(await asyncio.to_thread(containers_of, docker_client, rig.device_id, "slow"))
         samples.append((round(time.monotonic() - t0, 1), n))
         return n
 
@@ -289,7 +273,7 @@ async def test_replicas_grow_under_load_and_shrink_when_it_stops(
 
     async with running_agent(config) as (state, agent_task):
         assert await count() == 1
-        with PacedPublisher(device_broker, messages, RATE) as publisher:
+        with PacedPublisher(rig.broker, messages, RATE) as publisher:
             await wait_for(grown, timeout=GROW_DEADLINE, interval=0.5, what="a second replica under load",
                            detail=lambda: samples[-5:])
             grown_at = time.monotonic() - t0

@@ -13,6 +13,9 @@ from typing import Any
 
 import docker
 import docker.errors
+from docker.models.containers import Container
+
+from edge_agent.runtime.containers import LABEL_DEVICE, LABEL_HANDLER
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "containers" / "build.sh"
@@ -105,5 +108,14 @@ def demux(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
         buf += chunk
 
 
+def containers_of(
+    client: docker.DockerClient, device: str, handler: str | None = None, *, running: bool = True
+) -> list[Container]:
+    """The containers an agent labelled with ``device`` (and ``handler``): running ones, or all."""
+    labels = [f"{LABEL_DEVICE}={device}"] + ([f"{LABEL_HANDLER}={handler}"] if handler else [])
+    return client.containers.list(all=not running, filters={"label": labels})  # type: ignore[no-any-return]
+
+
 def labelled_containers(client: docker.DockerClient, device_id: str, *, running_only: bool = False) -> list[Any]:
-    return client.containers.list(all=not running_only, filters={"label": f"{DEVICE_LABEL}={device_id}"})
+    """Every container of ``device_id``, stopped ones too unless ``running_only``."""
+    return containers_of(client, device_id, running=running_only)
