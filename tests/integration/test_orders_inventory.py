@@ -26,6 +26,7 @@ from edge_agent.config import AgentConfig, load_config
 from edge_protocol.deadletter import DeadLetter
 from scripts.mosquitto import Mosquitto
 from tests.support.engine import ensure_handler_images
+from tests.support.mqtt_clients import publish_all
 from tests.support.running import running_agent, wait_for
 
 pytestmark = pytest.mark.integration
@@ -67,21 +68,6 @@ class Collector:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
-    """QoS 1, one client, in order; returns once the broker acknowledged every one."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(1000)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(timeout=30)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def retained_now(broker: Mosquitto, topic_filter: str, settle: float = 1.0) -> dict[str, bytes]:
