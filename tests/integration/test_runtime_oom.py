@@ -22,9 +22,8 @@ from prometheus_client.core import CollectorRegistry
 from edge_agent.metrics import AgentCollector
 from edge_protocol.messages import Reported
 from scripts.mosquitto import Mosquitto
-from tests.integration.test_runtime_hardening import containers_of
 from tests.support.agent_config import QUICK_RESTARTS, agent_config
-from tests.support.engine import HANDLER_IMAGES, ensure_handler_images
+from tests.support.engine import HANDLER_IMAGES, containers_of, ensure_handler_images
 from tests.support.mqtt_clients import dead_letters, publish_all
 from tests.support.running import running_agent, wait_for
 
