@@ -3,8 +3,8 @@
 One connection, used from one dedicated thread, so every write is serialised without locks and the event
 loop never blocks on disk. The same transaction that adds closed windows also replaces the subscription's
 checkpoint of open windows: after a crash the agent resumes exactly where its last commit left it.
-Every record the outbox gives up (expired, or over the size cap) is counted per subscription in a loss
-ledger that the agent reports.
+Every record the outbox gives up (expired, over the size cap, or refused by the hub as a conflict) is counted
+per subscription in a loss ledger that the agent reports.
 """
 
 from __future__ import annotations
@@ -202,6 +202,26 @@ class Outbox:
         self._count -= deleted
         return deleted
 
+    def _refuse(self, refused: list[tuple[int, str]]) -> int:
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            given_up = 0
+            for seq, reason in refused:
+                row = db.execute("SELECT subscription FROM records WHERE seq = ?", (seq,)).fetchone()
+                if row is None:  # a refusal repeated (the record resent before the first arrived) counts once
+                    continue
+                db.execute("DELETE FROM records WHERE seq = ?", (seq,))
+                self._lose(row[0], reason, 1)
+                given_up += 1
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._count -= given_up
+        return given_up
+
     def _expire(self) -> int:
         db = self._conn
         cutoff = self._clock() - self._ttl
@@ -242,15 +262,18 @@ class Outbox:
         """Remove acknowledged records (inclusive sequence ranges)."""
         return await self._run(self._delete, ranges)
 
+    async def refuse(self, refused: list[tuple[int, str]]) -> int:
+        """Give up records the hub refused (``(seq, reason)``, e.g. ``conflict``): deleted and counted in the loss
+        ledger under that reason, in one transaction; returns how many were still here."""
+        return await self._run(self._refuse, refused)
+
     async def expire(self) -> int:
         """Drop records older than the time-to-live, counting them in the loss ledger."""
         return await self._run(self._expire)
 
     async def delivered(self) -> dict[str, dict[int, bytes]]:
         """subscription -> packet id -> digest of the last event committed under that id."""
-        rows = await self._run(
-            lambda: self._conn.execute("SELECT subscription, mid, digest FROM delivered").fetchall()
-        )
+        rows = await self._run(lambda: self._conn.execute("SELECT subscription, mid, digest FROM delivered").fetchall())
         out: dict[str, dict[int, bytes]] = {}
         for sub, mid, digest in rows:
             out.setdefault(sub, {})[int(mid)] = bytes(digest)

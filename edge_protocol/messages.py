@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter, field_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from edge_protocol import PROTOCOL_VERSION
 from edge_protocol.aggregate import WindowResult
@@ -31,13 +31,27 @@ class AggregateBatch(WireModel):
     records: list[SequencedResult] = Field(min_length=1)
 
 
+class Refusal(WireModel):
+    """One outbox record the hub will never store, and why (``conflict``: its window id is stored with other
+    content). The agent gives the record up into its loss ledger under ``reason`` instead of resending it."""
+
+    seq: int = Field(ge=1, le=MAX_SEQ)
+    reason: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
+
+
 class Ack(WireModel):
-    """hub -> agent: the outbox sequences the hub has durably stored (inclusive ranges)."""
+    """hub -> agent: the outbox sequences the hub has durably stored (inclusive ranges), and those it refused.
+
+    ``refused`` is newer than the rest: the hub sends refusals in an Ack of their own (``ranges`` empty) and
+    leaves the key out of every other Ack, so an older agent (which rejects unknown keys) still takes the
+    stored ranges and only misses the refusal (it resends the record until its time-to-live: ``expired``).
+    """
 
     kind: Literal["ack"] = "ack"
     v: int = PROTOCOL_VERSION
     device: str
-    ranges: list[tuple[int, int]] = Field(min_length=1, max_length=100_000)
+    ranges: list[tuple[int, int]] = Field(default_factory=list, max_length=100_000)
+    refused: list[Refusal] = Field(default_factory=list, max_length=100_000)
 
     @field_validator("ranges")
     @classmethod
@@ -47,8 +61,18 @@ class Ack(WireModel):
                 raise ValueError(f"range ({lo}, {hi}) is not 1 <= lo <= hi <= 2**63-1")
         return value
 
+    @model_validator(mode="after")
+    def _not_empty(self) -> Ack:
+        if not self.ranges and not self.refused:
+            raise ValueError("an ack names at least one stored range or one refused sequence")
+        return self
+
     def covers(self, seq: int) -> bool:
         return any(lo <= seq <= hi for lo, hi in self.ranges)
+
+    def wire(self) -> bytes:
+        """The JSON to publish: without ``refused`` when there is none, as older agents expect."""
+        return self.model_dump_json(exclude={"refused"} if not self.refused else None).encode()
 
 
 class Status(WireModel):

@@ -21,11 +21,12 @@ REJECTED = Counter(
 )
 RECORDS_STORED = Counter(
     "edgefleet_hub_records_durable_total",
-    "Window results durable in the store after a batch (duplicates of stored windows included)",
+    "Window results durable in the store after a batch and acked (redeliveries of stored windows included)",
 )
 RECORDS_REFUSED = Counter(
     "edgefleet_hub_records_refused_total",
-    "Window results in a valid batch that the hub refused to store and does not ack, by reason",
+    "Window results in a valid batch that the hub refused to store (not acked as stored), by reason: "
+    "foreign_window_id, non_finite, conflict (its window id is stored with other content; named refused in an Ack)",
     ["reason"],
 )
 ACKS = Counter("edgefleet_hub_acks_published_total", "Acks published to agents")

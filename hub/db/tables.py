@@ -46,6 +46,9 @@ class AggregateRow(Base):
     fields: Mapped[dict[str, Any]] = mapped_column(_Json, doc="field name -> FieldState as a JSON object")
     stats: Mapped[list[str]] = mapped_column(_Json)
     stored_at: Mapped[float] = mapped_column(Double)
+    content_hash: Mapped[str | None] = mapped_column(
+        Text, nullable=True, doc="SHA-256 (hex) of the result's canonical JSON; None in rows stored before it existed"
+    )
 
     __table_args__ = (
         # The API's filters: by device or subscription over a time range, and by time alone.
@@ -53,6 +56,22 @@ class AggregateRow(Base):
         Index("ix_aggregates_subscription_start", "subscription", "window_start"),
         Index("ix_aggregates_start", "window_start"),
     )
+
+
+class RefusedWindowRow(Base):
+    """A window result the hub refused (``conflict``: its window id is stored with other content), once per
+    window id and offered content however often it is resent."""
+
+    __tablename__ = "refused_windows"
+
+    window_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    offered_hash: Mapped[str] = mapped_column(Text, primary_key=True, doc="content_hash of the refused result")
+    device: Mapped[str] = mapped_column(Text, index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    stored_hash: Mapped[str | None] = mapped_column(Text, nullable=True, doc="content_hash of the stored window")
+    first_at: Mapped[float] = mapped_column(Double)
+    last_at: Mapped[float] = mapped_column(Double)
+    times: Mapped[int] = mapped_column(Integer, doc="how often it was offered and refused")
 
 
 class ReportedRow(Base):

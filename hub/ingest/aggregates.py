@@ -1,7 +1,8 @@
 """The aggregates table: window results stored once per window id, and the queries the API runs on them.
 
-Its one owner: ingest writes here (a result delivered twice is stored once), the API reads here and
-:mod:`hub.ingest.rollup` merges what it reads.
+Its one owner: ingest writes here (a result delivered twice is stored once; another result under a stored id is
+refused as a conflict, :mod:`hub.ingest.conflicts`), the API reads here and :mod:`hub.ingest.rollup` merges
+what it reads.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hub.db.store import Store
 from hub.db.tables import AggregateRow
 from hub.errors import StoreError
 from hub.fleet.devices import Devices, DeviceSeen
+from hub.ingest.conflicts import Offered, content_hash, refuse_conflicts
 
 _FIELDS_JSON: TypeAdapter[dict[str, FieldState]] = TypeAdapter(dict[str, FieldState])
 
@@ -54,29 +56,35 @@ class Aggregates:
     def store_batch(self, device: str, records: Sequence[SequencedResult], *, now: float | None = None) -> list[int]:
         """Store ``records`` of ``device`` in one transaction; return the sequences now durable.
 
-        A window id already stored is skipped (a result delivered twice is stored once) and still counts as
-        durable, so its sequence is returned and can be acked again.
+        A window id already stored with the same content is skipped (a result delivered twice is stored once)
+        and still counts as durable, so its sequence is returned and can be acked again. One stored with other
+        content is a conflict: refused, so its sequence is not returned (:meth:`insert_batches`).
         """
         if not records:
             return []
         with self._store.transaction("store_batch") as session:
-            self.insert_batches(session, [(device, records)], time.time() if now is None else now)
-        return [rec.seq for rec in records]
+            refused = self.insert_batches(session, [(device, records)], time.time() if now is None else now)
+        return [rec.seq for rec in records if rec.seq not in refused[0]]
 
     def insert_batches(
         self, session: Session, batches: Sequence[tuple[str, Sequence[SequencedResult]]], now: float
-    ) -> None:
-        """Insert the records of several devices' batches and mark those devices seen, within ``session``.
+    ) -> list[dict[int, str]]:
+        """Insert the records of several devices' batches and mark those devices seen, within ``session``;
+        per batch, the sequences refused (``{seq: reason}``, reason ``conflict``), which were not stored.
 
         The statements are compiled once (:class:`_Statements`): building a multi-row ``VALUES`` per batch
-        made SQLAlchemy compile it anew every time (most of the hub's ingest CPU, docs/performance.md).
+        made SQLAlchemy compile it anew every time (most of the hub's ingest CPU, docs/performance.md). Stored
+        hashes are read back only when the insert skipped rows, so a batch of new windows costs no query more.
         """
         statements = self._statements()
         order = statements.columns
         rows = []
-        for device, records in batches:
+        offered: list[Offered] = []
+        for index, (device, records) in enumerate(batches):
             for rec in records:
                 result = rec.result
+                digest = content_hash(result)
+                offered.append(Offered(index, rec.seq, result.id, device, digest))
                 row = {
                     "window_id": result.id,
                     "device": device,
@@ -90,15 +98,18 @@ class Aggregates:
                     "fields": _FIELDS_JSON.dump_json(result.fields).decode(),
                     "stats": orjson.dumps(result.stats).decode(),
                     "stored_at": now,
+                    "content_hash": digest,
                 }
                 rows.append(tuple(row[name] for name in order) if order else row)
+        refused: list[dict[int, str]] = [{} for _ in batches]
         if not rows:
-            return
+            return refused
         connection = session.connection()
         # The driver's own execution of SQL compiled once, JSON already text: SQLAlchemy's per-row parameter
         # processing cost more than SQLite's insert itself (docs/performance.md).
+        inserted = 0
         if order is None:
-            connection.exec_driver_sql(statements.insert, rows)
+            inserted = connection.exec_driver_sql(statements.insert, rows).rowcount
         else:
             # SQLite: rows in multi-row VALUES, not executemany. The sqlite3 module lets go of the GIL for each
             # statement step, and from a worker thread that meant a GIL handover per row with the event loop
@@ -106,9 +117,13 @@ class Aggregates:
             at = 0
             for size in _chunk_sizes(len(rows)):
                 flat = tuple(value for row in rows[at : at + size] for value in row)
-                connection.exec_driver_sql(statements.insert_rows[size], flat)
+                inserted += connection.exec_driver_sql(statements.insert_rows[size], flat).rowcount
                 at += size
+        if not 0 <= inserted == len(rows):  # some ids were stored already (or the driver could not say)
+            for index, seqs in refuse_conflicts(session, offered, now).items():
+                refused[index] = seqs
         self._devices.touch(session, [DeviceSeen(device, now) for device in dict.fromkeys(d for d, _ in batches)])
+        return refused
 
     def query(
         self,

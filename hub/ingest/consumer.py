@@ -3,7 +3,9 @@
 Per aggregates message: parse, check it fits (topic device == message device, every window id belongs to that
 device, numbers finite), store the batch in one transaction, then ack exactly the sequences now durable as
 ranges. Acking ranges rather than "the highest sequence" matters: if an earlier batch was lost on the way, a
-highest-sequence ack would let the agent delete records the hub never stored.
+highest-sequence ack would let the agent delete records the hub never stored. A record whose window id is
+stored with other content (a conflict) is not acked as stored: a second Ack names it as refused, so the agent
+gives it up into its loss ledger instead of resending it, and the hub counts it (metric, and per device).
 
 Status and reported state go to the fleet registry; a device seen for the first time gets its first desired
 state compiled (when the hub signs desired state). Anything that does not parse or fit is counted by reason
@@ -22,7 +24,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_protocol.messages import CLOUD_MESSAGE, Ack, AggregateBatch, Reported, SequencedResult, Status, ranges_of
+from edge_protocol.messages import (
+    CLOUD_MESSAGE,
+    Ack,
+    AggregateBatch,
+    Refusal,
+    Reported,
+    SequencedResult,
+    Status,
+    ranges_of,
+)
 from edge_protocol.topics import Topics
 from hub import metrics
 from hub.db.store import Store
@@ -163,22 +174,45 @@ class Ingest:
                 log.warning("device %s: refused record seq %d (%s): %s", device, record.seq, refusal, record.result.id)
         if not accepted:
             return None
-        stored = await self._writes.put(BatchWrite(device, accepted))
-        return self._ack_once_stored(device, [rec.seq for rec in accepted], stored)
+        write = BatchWrite(device, accepted)
+        stored = await self._writes.put(write)
+        return self._ack_once_stored(write, stored)
 
-    async def _ack_once_stored(self, device: str, seqs: list[int], stored: asyncio.Future[bool]) -> None:
+    async def _ack_once_stored(self, write: BatchWrite, stored: asyncio.Future[bool]) -> None:
         if not await stored:
             return  # counted and logged by the writer; the agent resends
+        device, refused = write.device, write.refused
+        seqs = [rec.seq for rec in write.records if rec.seq not in refused]
+        for rec in write.records:
+            if rec.seq in refused:
+                metrics.RECORDS_REFUSED.labels(refused[rec.seq]).inc()
+                log.error(
+                    "device %s: refused record seq %d (%s): window %s is stored with other content; the agent "
+                    "counts it lost",
+                    device,
+                    rec.seq,
+                    refused[rec.seq],
+                    rec.result.id,
+                )
         metrics.RECORDS_STORED.inc(len(seqs))
-        ack = Ack(device=device, ranges=ranges_of(seqs))
-        try:
-            await self._broker.publish(self._topics.acks(device), ack.model_dump_json().encode(), qos=1)
-        except BrokerError as exc:
-            # Stored but unacked: the agent resends, the store skips the duplicates and we ack then.
-            metrics.FAILURES.labels("ack").inc()
-            log.warning("device %s: ack %s not published: %s", device, ack.ranges, exc)
-            return
-        metrics.ACKS.inc()
+        acks = []
+        if seqs:
+            acks.append(Ack(device=device, ranges=ranges_of(seqs)))
+        if refused:
+            # In an Ack of its own, so that an older agent, which rejects the unknown key, still takes the first.
+            acks.append(Ack(device=device, refused=[Refusal(seq=s, reason=r) for s, r in sorted(refused.items())]))
+        for ack in acks:
+            try:
+                await self._broker.publish(self._topics.acks(device), ack.wire(), qos=1)
+            except BrokerError as exc:
+                # Stored but unacked: the agent resends, the store skips the duplicates (or refuses the
+                # conflicts again) and we ack then.
+                metrics.FAILURES.labels("ack").inc()
+                log.warning(
+                    "device %s: ack %s (refused %d) not published: %s", device, ack.ranges, len(ack.refused), exc
+                )
+                return
+            metrics.ACKS.inc()
 
     async def _seen_once_stored(self, device: str, stored: asyncio.Future[bool]) -> None:
         if not await stored or self._desired is None:

@@ -7,8 +7,9 @@ and a round trip on PostgreSQL, so per message that was most of the hub's time; 
 the group's messages, and a busier hub makes larger groups instead of a longer queue.
 
 Each write gets a future: True once committed, False if it could not be (logged and counted; an unacked batch is
-resent by its agent). If a group's transaction fails, its writes are retried one by one, so one write the
-database refuses does not take the others down with it.
+resent by its agent); a committed batch's ``refused`` then names the records the store refused as conflicts. If
+a group's transaction fails, its writes are retried one by one, so one write the database refuses does not take
+the others down with it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ MAX_QUEUED = 50_000
 class BatchWrite:
     device: str
     records: Sequence[SequencedResult]
+    refused: dict[int, str] = field(default_factory=dict, compare=False)
+    """Filled once the batch is committed: seq -> reason of the records refused (conflicts), not stored."""
 
 
 Write = BatchWrite | DeviceSeen | ReportedState
@@ -162,7 +165,8 @@ class WriteQueue:
     def _commit(self, writes: list[Write]) -> list[bool]:
         try:
             with self._store.transaction("ingest") as session:
-                self._apply(session, writes)
+                refused = self._apply(session, writes)
+            _note_refused(refused)
             return [True] * len(writes)
         except StoreError as exc:
             if len(writes) == 1:
@@ -174,20 +178,26 @@ class WriteQueue:
     def _commit_one(self, write: Write) -> bool:
         try:
             with self._store.transaction("ingest") as session:
-                self._apply(session, [write])
+                refused = self._apply(session, [write])
         except StoreError as exc:
             self._failed(write, exc)
             return False
+        _note_refused(refused)
         return True
 
-    def _apply(self, session: Session, writes: Sequence[Write]) -> None:
+    def _apply(self, session: Session, writes: Sequence[Write]) -> list[tuple[BatchWrite, dict[int, str]]]:
+        """Apply ``writes``; each batch with the records refused, to note once the transaction committed."""
         # Grouped by kind, each kind in arrival order: batches only move last_seen (which never moves back), so
         # only statuses among themselves (online) and reported states among themselves need their order.
-        batches = [(w.device, w.records) for w in writes if isinstance(w, BatchWrite)]
-        if batches:
-            self._aggregates.insert_batches(session, batches, self._clock())
+        batch_writes = [w for w in writes if isinstance(w, BatchWrite)]
+        refused: list[dict[int, str]] = []
+        if batch_writes:
+            refused = self._aggregates.insert_batches(
+                session, [(w.device, w.records) for w in batch_writes], self._clock()
+            )
         self._devices.touch(session, [w for w in writes if isinstance(w, DeviceSeen)])
         self._fleet.write_reported(session, [w for w in writes if isinstance(w, ReportedState)])
+        return list(zip(batch_writes, refused, strict=True))
 
     @staticmethod
     def _failed(write: Write, exc: StoreError) -> None:
@@ -197,3 +207,10 @@ class WriteQueue:
         else:
             device = write.device if isinstance(write, DeviceSeen) else write.reported.device
             log.error("device %s: %s not stored: %s", device, _operation(write), exc)
+
+
+def _note_refused(refused: list[tuple[BatchWrite, dict[int, str]]]) -> None:
+    # Only after the commit: a group that failed and is retried write by write must not keep a stale answer.
+    for write, seqs in refused:
+        write.refused.clear()
+        write.refused.update(seqs)

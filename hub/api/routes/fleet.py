@@ -20,6 +20,7 @@ from hub.errors import NotFound
 from hub.fleet.devices import Devices
 from hub.fleet.labels import LabelError, Selector, check_key, check_labels
 from hub.fleet.registry import DeviceView, Fleet
+from hub.ingest.conflicts import Refusals
 
 _LABEL_HELP = "key=value; repeat it and every term must match the device's labels"
 
@@ -29,6 +30,7 @@ def fleet_router(store: Store, desired: DesiredPublisher | None) -> APIRouter:
     router = APIRouter(tags=["devices"])
     fleet = Fleet(store)
     known = Devices(store)
+    refusals = Refusals(store)
 
     @router.get("/devices")
     async def devices(
@@ -44,7 +46,9 @@ def fleet_router(store: Store, desired: DesiredPublisher | None) -> APIRouter:
         view = await asyncio.to_thread(fleet.device, device_id)
         if view is None:
             raise NotFound(f"unknown device {device_id!r}: the hub has not heard from it")
-        return _device_detail_out(view)
+        detail = _device_detail_out(view)
+        refused = await asyncio.to_thread(refusals.by_device, device_id)
+        return detail.model_copy(update={"refused": refused}) if refused else detail
 
     @router.get("/devices/{device_id}/desired")
     async def desired_state(device_id: str) -> DesiredOut:

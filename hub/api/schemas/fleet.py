@@ -79,6 +79,11 @@ class DeviceDetailOut(DeviceOut):
     alarms: list[str] = Field(default_factory=list)
     last_refusal: str | None = Field(default=None, description="why the device last refused a desired state")
     received_at: float | None = Field(default=None, description="when the hub received the reported state")
+    refused: dict[str, int] = Field(
+        default_factory=dict,
+        description="reason -> window results the hub refused to store (conflict: the window id is stored with "
+        "other content), each window id and content once",
+    )
 
 
 

@@ -64,6 +64,8 @@ def device_detail(dev: DeviceOut | DeviceDetailOut) -> RenderableType:
         facts.add_row("outbox pending", str(dev.outbox_pending))
         facts.add_row("alarms", ", ".join(dev.alarms) or "-")
         facts.add_row("last refusal", dev.last_refusal or "-")
+        refused = ", ".join(f"{reason}: {n}" for reason, n in sorted(dev.refused.items()))
+        facts.add_row("windows refused by the hub", refused or "-")
     handlers = _table(
         "handler",
         "image",

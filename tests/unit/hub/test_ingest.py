@@ -183,10 +183,10 @@ async def test_a_batch_being_stored_at_shutdown_is_finished_and_acked(
 
     def slow_insert_batches(
         self: Aggregates, session: Session, batches: list[tuple[str, list[SequencedResult]]], now: float
-    ) -> None:
+    ) -> list[dict[int, str]]:
         entered.set()
         release.wait(10)  # fault: a slow disk
-        real(self, session, batches, now)
+        return real(self, session, batches, now)
 
     monkeypatch.setattr(Aggregates, "insert_batches", slow_insert_batches)
     async with asyncio.timeout(10):

@@ -44,10 +44,10 @@ class CountingStore:
             self.transactions += 1
             return real_transaction(operation)
 
-        def insert_batches(aggregates: Aggregates, session: Session, batches: Any, now: float) -> None:
+        def insert_batches(aggregates: Aggregates, session: Session, batches: Any, now: float) -> list[dict[int, str]]:
             if any(device == self.poisoned for device, _ in batches):
                 raise StoreError("store_batch", "refused by the database")
-            real_insert(aggregates, session, batches, now)
+            return real_insert(aggregates, session, batches, now)
 
         monkeypatch.setattr(store, "transaction", transaction)
         monkeypatch.setattr(Aggregates, "insert_batches", insert_batches)
