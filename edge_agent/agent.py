@@ -145,7 +145,7 @@ def _uplink(config: AgentConfig, topics: Topics, outbox: Outbox, state: AgentSta
     )
 
     async def report() -> bytes:
-        return (await state.reported(config.device_id)).model_dump_json().encode()
+        return (await state.reported(config.device_id)).wire()
 
     async def on_desired(payload: bytes) -> None:
         if state.reconciler is not None:
@@ -163,6 +163,27 @@ def _uplink(config: AgentConfig, topics: Topics, outbox: Outbox, state: AgentSta
         report_interval=config.cloud.report_interval,
         on_desired=on_desired if config.managed else None,
     )
+
+
+def _reconciler(config: AgentConfig, pipeline: Pipeline, uplink: Uplink | None, state: AgentState) -> Reconciler:
+    return Reconciler(
+        device_id=config.device_id,
+        public_key=load_public_key(config.public_key_text() or ""),
+        store_path=config.data_dir / "desired.json",
+        pipeline=pipeline,
+        on_change=uplink.report_soon if uplink is not None else lambda: None,
+        admit_tags=config.admits_tags,
+        clock_tolerance=config.desired.clock_tolerance,
+        require_expiry=config.desired.require_expiry,
+        alarm=state.alarm,
+    )
+
+
+def _expiry_watch(tg: asyncio.TaskGroup, state: AgentState, uplink: Uplink | None) -> list[asyncio.Task[None]]:
+    """The task that raises the desired-expired alarm when the running desired state expires (managed only)."""
+    if state.reconciler is None or uplink is None:
+        return []
+    return [tg.create_task(state.reconciler.checks.watch(uplink.report_soon), name="agent.desired-expiry")]
 
 
 async def _run(
@@ -207,19 +228,12 @@ async def _run(
         )
         try:
             if config.managed:
-                state.reconciler = Reconciler(
-                    device_id=config.device_id,
-                    public_key=load_public_key(config.public_key_text() or ""),
-                    store_path=config.data_dir / "desired.json",
-                    pipeline=pipeline,
-                    on_change=uplink.report_soon if uplink is not None else lambda: None,
-                    admit_tags=config.admits_tags,
-                )
+                state.reconciler = _reconciler(config, pipeline, uplink, state)
                 await state.reconciler.load_stored()
             else:
                 await pipeline.apply(config.handlers, config.subscriptions)
             intake_task = tg.create_task(intake.run(), name="agent.intake")
-            side = [tg.create_task(housekeeping(), name="agent.housekeeping")]
+            side = [tg.create_task(housekeeping(), name="agent.housekeeping"), *_expiry_watch(tg, state, uplink)]
             if uplink is not None:
                 side.append(tg.create_task(uplink.run(), name="agent.uplink"))
             with contextlib.suppress(TimeoutError):

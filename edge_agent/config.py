@@ -133,6 +133,18 @@ class OutboxConfig(_Section):
     )
 
 
+class DesiredConfig(_Section):
+    """How a managed agent judges the expiry of the hub's signed desired state."""
+
+    clock_tolerance: Duration = Field(
+        default=300.0, ge=0, description="a document counts as expired only this long after its expires_at"
+    )
+    require_expiry: bool = Field(
+        default=False,
+        description="refuse documents without expires_at (no-expiry); leave off while any hub signs none",
+    )
+
+
 class AgentConfig(EnvOverFile):
     """Everything one agent needs; subscriptions and handlers come from here in standalone mode."""
 
@@ -148,6 +160,7 @@ class AgentConfig(EnvOverFile):
     outbox: OutboxConfig = OutboxConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     status: StatusConfig = StatusConfig()
+    desired: DesiredConfig = DesiredConfig()
     handlers: list[HandlerSpec] = Field(default_factory=list)
     subscriptions: list[SubscriptionSpec] = Field(default_factory=list)
     hub_public_key: str | None = Field(

@@ -1,9 +1,10 @@
 """Applies the hub's signed desired state: verify, compare versions, apply, remember, report.
 
-A document is refused -- reported, logged, and nothing changes -- when it is unsigned or tampered with,
-addressed to another device, or older than the one applied. The same version again (the retained message on
-every reconnection) is a silent no-op. The last applied envelope is kept on disk, verified again at start, and
-run while the hub or the cloud broker is away.
+A document is refused -- reported, counted by reason, logged, and nothing changes -- when it is unsigned or
+tampered with, addressed to another device, older than the one applied, or expired. The same version again
+(the retained message on every reconnection) is a silent no-op; with a later expiry it is a renewal
+(``edge_agent.desired_checks``). The last applied envelope is kept on disk, verified again at start, and run
+while the hub or the cloud broker is away, expired or not (with the ``desired-expired`` alarm).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_agent.desired_checks import DesiredChecks
 from edge_agent.pipeline import Pipeline
-from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_document
+from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_signed
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,6 +39,10 @@ class Reconciler:
         pipeline: Pipeline,
         on_change: Callable[[], None],
         admit_tags: bool = False,
+        clock_tolerance: float = 0.0,
+        require_expiry: bool = False,
+        alarm: Callable[[str, bool], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._device = device_id
         self._key = public_key
@@ -47,6 +54,7 @@ class Reconciler:
         self.applied_version: int | None = None
         self.last_refusal: str | None = None
         self.refusals = 0
+        self.checks = DesiredChecks(tolerance=clock_tolerance, require_expiry=require_expiry, alarm=alarm, clock=clock)
 
     async def load_stored(self) -> bool:
         """Apply the document applied before the last stop, if any; False when there is none."""
@@ -55,14 +63,17 @@ class Reconciler:
         except FileNotFoundError:
             return False
         try:
-            document = verify_document(payload, self._key, self._device)
+            # Expired or not: a device cut off from the hub keeps running its last good state (and alarms).
+            document = verify_signed(payload, self._key, self._device)
         except DesiredRefused as exc:
             log.error("stored desired state %s refused (%s); waiting for the hub", self._path, exc)
+            self._refuse(exc)
             return False
         async with self._lock:
             await self._pipeline.apply(document.handlers, document.subscriptions)
             self.applied_version = document.version
-        log.info("running stored desired state version %d", document.version)
+            expired = self.checks.run(document)
+        log.info("running stored desired state version %d%s", document.version, " (EXPIRED)" if expired else "")
         self._on_change()
         return True
 
@@ -70,19 +81,20 @@ class Reconciler:
         """One message from the desired topic."""
         async with self._lock:
             try:
-                document = verify_document(payload, self._key, self._device)
+                document = verify_signed(payload, self._key, self._device)
+                verdict = self.checks.judge(document)
+                if verdict == "same":
+                    return
                 self._admit(document)
-                if self.applied_version is not None:
-                    if document.version == self.applied_version:
-                        return
-                    if document.version < self.applied_version:
-                        raise DesiredRefused(
-                            "stale-version", f"version {document.version} < applied {self.applied_version}"
-                        )
             except DesiredRefused as exc:
                 self._refuse(exc)
                 return
-            await self._apply(document, payload)
+            if verdict == "renew":
+                await asyncio.to_thread(_write_atomically, self._path, payload)
+                self.checks.run(document)
+                log.info("desired state version %d renewed until %s", document.version, document.expires_at)
+            else:
+                await self._apply(document, payload)
         self._on_change()
 
     async def _apply(self, document: DesiredDocument, payload: bytes) -> None:
@@ -95,6 +107,7 @@ class Reconciler:
         await self._pipeline.apply(document.handlers, document.subscriptions)
         await asyncio.to_thread(_write_atomically, self._path, payload)
         self.applied_version = document.version
+        self.checks.run(document)
 
     def _admit(self, document: DesiredDocument) -> None:
         """Only images named by content run: a tag could be moved to other code behind the hub's back."""
@@ -108,6 +121,7 @@ class Reconciler:
 
     def _refuse(self, exc: DesiredRefused) -> None:
         self.refusals += 1
+        self.checks.count(exc.reason)
         self.last_refusal = str(exc)
         log.warning("refused desired state: %s", exc)
         self._on_change()

@@ -106,5 +106,7 @@ class AgentState:
             outbox_pending=pending,
             alarms=sorted(self.alarms),
             last_refusal=rec.last_refusal if rec else None,
+            desired_refusals=dict(rec.checks.refusals) if rec else {},
+            desired_expires_at=rec.checks.running.expires_at if rec and rec.checks.running else None,
             ts=time.time(),
         )

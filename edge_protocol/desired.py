@@ -2,14 +2,20 @@
 
 The envelope carries the document's exact bytes (as a JSON string field) and an Ed25519 signature over those
 bytes, so no canonical JSON form is needed: the agent verifies the bytes it received, then parses them.
-Checks, in order: the signature, the addressee, the version (only ever increases; the same version again is a
-no-op for the caller to detect).
+Checks, in order: the signature, the addressee, the expiry (``expires_at``, signed inside the document, with the
+caller's clock tolerance), the version (only ever increases; the same version again is a no-op, or a renewal
+when it carries a later expiry: for the caller to detect, as only it knows what it runs).
+
+``expires_at`` is optional so that an older hub's documents, which have none, still verify: such a document
+never expires, unless the caller requires an expiry (``require_expiry``: refused as ``no-expiry``). A hub that
+signs expiry re-signs each device's current document, same version and content, well before it expires.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationError, model_validator
@@ -32,7 +38,10 @@ class DesiredDocument(WireModel):
     v: int = PROTOCOL_VERSION
     device: str
     version: int = Field(ge=1)
-    issued_at: float
+    issued_at: float = Field(description="when the hub signed this text (epoch seconds)")
+    expires_at: float | None = Field(
+        default=None, description="run it no later than this (epoch seconds); None from a hub that signs no expiry"
+    )
     handlers: list[HandlerSpec] = Field(default_factory=list)
     subscriptions: list[SubscriptionSpec] = Field(default_factory=list)
 
@@ -47,6 +56,10 @@ class DesiredDocument(WireModel):
             if sub.handler not in names:
                 raise ValueError(f"subscription {sub.name!r} names handler {sub.handler!r}, not in the document")
         return self
+
+    def expired(self, now: float, tolerance: float = 0.0) -> bool:
+        """True once ``now`` is past ``expires_at`` by more than ``tolerance`` seconds (never without an expiry)."""
+        return self.expires_at is not None and now > self.expires_at + tolerance
 
     def content_hash(self) -> str:
         """Hash of what the device runs (handlers and subscriptions), independent of version and time."""
@@ -88,15 +101,46 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 
 def sign_document(document: DesiredDocument, private_key: Ed25519PrivateKey) -> SignedDesired:
-    text = document.model_dump_json()
+    # Without an expiry the key is left out, so that an agent older than expires_at can still read the text.
+    text = document.model_dump_json(exclude={"expires_at"} if document.expires_at is None else None)
     signature = private_key.sign(text.encode("utf-8"))
     return SignedDesired(
         document=text, signature=base64.b64encode(signature).decode("ascii"), key_id=key_id(private_key.public_key())
     )
 
 
-def verify_document(payload: bytes, public_key: Ed25519PublicKey, device_id: str) -> DesiredDocument:
-    """The document in ``payload`` if it is signed by ``public_key`` and addressed to ``device_id``."""
+def verify_document(
+    payload: bytes,
+    public_key: Ed25519PublicKey,
+    device_id: str,
+    *,
+    now: float | None = None,
+    tolerance: float = 0.0,
+    require_expiry: bool = False,
+) -> DesiredDocument:
+    """The document in ``payload`` if it is signed by ``public_key``, addressed to ``device_id`` and not expired at
+    ``now`` (default: the wall clock) give or take ``tolerance`` seconds."""
+    document = verify_signed(payload, public_key, device_id)
+    check_expiry(document, time.time() if now is None else now, tolerance, require_expiry=require_expiry)
+    return document
+
+
+def check_expiry(document: DesiredDocument, now: float, tolerance: float, *, require_expiry: bool = False) -> None:
+    """Raise :class:`DesiredRefused` (``expired``, ``no-expiry``) unless ``document`` may be applied at ``now``."""
+    if document.expires_at is None:
+        if require_expiry:
+            raise DesiredRefused("no-expiry", f"version {document.version} carries no expires_at")
+        return
+    if document.expired(now, tolerance):
+        raise DesiredRefused(
+            "expired",
+            f"version {document.version} expired {now - document.expires_at:.0f}s ago (tolerance {tolerance:.0f}s)",
+        )
+
+
+def verify_signed(payload: bytes, public_key: Ed25519PublicKey, device_id: str) -> DesiredDocument:
+    """The document in ``payload`` if it is signed by ``public_key`` and addressed to ``device_id``, expired or
+    not: for a caller that decides about expiry itself (a document it runs, a same-version repeat)."""
     from cryptography.exceptions import InvalidSignature
 
     try:

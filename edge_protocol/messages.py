@@ -145,7 +145,18 @@ class Reported(WireModel):
     outbox_pending: int = Field(default=0, ge=0)
     alarms: list[str] = Field(default_factory=list)
     last_refusal: str | None = None
+    desired_refusals: dict[str, int] = Field(
+        default_factory=dict, description="reason -> desired-state messages refused since the agent started"
+    )
+    desired_expires_at: float | None = Field(default=None, description="when the desired state it runs expires")
     ts: float
+
+    def wire(self) -> bytes:
+        """The JSON to publish: the newer keys (``desired_*``) only when set, so an older hub still reads it."""
+        unset = {"desired_refusals"} if not self.desired_refusals else set()
+        if self.desired_expires_at is None:
+            unset.add("desired_expires_at")
+        return self.model_dump_json(exclude=unset or None).encode()
 
 
 CloudMessage = Annotated[AggregateBatch | Ack | Status | Reported, Field(discriminator="kind")]
