@@ -31,7 +31,16 @@ from edge_protocol.aggregate import WindowResult
 from tests.faults.conftest import Outages
 from tests.support.agent_config import QUICK_CLOUD
 from tests.support.mqtt_clients import PacedPublisher, broker_stat, publish_all
-from tests.support.readers import Totals, hub_device, hub_rows, outbox_pending, reported_since
+from tests.support.readers import (
+    Totals,
+    assert_events_per_group,
+    assert_stored_as_held,
+    hub_device,
+    hub_rows,
+    outbox_pending,
+    outbox_results,
+    reported_since,
+)
 from tests.support.rig import Rig
 from tests.support.running import running_agent, running_hub, wait_for
 from tests.support.workloads import SENTINEL_GROUP, TEMP_C, sentinel_event, temperature_events, temps_subscription
@@ -96,6 +105,7 @@ async def test_outbox_at_its_cap_counts_every_record_it_gives_up(
         ledger = await outbox.losses()
         assert outbox.pending == MAX_RECORDS, progress()
         assert ledger == {"temps": {reason: lost}}, f"loss ledger {ledger} for {records} records, cap {MAX_RECORDS}"
+        held = await asyncio.to_thread(outbox_results, outbox.path)  # what the hub must end up with, exactly
 
         down_for = time.monotonic() - down_since
         await asyncio.to_thread(cloud.restart)
@@ -118,7 +128,9 @@ async def test_outbox_at_its_cap_counts_every_record_it_gives_up(
               f"in {records} windows; stored={totals.events} in {totals.rows} windows; ledger={ledger}; "
               f"hub shows {shown['losses']}")
         assert shown["losses"] == {"temps": {reason: lost}}, "the hub shows the device's loss ledger"
-        assert totals.rows == totals.distinct == MAX_RECORDS, "a window stored twice, or more than the cap kept"
+        assert totals.rows == MAX_RECORDS, "more or fewer windows stored than the outbox kept"
+        assert_stored_as_held(rows, held)  # each stored window is one the outbox held, value for value...
+        assert sorted(r["window_id"] for r in rows) == sorted(r["id"] for r in held)  # ...and each held one stored
         assert all(r["events"] == PER_WINDOW for r in rows)
         assert totals.events == len(messages) - PER_WINDOW * reported_lost
         assert totals.count == totals.events
@@ -269,7 +281,7 @@ async def test_full_disk_raises_an_alarm_and_loses_nothing(
               f"stored={totals.events} windows={totals.rows}; alarm {alarm_after:.1f}s after the fill, cleared "
               f"{cleared_after:.1f}s after freeing; backlog held by the broker while full={backlog}; "
               f"reported drops={losses}; counters={state.counters()['temps']}")
-        assert totals.rows == totals.distinct, "a window stored twice"
+        assert_events_per_group(sensor_rows(), messages[:published], celsius[:published])  # none twice, none lost
         assert losses == {}
         assert totals.events == published, f"stored {totals.events} of {published} events"
         assert totals.count == published

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -154,3 +155,43 @@ class PacedPublisher:
         self._thread.join(30)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+class SentWindows:
+    """A subscriber on the cloud broker recording every window result a device sends (resends included), as
+    JSON, to compare what the hub stored with what was sent (:func:`tests.support.readers.assert_stored_as_held`).
+    Its broker must stay up while it records."""
+
+    def __init__(self, broker: Mosquitto, prefix: str, device: str) -> None:
+        self.results: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_a: self._subscribed.set()
+        self._client.connect(broker.host, broker.port)
+        self._client.subscribe(f"{prefix}/devices/{device}/aggregates", qos=1)
+        self._client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        batch = json.loads(msg.payload)
+        with self._lock:
+            self.results.extend(record["result"] for record in batch["records"])
+
+    def sent(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.results)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+@contextlib.contextmanager
+def sent_windows(broker: Mosquitto, prefix: str, device: str) -> Iterator[SentWindows]:
+    tap = SentWindows(broker, prefix, device)
+    try:
+        yield tap
+    finally:
+        tap.close()

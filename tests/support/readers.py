@@ -79,11 +79,14 @@ def hub_rows(path: Path, device: str) -> list[dict[str, Any]]:
 
 
 class Totals:
-    """Sums over stored windows: rows, distinct ids, events, and the count/sum/min/max of one field."""
+    """Sums over stored windows: rows, events, and the count/sum/min/max of one field.
+
+    No "distinct window ids": the store's primary key is the window id, so rows always equal distinct ids;
+    what shows a window stored twice or lost is :func:`assert_events_per_group` and :func:`assert_stored_as_held`.
+    """
 
     def __init__(self, rows: list[dict[str, Any]], field: str | None = None) -> None:
         self.rows = len(rows)
-        self.distinct = len({r.get("window_id") or r["id"] for r in rows})  # store rows or outbox bodies
         self.events = sum(r["events"] for r in rows)
         states = [r["fields"][field] for r in rows if field and field in r["fields"]]
         self.count = sum(s["count"] for s in states)
@@ -92,4 +95,67 @@ class Totals:
         self.max = max((s["max"] for s in states), default=-math.inf)
 
     def __repr__(self) -> str:
-        return f"Totals(rows={self.rows}, distinct={self.distinct}, events={self.events}, count={self.count})"
+        return f"Totals(rows={self.rows}, events={self.events}, count={self.count})"
+
+
+def group_of(topic: str) -> str:
+    """The group a ``{prefix}/sensors/sN/temperature`` reading falls in under ``group_by = ["topic[2]"]``."""
+    return f"topic[2]={topic.split('/')[2]}"
+
+
+def per_group(rows: list[dict[str, Any]], field: str = "c") -> dict[str, tuple[int, int, float]]:
+    """group -> (events, the field's count, the field's sum) summed over stored windows."""
+    out: dict[str, tuple[int, int, float]] = {}
+    for group in sorted({r["group"] for r in rows}):
+        mine = [r for r in rows if r["group"] == group]
+        states = [r["fields"][field] for r in mine if field in r["fields"]]
+        out[group] = (
+            sum(r["events"] for r in mine),
+            sum(s["count"] for s in states),
+            math.fsum(s["sum"] for s in states),
+        )
+    return out
+
+
+def assert_events_per_group(
+    rows: list[dict[str, Any]],
+    messages: list[tuple[str, bytes]],
+    values: list[float],
+    field: str = "c",
+    *,
+    at_least: bool = False,
+) -> None:
+    """Per group key, the stored windows hold exactly the published events: their event counts add up to the
+    readings published in that group, and the field's count and sum to theirs. A window stored twice (under
+    any id) or dropped changes a group's figures; comparing rows with distinct window ids cannot see either.
+    ``at_least``: where the test allows duplicates, no group may hold fewer events than were published in it."""
+    published: dict[str, list[float]] = {}
+    for (topic, _), value in zip(messages, values, strict=False):
+        published.setdefault(group_of(topic), []).append(value)
+    stored = per_group(rows, field)
+    assert sorted(stored) == sorted(published), f"groups stored {sorted(stored)}, published {sorted(published)}"
+    for group, sent in published.items():
+        events, count, total = stored[group]
+        if at_least:
+            assert events >= len(sent), f"{group}: stored {events} events of {len(sent)}"
+            assert count == events, f"{group}: {count} values in {events} events"
+            continue
+        assert (events, count) == (len(sent), len(sent)), f"{group}: stored {events} events ({count}) of {len(sent)}"
+        assert math.isclose(total, math.fsum(sent), rel_tol=1e-9, abs_tol=1e-6), f"{group}: sum {total}"
+
+
+def assert_stored_as_held(rows: list[dict[str, Any]], held: list[dict[str, Any]]) -> None:
+    """Each stored window is, field for field, a window result the agent held (its outbox bodies, or what it
+    sent): same id, events and field states; and no stored window lacks its original."""
+    originals: dict[str, list[dict[str, Any]]] = {}
+    for result in held:
+        originals.setdefault(result["id"], []).append(result)
+    for row in rows:
+        versions = originals.get(row["window_id"], [])
+        assert versions, f"{row['window_id']} stored, but the agent never held it"
+        assert all((v["events"], v["fields"]) == (versions[0]["events"], versions[0]["fields"]) for v in versions), (
+            f"{row['window_id']} held with different contents"
+        )
+        assert (row["events"], row["fields"]) == (versions[0]["events"], versions[0]["fields"]), (
+            f"{row['window_id']} stored with other content than held: {row} vs {versions[0]}"
+        )
