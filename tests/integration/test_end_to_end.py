@@ -3,90 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
 
-from edge_protocol.deadletter import DeadLetter
-from hub.config import HubConfig
-from hub.service import serve as hub_serve
 from scripts.loopback import free_port
 from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
-from tests.support.mqtt_clients import SentWindows
+from tests.support.mqtt_clients import DeadLetters, SentWindows, publish_all
 from tests.support.readers import assert_stored_as_held, hub_rows
-from tests.support.running import cancel_and_wait, running_agent, wait_for
+from tests.support.running import running_agent, running_hub, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@contextlib.asynccontextmanager
-async def running_hub(cloud: Mosquitto, prefix: str, db: Path) -> AsyncIterator[httpx.AsyncClient]:
-    port = free_port()
-    config = HubConfig(
-        broker={"host": cloud.host, "port": cloud.port, "prefix": prefix},
-        store={"url": f"sqlite:///{db}"},
-        api={"host": "127.0.0.1", "port": port},
-    )
-    ready = asyncio.Event()
-    task = asyncio.create_task(hub_serve(config, ready=ready), name="test.hub")
-    try:
-        await wait_for(lambda: ready.is_set() or task.done(), timeout=30, what="hub ready")
-        if task.done():
-            task.result()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
-            yield api
-    finally:
-        await cancel_and_wait(task, what="the hub")
-
-
-class DeadLetters:
-    """A subscriber collecting the dead-letter records of one prefix on the device broker."""
-
-    def __init__(self, broker: Mosquitto, prefix: str) -> None:
-        self.records: list[DeadLetter] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = lambda *_a: self._subscribed.set()
-        self._client.connect(broker.host, broker.port)
-        self._client.subscribe(f"{prefix}/deadletter/#", qos=1)
-        self._client.loop_start()
-        assert self._subscribed.wait(10)
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.records.append(DeadLetter.model_validate_json(msg.payload))
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(1000)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(timeout=30)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def _progress(state: Any) -> str:
@@ -144,9 +79,9 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
     deadletters = DeadLetters(device_broker, topic_prefix)
     sent = SentWindows(cloud_broker, topic_prefix, device_id)
     try:
-        async with running_hub(cloud_broker, topic_prefix, tmp_path / "hub.db") as api, running_agent(config) as (
-            state,
-            agent_task,
+        async with (
+            running_hub(cloud_broker, topic_prefix, tmp_path / "hub.db") as (api, _hub),
+            running_agent(config) as (state, agent_task),
         ):
             await asyncio.to_thread(publish_all, device_broker, messages)
 
