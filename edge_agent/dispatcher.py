@@ -12,7 +12,6 @@ import collections
 import hashlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from edge_agent.counters import SubscriptionCounters
 from edge_agent.group_commit import Ack, AppliedBatch, GroupCommitter
 from edge_agent.outbox import Outbox
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome
+from edge_protocol.clocks import STEADY_WALL, SteadyWallClock, wall_clock
 from edge_protocol.deadletter import DeadLetter, DeadLetterReason
 from edge_protocol.specs import SubscriptionSpec
 
@@ -49,14 +49,15 @@ class Dispatcher:
         max_payload: int,
         batch_size: int = 500,
         commit_interval: float = 0.01,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | SteadyWallClock = STEADY_WALL,
         intake_watermark: Callable[[], float] | None = None,
         alarm: Callable[[str, bool], None] | None = None,
         checkpoint_key: str | None = None,
         delivered: dict[int, bytes] | None = None,
     ) -> None:
         """``delivered``: packet id -> digest of the event committed under it, as the outbox remembers it from
-        the last run (see ``put``)."""
+        the last run (see ``put``). ``clock``: the time of the watermark and of arrivals, the agent's steady wall
+        clock (it does not follow jumps of the wall clock) unless a test gives its own."""
         self.spec = spec
         self.runtime = runtime
         self.windows = windows
@@ -67,6 +68,13 @@ class Dispatcher:
         self._dl_topic = deadletter_topic
         self._max_payload = max_payload
         self._batch = batch_size
+        if isinstance(clock, SteadyWallClock):
+            resumed = windows.resumes_at()
+            if resumed is not None and spec.event_time_field is None:
+                # Arrival times come from this clock: where the last run's watermark got to, this run goes on
+                # from, even when the wall clock is now behind it, so that no window closed then opens again.
+                clock.not_before(resumed)
+            clock = clock.now
         self._clock = clock
         self._intake_watermark = intake_watermark or clock
         self._checkpoint_key = checkpoint_key or spec.name
@@ -280,7 +288,7 @@ class Dispatcher:
             handler=self.spec.handler,
             topic=msg.topic,
             payload=msg.payload,
-            ts=self._clock(),
+            ts=wall_clock(),
         )
         pending = self._publish(self._dl_topic, record.model_dump_json().encode(), 1, False)
         if pending is not None:

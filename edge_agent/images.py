@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import time
 from pathlib import Path
 
 import docker
 import docker.errors
+
+from edge_protocol.clocks import STEADY_WALL
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class ImageLedger:
 
     def in_use(self, handler: str, ref: str, now: float | None = None) -> None:
         """``handler`` runs ``ref`` from now on; the image it ran before is retired."""
-        now = time.time() if now is None else now
+        now = STEADY_WALL.now() if now is None else now
         with self._db:
             self._db.execute(
                 "UPDATE images SET retired_at = ? WHERE handler = ? AND ref != ? AND retired_at IS NULL",
@@ -54,7 +55,7 @@ class ImageLedger:
 
     def retired(self, handler: str, now: float | None = None) -> None:
         """``handler`` is gone altogether."""
-        now = time.time() if now is None else now
+        now = STEADY_WALL.now() if now is None else now
         with self._db:
             self._db.execute(
                 "UPDATE images SET retired_at = ? WHERE handler = ? AND retired_at IS NULL", (now, handler)
@@ -62,7 +63,7 @@ class ImageLedger:
 
     def removable(self, grace: float, now: float | None = None) -> list[str]:
         """Images retired longer than ``grace`` ago, except each handler's most recently retired one."""
-        now = time.time() if now is None else now
+        now = STEADY_WALL.now() if now is None else now
         rows = self._db.execute(
             "SELECT ref, handler, retired_at FROM images WHERE retired_at IS NOT NULL ORDER BY retired_at DESC"
         ).fetchall()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ import orjson
 
 from edge_agent.errors import OutboxError
 from edge_protocol.aggregate import WindowResult
+from edge_protocol.clocks import STEADY_WALL
 
 T = TypeVar("T")
 
@@ -61,7 +61,7 @@ class Outbox:
         max_records: int = 100_000,
         policy: Literal["drop-oldest", "reject-new"] = "drop-oldest",
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = STEADY_WALL.now,
     ) -> None:
         self.path = path
         self._ttl, self._max, self._policy, self._sync = ttl, max_records, policy, synchronous

@@ -1,11 +1,13 @@
-"""Tumbling, hopping and session windows over handler results, closed by a wall-clock watermark.
+"""Tumbling, hopping and session windows over handler results, closed by a watermark.
 
-The watermark is ``now - lateness``: a window closes once its end is behind the watermark, so an idle stream
-still closes its windows. An event is *late* when the window it belongs to was already closed (emitted) --
-judged against the watermark of the last close, which is checkpointed, so that a closed window is never opened
-again under the same id. Late events are dead-lettered, never dropped in silence. Open windows are
-checkpointed with every commit (see :mod:`edge_agent.outbox`), so they survive a restart instead of being
-flushed early.
+The watermark is ``now - lateness``, ``now`` read from the agent's steady wall clock
+(:class:`edge_protocol.clocks.SteadyWallClock`: wall-clock time that advances by the monotonic clock and does not
+follow a jump of the wall clock), so a step of the device's clock neither closes windows early nor makes fresh
+events late. A window closes once its end is behind the watermark, so an idle stream still closes its windows.
+An event is *late* when the window it belongs to was already closed (emitted) -- judged against the watermark of
+the last close, which is checkpointed, so that a closed window is never opened again under the same id. Late
+events are dead-lettered, never dropped in silence. Open windows are checkpointed with every commit (see
+:mod:`edge_agent.outbox`), so they survive a restart instead of being flushed early.
 """
 
 from __future__ import annotations
@@ -138,8 +140,13 @@ class WindowSet:
         closed.sort(key=lambda gw: (gw[1].start, gw[0]))
         return [self._result(group, w) for group, w in closed]
 
+    def resumes_at(self) -> float | None:
+        """Where the restored checkpoint's watermark was (``closed_to + lateness``), None without one: the clock
+        that stamps arrival times must not restart behind it, or windows closed then would open again."""
+        return self._closed_to + self._lateness if math.isfinite(self._closed_to) else None
+
     def next_close(self) -> float | None:
-        """Wall-clock time at which the next window closes, or None when nothing is open."""
+        """Time (on the watermark's clock) at which the next window closes, or None when nothing is open."""
         ends = [w.end for w in self._open.values()]
         if self._window.kind == "session":
             gap = self._window.gap or 0.0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,13 @@ from edge_agent.broker.buffered import BufferedClient
 from edge_agent.broker.on_loop import PahoOnLoop
 from edge_agent.broker.publisher import ConfirmedPublisher
 from edge_agent.errors import BrokerError
+from edge_protocol.clocks import STEADY_WALL
 
 log = logging.getLogger(__name__)
+
+# Arrival times are read from the agent's steady wall clock, the clock of the windows' watermark: a jump of the
+# wall clock must not move arrival-time windows (docs/architecture.md, step 5).
+_now = STEADY_WALL.now
 
 # An event's arrival is stamped just before it is appended to the hand-off list; the margin keeps the intake
 # watermark safely behind any event stamped but not yet appended.
@@ -164,7 +168,7 @@ class LocalBroker:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         self._buffer.append(
-            Incoming(msg.mid if msg.qos else 0, msg.topic, bytes(msg.payload), msg.qos, bool(msg.dup), time.time())
+            Incoming(msg.mid if msg.qos else 0, msg.topic, bytes(msg.payload), msg.qos, bool(msg.dup), _now())
         )
         if len(self._buffer) >= self._max_buffered:
             self._driver.pause_reading()  # the backlog stays in the broker's session
@@ -201,7 +205,7 @@ class LocalBroker:
         buffer = self._buffer
         if buffer:
             return buffer[0].arrived - _HANDOFF_MARGIN
-        return time.time() - _HANDOFF_MARGIN
+        return _now() - _HANDOFF_MARGIN
 
     def set_filters(self, filters: list[tuple[str, int]]) -> None:
         """Subscribe to exactly ``filters`` (topic filter, QoS) from now on, and after every reconnection.
