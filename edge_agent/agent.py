@@ -25,6 +25,7 @@ from edge_agent.pipeline import Pipeline, RuntimeFactory, intake_filters
 from edge_agent.reconciler import Reconciler
 from edge_agent.runtime.base import HandlerRuntime
 from edge_agent.runtime.pool import ReplicaPool
+from edge_agent.runs import next_run
 from edge_agent.state import AgentState
 from edge_agent.status import StatusServer
 from edge_agent.uplink import Uplink, status_payload
@@ -104,6 +105,7 @@ async def serve(
         synchronous=config.outbox.synchronous,
     ) as outbox:
         state.outbox = outbox
+        state.run = await asyncio.to_thread(next_run, config.data_dir)
         engine = Engine(runtime_factory) if runtime_factory else await asyncio.to_thread(_docker_engine, config)
         await _run(config, outbox, engine, state, stop, ready)
 

@@ -6,7 +6,6 @@ import each other.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.reconciler import Reconciler
 from edge_agent.runtime.base import HandlerRuntime
 from edge_agent.uplink import Uplink
+from edge_protocol.clocks import wall_clock
 from edge_protocol.messages import HandlerReport, Reported, SubscriptionReport
 
 
@@ -33,6 +33,9 @@ class AgentState:
     reconciler: Reconciler | None = None
     alarms: set[str] = field(default_factory=set)
     last_losses: dict[str, dict[str, int]] = field(default_factory=dict)
+    run: int | None = None
+    """This run's number (edge_agent.runs); with ``reports`` it orders the reported states for the hub."""
+    reports: int = 0
 
     @property
     def dispatchers(self) -> dict[str, Dispatcher]:
@@ -96,6 +99,8 @@ class AgentState:
                 self.alarms.add("outbox-unreadable")
             pending = self.outbox.pending
         rec = self.reconciler
+        if publish:  # a local read shows the number of the last report published
+            self.reports += 1
         return Reported(
             device=device_id,
             agent_version=__version__,
@@ -108,5 +113,7 @@ class AgentState:
             last_refusal=rec.last_refusal if rec else None,
             desired_refusals=dict(rec.checks.refusals) if rec else {},
             desired_expires_at=rec.checks.running.expires_at if rec and rec.checks.running else None,
-            ts=time.time(),
+            run=self.run,
+            seq=max(self.reports, 1) if self.run is not None else None,
+            ts=wall_clock(),
         )

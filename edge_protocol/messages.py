@@ -149,13 +149,18 @@ class Reported(WireModel):
         default_factory=dict, description="reason -> desired-state messages refused since the agent started"
     )
     desired_expires_at: float | None = Field(default=None, description="when the desired state it runs expires")
-    ts: float
+    run: int | None = Field(
+        default=None, ge=1, le=MAX_SEQ, description="the agent's run: one more at every start (kept on disk)"
+    )
+    seq: int | None = Field(default=None, ge=1, le=MAX_SEQ, description="this report's number within the run")
+    ts: float = Field(description="the device's wall clock: shown, never used to order reports (run and seq are)")
 
     def wire(self) -> bytes:
         """The JSON to publish: the newer keys (``desired_*``) only when set, so an older hub still reads it."""
         unset = {"desired_refusals"} if not self.desired_refusals else set()
         if self.desired_expires_at is None:
             unset.add("desired_expires_at")
+        unset |= {key for key in ("run", "seq") if getattr(self, key) is None}
         return self.model_dump_json(exclude=unset or None).encode()
 
 

@@ -75,6 +75,7 @@ class Store:
             Base.metadata.create_all(engine)
             _add_labels_column(engine)
             _add_content_hash_column(engine)
+            _add_reported_order_columns(engine)
         except SQLAlchemyError as exc:
             raise StoreError("open", f"{self.display_url}: {exc}") from exc
         self._engine = engine
@@ -171,6 +172,16 @@ def _add_content_hash_column(engine: Engine) -> None:
         return
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE aggregates ADD COLUMN content_hash TEXT"))
+
+
+def _add_reported_order_columns(engine: Engine) -> None:
+    # Likewise for reported states stored before they were ordered by the agent's run and report number: NULL,
+    # which the next report with a run replaces (hub.fleet.registry).
+    have = {col["name"] for col in inspect(engine).get_columns("reported")}
+    with engine.begin() as conn:
+        for column in ("run", "seq"):
+            if column not in have:
+                conn.execute(text(f"ALTER TABLE reported ADD COLUMN {column} BIGINT"))
 
 
 def greatest(column: Any, value: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Double, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Double, ForeignKey, Index, Integer, Text, UniqueConstraint
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -75,12 +75,15 @@ class RefusedWindowRow(Base):
 
 
 class ReportedRow(Base):
-    """A device's latest reported state (the agent's ``Reported`` message as JSON); newest ``reported_at`` wins."""
+    """A device's latest reported state (the agent's ``Reported`` message as JSON): the one with the highest
+    (``run``, ``seq``), by ``reported_at`` only between reports of agents that send no run (hub.fleet.registry)."""
 
     __tablename__ = "reported"
 
     device: Mapped[str] = mapped_column(Text, primary_key=True)
     reported_at: Mapped[float] = mapped_column(Double, doc="the agent's ts")
+    run: Mapped[int | None] = mapped_column(BigInteger, nullable=True, doc="the agent's run; None from older agents")
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True, doc="the report's number within the run")
     received_at: Mapped[float] = mapped_column(Double)
     applied_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     state: Mapped[dict[str, Any]] = mapped_column(_Json)

@@ -1,7 +1,11 @@
 """The fleet registry: each device's status, labels, latest reported state and desired-state version.
 
-Ingest writes reported states here (one row per device, the newest by the agent's ``ts`` wins, so a retained
-message replayed on subscribe cannot overwrite a fresher one); the API reads whole device views.
+Ingest writes reported states here, one row per device: the newest in the order the device made them, its run
+(one more at every agent start) and the report's number within the run, never by a clock. So a retained message
+replayed on subscribe, or a report that a slower hub replica writes late, cannot overwrite a newer one, and a
+report made after the device's clock was set back still replaces the ones before it. The write is idempotent
+and only ever moves forward, however many replicas make it. Reports of older agents (no run) are ordered by
+their ``ts`` among themselves, as before. The API reads whole device views.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from edge_protocol.messages import Reported
@@ -77,6 +81,9 @@ class Fleet:
             {
                 "device": s.reported.device,
                 "reported_at": s.reported.ts,
+                # Ordered by run only with both halves (a run without a report number counts as no run).
+                "run": s.reported.run if s.reported.seq is not None else None,
+                "seq": s.reported.seq if s.reported.run is not None else None,
                 "received_at": s.received_at,
                 "applied_version": s.reported.applied_version,
                 "state": s.reported.model_dump(mode="json"),
@@ -95,12 +102,13 @@ class Fleet:
                 index_elements=[table.c.device],
                 set_={
                     "reported_at": excluded.reported_at,
+                    "run": excluded.run,
+                    "seq": excluded.seq,
                     "received_at": excluded.received_at,
                     "applied_version": excluded.applied_version,
                     "state": excluded.state,
                 },
-                # Newest by the agent's ts wins: a retained message replayed on subscribe is older.
-                where=excluded.reported_at >= table.c.reported_at,
+                where=_newer(excluded, table.c),
             )
         return self._upsert_reported
 
@@ -114,6 +122,20 @@ class Fleet:
         with self._store.transaction("get device") as session:
             views = _views(session, device)
         return views[0] if views else None
+
+
+def _newer(new: Any, old: Any) -> Any:
+    """SQL: the incoming report ``new`` is not older than the stored ``old`` (equal: the same report again)."""
+    return or_(
+        # From an agent that numbers its reports: a later run, or a later report of the same run. It replaces
+        # a row without a run (written before the agent was upgraded).
+        and_(
+            new.run.is_not(None),
+            or_(old.run.is_(None), new.run > old.run, and_(new.run == old.run, new.seq >= old.seq)),
+        ),
+        # From an older agent: by its clock, as before (nothing better is on the wire).
+        and_(new.run.is_(None), new.reported_at >= old.reported_at),
+    )
 
 
 def _views(session: Session, device: str | None) -> list[DeviceView]:

@@ -18,12 +18,12 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pydantic import ValidationError
 
+from edge_protocol.clocks import STEADY_WALL
 from edge_protocol.messages import (
     CLOUD_MESSAGE,
     Ack,
@@ -59,7 +59,7 @@ class Ingest:
         broker: MessageBus,
         topics: Topics,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = STEADY_WALL.now,
         grace: float = SHUTDOWN_GRACE,
         desired: DesiredPublisher | None = None,
         writes: WriteQueue | None = None,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
+from edge_protocol.clocks import STEADY_WALL
 from hub import metrics
 from hub.db.store import Store
 from hub.desired.publisher import DesiredPublisher
@@ -36,7 +36,7 @@ class RolloutController:
         store: Store,
         publisher: DesiredPublisher,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = STEADY_WALL.now,
         interval: float = TICK_EVERY,
     ) -> None:
         self.rollouts = RolloutStore(store, clock=clock)

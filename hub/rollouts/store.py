@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from edge_protocol.clocks import STEADY_WALL
 from edge_protocol.messages import Reported
 from hub.db.store import Store
 from hub.db.tables import DeviceRow, HandlerRow, ReleaseRow, ReportedRow, RolloutDeviceRow, RolloutRow
@@ -56,7 +56,7 @@ class RolloutRecord:
 class RolloutStore:
     """Start, read and list rollouts; the controller's reads and version bookkeeping."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = STEADY_WALL.now) -> None:
         self.store = store
         self.clock = clock
 
