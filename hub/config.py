@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from edge_protocol.config_loading import EnvOverFile, load_settings, settings_config
+from edge_protocol.durations import Duration
 from edge_protocol.topics import DEFAULT_PREFIX
 from hub.errors import ConfigError
 
@@ -79,6 +80,24 @@ class SigningConfig(_Section):
     )
 
 
+class DesiredConfig(_Section):
+    """The signed desired state's lifetime (``hub.desired.renewal``)."""
+
+    validity: Duration = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="each document expires this long after it is signed; the hub re-signs the current one when "
+        "less than half is left. 0 signs no expiry (for agents older than expires_at, which refuse the key).",
+    )
+
+    @field_validator("validity")
+    @classmethod
+    def _validity(cls, value: float) -> float:
+        if 0 < value < 60:
+            raise ValueError("at least 60s (or 0 for no expiry): devices need time to receive the renewal")
+        return value
+
+
 class ProvisioningConfig(_Section):
     """``hub ca``, ``hub device provision|revoke``: where the CA lives and how devices reach the cloud broker."""
 
@@ -98,6 +117,7 @@ class HubConfig(EnvOverFile):
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
     signing: SigningConfig = SigningConfig()
+    desired: DesiredConfig = DesiredConfig()
     provisioning: ProvisioningConfig = ProvisioningConfig()
 
     @classmethod

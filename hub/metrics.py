@@ -43,6 +43,23 @@ DESIRED_PUBLISHED = Counter(
     "edgefleet_hub_desired_published_total",
     "Signed desired-state messages published (retained) and acknowledged by the broker",
 )
+DESIRED_RENEWED = Counter(
+    "edgefleet_hub_desired_renewed_total",
+    "Desired-state documents re-signed with a later expiry (same version and content) by this replica",
+)
+ADMISSION_REFUSED = Counter(
+    "edgefleet_hub_admission_refused_total",
+    "Security events at the hub: messages or records refused because a device spoke for another one, by reason "
+    "(device_mismatch: the message names another device than its topic; foreign_window_id: a record with "
+    "another device's window id)",
+    ["reason"],
+)
+DEVICE_DESIRED_REFUSALS = Gauge(
+    "edgefleet_hub_device_desired_refusals",
+    "Security events on devices: desired-state messages refused, by reason (bad-signature, expired, "
+    "stale-version, ...), summed over the fleet's latest reported states (each agent counts since its start)",
+    ["reason"],
+)
 INGEST_GROUP_RECORDS = Histogram(
     "edgefleet_hub_ingest_group_records",
     "Records and messages (a status or reported state counts one) committed per ingest transaction",

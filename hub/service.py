@@ -21,6 +21,7 @@ from hub.db.store import Store
 from hub.desired.documents import DesiredStore
 from hub.desired.keys import load_signing_key
 from hub.desired.publisher import DesiredPublisher
+from hub.desired.renewal import Renewal
 from hub.errors import HubError
 from hub.ingest.consumer import Ingest
 from hub.mqtt.broker import Broker
@@ -122,7 +123,8 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     key = load_signing_key(key_path) if key_path is not None else None
     async with Store(config.store.url) as store, Broker(config.broker) as broker:
         await _check_api_auth(config, store, token)
-        publisher = DesiredPublisher(DesiredStore(store, key), broker, topics) if key is not None else None
+        desired = DesiredStore(store, key, validity=config.desired.validity) if key is not None else None
+        publisher = DesiredPublisher(desired, broker, topics) if desired is not None else None
         sock = _bind(config.api.host, config.api.port)
         host, port = sock.getsockname()[:2]
         address = f"http://{host}:{port}"
@@ -152,5 +154,8 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
             if publisher is not None:
                 tasks.create_task(publisher.run(), name="hub.desired")
                 tasks.create_task(RolloutController(store, publisher).run(), name="hub.rollouts")
+                if publisher.desired.validity > 0:
+                    renewal = Renewal(publisher.desired, wake=publisher.wake)
+                    tasks.create_task(renewal.run(), name="hub.desired-renewal")
             tasks.create_task(_run_api(server, sock), name="hub.api")
             tasks.create_task(_announce_ready(server, ingest, ready, address), name="hub.ready")

@@ -4,7 +4,8 @@ A device's document holds the subscriptions whose target matches its labels and 
 with the image of the release the device is assigned (``hub.desired.releases``; by default the stable one). Its
 version is a per-device integer in the ``desired`` table: a new version (previous + 1) only when the
 document's ``content_hash()`` changed, so recompiling is idempotent and the version never decreases, across
-restarts and replicas alike.
+restarts and replicas alike. With a ``validity``, each document expires that long after it is signed
+(``expires_at``); ``hub.desired.renewal`` re-signs the current version, same content, before it does.
 
 Concurrency (several hub replicas, one database): a compile locks the rows of the devices it compiles first
 (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite a write takes the database's write lock), then reads the
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from edge_protocol.desired import DesiredDocument, key_id, sign_document
+from edge_protocol.desired import DesiredDocument, SignedDesired, key_id, sign_document
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from hub.db.store import Store
 from hub.db.tables import DesiredRow, DeviceRow
@@ -88,11 +89,25 @@ def compile_content(
 class DesiredStore:
     """Compiles, versions and signs desired state in the store; reads it back for the publisher and the API."""
 
-    def __init__(self, store: Store, key: Ed25519PrivateKey, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        key: Ed25519PrivateKey,
+        *,
+        clock: Callable[[], float] = time.time,
+        validity: float = 0.0,
+    ) -> None:
         self.store = store
         self._key = key
-        self._clock = clock
+        self.clock = clock
+        self.validity = validity
+        """Seconds a signed document stays valid; 0 signs no expiry (agents older than expires_at need that)."""
         self.key_id = key_id(key.public_key())
+
+    def sign(self, document: DesiredDocument, now: float) -> SignedDesired:
+        """``document`` issued at ``now``, expiring ``validity`` later (never with 0), signed."""
+        expires_at = now + self.validity if self.validity > 0 else None
+        return sign_document(document.model_copy(update={"issued_at": now, "expires_at": expires_at}), self._key)
 
     def recompile(self, devices: Iterable[str] | None = None) -> list[DesiredVersion]:
         """Compile ``devices`` (None: every known device; unknown ids are skipped), by id."""
@@ -122,7 +137,7 @@ class DesiredStore:
         snapshot = read_snapshot(session)
         assigned = assigned_images(session, ids)
         current = _current(session, ids)
-        now = self._clock()
+        now = self.clock()
         out = []
         for device in ids:
             if device not in labels:
@@ -136,7 +151,7 @@ class DesiredStore:
             if new_hash == content_hash:
                 out.append(DesiredVersion(device, version, changed=False))
                 continue
-            envelope = sign_document(candidate, self._key)
+            envelope = self.sign(candidate, now)
             session.add(
                 DesiredRow(
                     device=device,
@@ -177,14 +192,14 @@ class DesiredStore:
         with self.store.transaction("list unpublished desired state") as session:
             return list(session.scalars(stmt))
 
-    def mark_published(self, device: str, version: int, at: float) -> int:
-        """Record that ``version`` reached the broker; returns the device's newest version now."""
+    def mark_published(self, device: str, version: int, at: float, envelope: str | None = None) -> int:
+        """Record that ``version`` (signed as ``envelope``, when given) reached the broker; returns the device's
+        newest version now. A version re-signed meanwhile (another envelope) stays unpublished."""
+        stmt = update(DesiredRow).where(DesiredRow.device == device, DesiredRow.version == version)
+        if envelope is not None:
+            stmt = stmt.where(DesiredRow.envelope == envelope)
         with self.store.transaction("mark desired state published") as session:
-            session.execute(
-                update(DesiredRow)
-                .where(DesiredRow.device == device, DesiredRow.version == version)
-                .values(published_at=at)
-            )
+            session.execute(stmt.values(published_at=at))
             newest = session.scalar(select(func.max(DesiredRow.version)).where(DesiredRow.device == device))
             return int(newest or 0)
 

@@ -9,7 +9,9 @@ The loop always publishes a device's *newest* envelope and, once acknowledged, c
 newest: when another replica made a newer version meanwhile, it publishes again, so the retained message ends
 on the newest version whatever order two replicas' publishes arrived in.
 
-No republishing on reports: the retained message already reaches a device that reconnects.
+No republishing on reports: the retained message already reaches a device that reconnects. A renewal
+(``hub.desired.renewal``) re-signs a version in place and marks it unpublished; :meth:`DesiredPublisher.wake`
+gets it published.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ class DesiredPublisher:
             await self.changed([device])
         self._known.add(device)
 
+    def wake(self) -> None:
+        """Publish what is unpublished now rather than at the next sweep (after a renewal)."""
+        self._wake.set()
+
     # -- publishing ------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -130,7 +136,9 @@ class DesiredPublisher:
             await self._bus.publish(self._topics.desired(device), record.envelope.encode(), qos=1, retain=True)
             metrics.DESIRED_PUBLISHED.inc()
             published = record.version
-            newest = await asyncio.to_thread(self.desired.mark_published, device, record.version, self._clock())
+            newest = await asyncio.to_thread(
+                self.desired.mark_published, device, record.version, self._clock(), record.envelope
+            )
             if newest == record.version:
                 break
         return published

@@ -24,6 +24,7 @@ from hub.db.store import Store
 from hub.db.tables import DesiredRow, DeviceRow, ReportedRow
 from hub.fleet.devices import DeviceInfo, Devices, DeviceSeen
 from hub.fleet.labels import Selector
+from hub.fleet.security_events import TALLY
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Fleet:
             for s in states
         ]
         session.connection().execute(self._upsert(), rows)
+        TALLY.observe(s.reported for s in states)
 
     def _upsert(self) -> Any:
         # Built once: building it per reported state cost more than the write.

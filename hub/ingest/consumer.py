@@ -158,6 +158,7 @@ class Ingest:
             self._reject(reason, message.topic, _first_error(exc))
             return None
         if msg.device != device:
+            metrics.ADMISSION_REFUSED.labels("device_mismatch").inc()  # a security event, not just bad input
             self._reject("device_mismatch", message.topic, f"message is from device {msg.device!r}")
             return None
         return device, channel, msg
@@ -171,6 +172,8 @@ class Ingest:
             else:
                 # Not stored, so not acked: the agent's outbox keeps it until its TTL and counts the loss.
                 metrics.RECORDS_REFUSED.labels(refusal).inc()
+                if refusal == "foreign_window_id":  # a device writing under another's ids: a security event
+                    metrics.ADMISSION_REFUSED.labels(refusal).inc()
                 log.warning("device %s: refused record seq %d (%s): %s", device, record.seq, refusal, record.result.id)
         if not accepted:
             return None

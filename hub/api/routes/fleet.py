@@ -102,6 +102,7 @@ def _summary(view: DeviceView) -> dict[str, object]:
         "handlers": list(rep.handlers) if rep else [],
         "losses_total": view.losses_total,
         "reported_at": rep.ts if rep else None,
+        "alarms": list(rep.alarms) if rep else [],
     }
 
 
@@ -118,8 +119,9 @@ def _device_detail_out(view: DeviceView) -> DeviceDetailOut:
         subscriptions=dict(rep.subscriptions),
         losses={sub: dict(reasons) for sub, reasons in rep.losses.items()},
         outbox_pending=rep.outbox_pending,
-        alarms=list(rep.alarms),
         last_refusal=rep.last_refusal,
+        desired_refusals=dict(rep.desired_refusals),
+        desired_expires_at=rep.desired_expires_at,
         received_at=view.received_at,
     )
 

@@ -67,6 +67,9 @@ class DeviceOut(_Out):
     handlers: list[HandlerReport] = Field(default_factory=list, description="as last reported")
     losses_total: int = Field(default=0, description="records its outbox gave up, all subscriptions and reasons")
     reported_at: float | None = Field(default=None, description="the device's time of its last reported state")
+    alarms: list[str] = Field(
+        default_factory=list, description="as last reported (desired-expired: it runs a desired state past expiry)"
+    )
 
 
 
@@ -76,8 +79,11 @@ class DeviceDetailOut(DeviceOut):
     subscriptions: dict[str, SubscriptionReport] = Field(default_factory=dict)
     losses: dict[str, dict[str, int]] = Field(default_factory=dict, description="subscription -> reason -> records")
     outbox_pending: int = 0
-    alarms: list[str] = Field(default_factory=list)
     last_refusal: str | None = Field(default=None, description="why the device last refused a desired state")
+    desired_refusals: dict[str, int] = Field(
+        default_factory=dict, description="reason -> desired-state messages the device refused since its agent started"
+    )
+    desired_expires_at: float | None = Field(default=None, description="when the desired state it runs expires")
     received_at: float | None = Field(default=None, description="when the hub received the reported state")
     refused: dict[str, int] = Field(
         default_factory=dict,

@@ -32,7 +32,7 @@ def versions(dev: DeviceOut) -> str:
 
 
 def devices_table(rows: list[DeviceOut]) -> Table:
-    table = _table("device", "labels", "online", "last seen", "applied/desired", "handlers", "losses")
+    table = _table("device", "labels", "online", "last seen", "applied/desired", "handlers", "alarms", "losses")
     for dev in rows:
         handlers = ",".join(
             f"{h.name}:{'ok' if h.healthy else 'FAIL'}" + (f" x{h.replicas}" if h.replicas != 1 else "")
@@ -45,6 +45,7 @@ def devices_table(rows: list[DeviceOut]) -> Table:
             local(dev.last_seen),
             versions(dev),
             handlers or "-",
+            _alarms(dev.alarms),
             str(dev.losses_total),
         )
     return table
@@ -62,8 +63,11 @@ def device_detail(dev: DeviceOut | DeviceDetailOut) -> RenderableType:
     parts: list[RenderableType] = [facts]
     if isinstance(dev, DeviceDetailOut):
         facts.add_row("outbox pending", str(dev.outbox_pending))
-        facts.add_row("alarms", ", ".join(dev.alarms) or "-")
+        facts.add_row("alarms", _alarms(dev.alarms))
+        facts.add_row("desired state expires", local(dev.desired_expires_at) if dev.desired_expires_at else "never")
         facts.add_row("last refusal", dev.last_refusal or "-")
+        refusals = ", ".join(f"{reason}: {n}" for reason, n in sorted(dev.desired_refusals.items()))
+        facts.add_row("desired state refused", refusals or "-")
         refused = ", ".join(f"{reason}: {n}" for reason, n in sorted(dev.refused.items()))
         facts.add_row("windows refused by the hub", refused or "-")
     handlers = _table(
@@ -179,6 +183,12 @@ def change_text(change: ChangeOut) -> str:
         kind, name = "subscription", change.subscription.name
     made = ", ".join(f"{v.device} v{v.version}" for v in change.desired)
     return f"{kind} {name} {change.action}; " + (f"new desired state: {made}" if made else "no device's state changed")
+
+
+def _alarms(alarms: list[str]) -> str:
+    """The alarms, an expired desired state (the device runs it on, unrenewed) spelt out in red."""
+    shown = ["[red]desired state EXPIRED[/]" if a == "desired-expired" else a for a in alarms]
+    return ", ".join(shown) or "-"
 
 
 def _rate(value: float | None) -> str:
