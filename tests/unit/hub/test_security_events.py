@@ -51,6 +51,14 @@ async def test_reported_refusals_are_stored_shown_and_summed_by_reason(
     fleet.record_reported(report("dev-a", t + 1, {"expired": 3}, ("desired-expired",)), seen_at=11.0, received_at=11.0)
     fleet.record_reported(report("dev-a", t - 1, {"expired": 1}), seen_at=9.0, received_at=9.0)  # a stale replay
     assert (gauge("expired") - before[0], gauge("bad-signature") - before[1]) == (4.0, 4.0)
+    # An agent that numbers its reports is ordered by run and number, not by its clock (which may jump back).
+    fleet.record_reported(
+        report("dev-b", 5.0, {"expired": 1}).model_copy(update={"run": 2, "seq": 1}), seen_at=12.0, received_at=12.0
+    )
+    fleet.record_reported(
+        report("dev-b", t, {"expired": 9}).model_copy(update={"run": 1, "seq": 7}), seen_at=12.0, received_at=12.0
+    )
+    assert (gauge("expired") - before[0], gauge("bad-signature") - before[1]) == (4.0, 0.0)
 
     shown = DeviceDetailOut.model_validate((await control_api.get("/v1/devices/dev-a")).json())
     assert shown.desired_refusals == {"expired": 3}
