@@ -43,11 +43,13 @@ class Engine:
     factory: RuntimeFactory
     on_image: Callable[[str, str | None], Awaitable[None]] | None = None
     collect: Callable[[], Awaitable[None]] | None = None
+    pull: Callable[[HandlerSpec], Awaitable[None]] | None = None
+    """The pull step of a desired-state update: the image present (pulled and verified), or an exception."""
 
 
 def _docker_engine(config: AgentConfig) -> Engine:
     from edge_agent.images import ImageLedger, collect_garbage
-    from edge_agent.runtime.containers import docker_client, remove_device_containers
+    from edge_agent.runtime.containers import docker_client, ensure_image, remove_device_containers
     from edge_agent.runtime.docker import DockerHandler, RestartPolicy
 
     client = docker_client(config.docker_host)
@@ -83,7 +85,10 @@ def _docker_engine(config: AgentConfig) -> Engine:
             return replica(0)
         return ReplicaPool(spec, replica)
 
-    return Engine(make, on_image, collect)
+    async def pull(spec: HandlerSpec) -> None:
+        await asyncio.to_thread(ensure_image, client, spec)
+
+    return Engine(make, on_image, collect, pull)
 
 
 async def serve(
@@ -227,13 +232,14 @@ async def _run(
             on_image=engine.on_image,
             health_timeout=config.runtime.health_timeout,
             probation=config.runtime.probation,
+            pull=engine.pull,
         )
         try:
             if config.managed:
                 state.reconciler = _reconciler(config, pipeline, uplink, state)
                 await state.reconciler.load_stored()
             else:
-                await pipeline.apply(config.handlers, config.subscriptions)
+                await pipeline.apply(config.handlers, config.subscriptions, gated=False)
             intake_task = tg.create_task(intake.run(), name="agent.intake")
             side = [tg.create_task(housekeeping(), name="agent.housekeeping"), *_expiry_watch(tg, state, uplink)]
             if uplink is not None:

@@ -4,14 +4,20 @@
 changed start before the old ones stop (dispatchers switch between batches); new dispatchers are routed to
 before the ones they replace are retired; a retired dispatcher drains its queue and emits its open windows
 (ids carry the old revision, so they cannot collide with the new subscription's).
+
+A gated ``apply`` (the hub's desired state) is all-or-nothing (:mod:`edge_agent.staging`): every new or changed
+handler is pulled, started and health-checked before anything switches, and a failure refuses the whole
+document with nothing changed. After the switch the document is on trial for ``probation``: the replaced
+runtimes stay up and the replaced dispatchers stay open (routed nothing, their windows kept), and a crash-loop
+of any new runtime puts the whole previous state back, handlers and subscriptions (``on_trial_end``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from edge_agent.aggregation.windows import WindowSet
 from edge_agent.broker import LocalBroker
@@ -19,6 +25,7 @@ from edge_agent.dispatcher import Dispatcher
 from edge_agent.intake import Intake
 from edge_agent.outbox import Outbox
 from edge_agent.runtime.base import HandlerRuntime
+from edge_agent.staging import Pull, Trial, TrialEnd, UpdateRefused, pause_at, stage, start_anyway
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import Topics
 
@@ -53,6 +60,7 @@ class Pipeline:
         on_image: Callable[[str, str | None], Awaitable[None]] | None = None,
         health_timeout: float = 30.0,
         probation: float = 30.0,
+        pull: Pull | None = None,
     ) -> None:
         self._device = device_id
         self._topics = topics
@@ -64,6 +72,7 @@ class Pipeline:
         self._alarm = alarm
         self._tg = task_group
         self._on_image = on_image
+        self._pull = pull
         self.runtimes: dict[str, HandlerRuntime] = {}
         self.handler_specs: dict[str, HandlerSpec] = {}
         self.dispatchers: dict[str, Dispatcher] = {}
@@ -71,87 +80,123 @@ class Pipeline:
         self._lock = asyncio.Lock()
         self._health_timeout = health_timeout
         self._probation_time = probation
-        self._probation: dict[str, Probation] = {}
+        self.trial: Trial | None = None
+        self.on_trial_end: Callable[[TrialEnd], Awaitable[None]] | None = None
+        """Called (under the pipeline's lock) when a trial passes or is reverted."""
         self._watcher: asyncio.Task[None] | None = None
         self.update_errors: dict[str, tuple[str, str]] = {}
-        """handler -> (image, reason) of the last update that was refused; the previous image kept running."""
+        """handler -> (image, reason) of the last update that was refused; the previous state kept running."""
 
-    async def apply(self, handlers: list[HandlerSpec], subscriptions: list[SubscriptionSpec]) -> None:
-        """Run exactly ``handlers`` and ``subscriptions`` from now on."""
-        async with self._lock:
-            wanted_handlers = {h.name: h for h in handlers}
-            wanted_subs = {s.name: s for s in subscriptions}
-            replaced = await self._start_handlers(wanted_handlers)
-            retiring = [d for name, d in self.dispatchers.items() if wanted_subs.get(name) != d.spec]
-            current = {name: d.spec for name, d in self.dispatchers.items()}
-            await self._add_dispatchers([s for s in subscriptions if current.get(s.name) != s])
-            for d in retiring:
-                if self.dispatchers.get(d.spec.name) is d:
-                    del self.dispatchers[d.spec.name]
-            self._intake.set_routes([(d.spec.topic, d) for d in self.dispatchers.values()])
-            self._local.set_filters(intake_filters([d.spec for d in self.dispatchers.values()]))
-            for d in retiring:
-                await self._retire(d)
-            for name in [n for n in self.runtimes if n not in wanted_handlers]:
-                replaced.append(self.runtimes.pop(name))
-                del self.handler_specs[name]
-                self.update_errors.pop(name, None)
-                if name in self._probation:
-                    replaced.append(self._probation.pop(name).old)
-                if self._on_image is not None:
-                    await self._on_image(name, None)
-            for runtime in replaced:
-                await runtime.aclose()
+    async def apply(
+        self,
+        handlers: list[HandlerSpec],
+        subscriptions: list[SubscriptionSpec],
+        *,
+        gated: bool = True,
+        tag: object = None,
+    ) -> bool:
+        """Run exactly ``handlers`` and ``subscriptions`` from now on; True while the change is on trial.
 
-    async def _start_handlers(self, wanted: dict[str, HandlerSpec]) -> list[HandlerRuntime]:
-        """Start new and changed handlers; switch dispatchers to them; return the runtimes to close now.
-
-        An update (a handler that already runs) must pull, start and answer a health ping before it takes the
-        stream; otherwise the running version stays and the refusal is reported. After the switch the old
-        version stays up for the probation time, and takes the stream back if the new one crash-loops.
+        Gated, :class:`UpdateRefused` when a new or changed handler fails to pull, start or answer (nothing
+        changed). Not gated (the state stored or configured, at start), every handler is switched to even if
+        it does not answer yet: there is nothing older to stay on.
         """
-        replaced: list[HandlerRuntime] = []
-        for name, spec in wanted.items():
-            if self.handler_specs.get(name) == spec:
-                continue
-            if name in self._probation:
-                replaced.append(self._probation.pop(name).old)
-            old = self.runtimes.get(name)
-            runtime = self._factory(spec)
-            problem = await self._start_checked(runtime)
-            if problem is not None and old is not None:
-                log.error("handler %s: update to %s refused (%s); the running version stays", name, spec.image, problem)
-                replaced.append(runtime)
-                self.update_errors[name] = (spec.image, problem)
-                continue
-            if problem is not None:
-                log.error("handler %s did not start (%s); its events are retried and dead-lettered", name, problem)
-            self.update_errors.pop(name, None)
-            self._switch(name, spec, runtime)
-            if self._on_image is not None:
-                await self._on_image(name, spec.image)
-            if old is not None and problem is None and self._probation_time > 0:
-                loop = asyncio.get_running_loop()
-                self._probation[name] = Probation(old, loop.time() + self._probation_time, runtime.restarts)
-                if self._watcher is None:
-                    self._watcher = self._tg.create_task(self._watch_probation(), name="agent.probation")
-            elif old is not None:
-                replaced.append(old)
-        return replaced
+        async with self._lock:
+            wanted = {h.name: h for h in handlers}
+            changed = [s for name, s in wanted.items() if self.handler_specs.get(name) != s]
+            if not gated:
+                fresh = await start_anyway(changed, self._factory, self._health_timeout)
+            else:
+                try:
+                    fresh = await stage(changed, self._factory, self._pull, self._health_timeout)
+                except UpdateRefused as exc:
+                    log.error("desired state refused at step %s: %s", exc.step, exc)
+                    self.update_errors[exc.handler] = (exc.image, exc.reason)
+                    raise
+            trial = self.trial
+            if trial is None and gated and fresh and self._probation_time > 0:
+                trial = Trial(dict(self.handler_specs), dict(self.runtimes), dict(self.dispatchers), 0.0)
+            dropped = await self._switch_to(wanted, fresh, subscriptions, trial, pause=gated)
+            if trial is not None:
+                self._begin_or_extend(trial, tag)
+            for runtime in dropped:
+                if trial is None or not trial.keeps(runtime):
+                    await runtime.aclose()
+            return self.trial is not None
 
-    async def _start_checked(self, runtime: HandlerRuntime) -> str | None:
-        """None when ``runtime`` started and answered a health ping in time, else why not."""
-        try:
-            await runtime.start()
-        except Exception as exc:  # any start failure refuses the update; its text is the reported reason
-            return f"start failed: {exc}"
-        try:
-            async with asyncio.timeout(self._health_timeout):
-                if await runtime.ping():
-                    return None
-        except TimeoutError:
-            pass
-        return f"no answer to the health ping within {self._health_timeout:g}s"
+    async def _switch_to(
+        self,
+        wanted: dict[str, HandlerSpec],
+        fresh: dict[str, HandlerRuntime],
+        subscriptions: list[SubscriptionSpec],
+        trial: Trial | None,
+        *,
+        pause: bool = False,
+    ) -> list[HandlerRuntime]:
+        """Switch to ``fresh`` runtimes, then to ``subscriptions``; the runtimes no longer serving. Dispatchers
+        replaced are retired, unless ``trial`` keeps them (open, routed nothing) for a revert."""
+        dropped: list[HandlerRuntime] = []
+        for name, runtime in fresh.items():
+            old = self.runtimes.get(name)
+            if old is not None and old is not runtime:
+                dropped.append(old)
+            self._switch(name, wanted[name], runtime)
+            self.update_errors.pop(name, None)
+            if self._on_image is not None:
+                await self._on_image(name, wanted[name].image)
+        await self._switch_subscriptions(subscriptions, trial, pause=pause)
+        for name in [n for n in self.runtimes if n not in wanted]:
+            dropped.append(self.runtimes.pop(name))
+            del self.handler_specs[name]
+            self.update_errors.pop(name, None)
+            if self._on_image is not None:
+                await self._on_image(name, None)
+        return dropped
+
+    async def _switch_subscriptions(
+        self, subscriptions: list[SubscriptionSpec], trial: Trial | None, *, pause: bool
+    ) -> None:
+        wanted_subs = {s.name: s for s in subscriptions}
+        retiring = [d for name, d in self.dispatchers.items() if wanted_subs.get(name) != d.spec]
+        current = {name: d.spec for name, d in self.dispatchers.items()}
+        adding = [s for s in subscriptions if current.get(s.name) != s]
+        for spec in list(adding) if trial is not None else []:
+            kept = trial.base_dispatchers.get(spec.name) if trial is not None else None
+            if kept is not None and kept.spec == spec:  # back to the base's subscription: it takes over again
+                kept.switch_runtime(self.runtimes[spec.handler])
+                self.dispatchers[spec.name] = kept
+                adding.remove(spec)
+        await self._add_dispatchers(adding)
+        for d in retiring:
+            if self.dispatchers.get(d.spec.name) is d:
+                del self.dispatchers[d.spec.name]
+        self._route()
+        if pause:
+            await pause_at("mid-switch")
+        for d in retiring:
+            if trial is not None and trial.keeps_dispatcher(d):
+                log.info("subscription %s (revision %s) off while the update is on trial", d.spec.name, d.spec.revision)
+            else:
+                await self._retire(d)
+
+    def _route(self) -> None:
+        self._intake.set_routes([(d.spec.topic, d) for d in self.dispatchers.values()])
+        self._local.set_filters(intake_filters([d.spec for d in self.dispatchers.values()]))
+
+    def _begin_or_extend(self, trial: Trial, tag: object) -> None:
+        """Watch every runtime that serves and is not the base's, for the probation time from now."""
+        watched = {}
+        for name, runtime in self.runtimes.items():
+            if trial.keeps(runtime):
+                continue
+            earlier = trial.watched.get(name)
+            watched[name] = earlier if earlier is not None and earlier[0] is runtime else (runtime, runtime.restarts)
+        trial.watched = watched
+        trial.tag = tag
+        trial.until = asyncio.get_running_loop().time() + self._probation_time
+        self.trial = trial
+        if self._watcher is None:
+            self._watcher = self._tg.create_task(self._watch_trial(), name="agent.probation")
 
     def _switch(self, name: str, spec: HandlerSpec, runtime: HandlerRuntime) -> None:
         """Dispatchers take their next batch to ``runtime``; the batch in flight finishes where it is."""
@@ -161,30 +206,87 @@ class Pipeline:
             if d.spec.handler == name:
                 d.switch_runtime(runtime)
 
-    async def _watch_probation(self) -> None:
+    async def _watch_trial(self) -> None:
+        paused = False
         while True:
             await asyncio.sleep(0.5)
+            if self.trial is not None and not paused:
+                paused = True
+                await pause_at("probation")
             async with self._lock:
-                now = asyncio.get_running_loop().time()
-                for name, probation in list(self._probation.items()):
-                    new = self.runtimes.get(name)
-                    if new is not None and (new.restarts > probation.restarts or new.state == "failed"):
-                        await self._revert(name, probation, new)
-                    elif now >= probation.until:
-                        del self._probation[name]
-                        await probation.old.aclose()
+                trial = self.trial
+                if trial is None:
+                    paused = False
+                    continue
+                refusal = trial.crash_looping()
+                if refusal is not None:
+                    await self._revert(trial, refusal)
+                elif asyncio.get_running_loop().time() >= trial.until:
+                    await self._pass(trial)
 
-    async def _revert(self, name: str, probation: Probation, new: HandlerRuntime) -> None:
-        bad = self.handler_specs[name]
-        log.error("handler %s: %s crash-loops after the switch; back to the previous version", name, bad.image)
-        restarts = new.restarts - probation.restarts
-        self.update_errors[name] = (bad.image, f"crash-loop: {restarts} restarts within the probation time")
-        old_spec = probation.old.spec
-        self._switch(name, old_spec, probation.old)
-        del self._probation[name]
-        if self._on_image is not None:
-            await self._on_image(name, old_spec.image)
-        await new.aclose()
+    async def _pass(self, trial: Trial) -> None:
+        self.trial = None
+        serving = set(map(id, self.runtimes.values()))
+        for runtime in trial.base_runtimes.values():
+            if id(runtime) not in serving:
+                await runtime.aclose()
+        for d in trial.base_dispatchers.values():
+            if self.dispatchers.get(d.spec.name) is not d:
+                await self._retire(d)
+        log.info("update passed its probation")
+        if self.on_trial_end is not None:
+            await self.on_trial_end(TrialEnd(trial.tag, None))
+
+    async def _revert(self, trial: Trial, refusal: UpdateRefused) -> None:
+        """Back to the trial's base, handlers and subscriptions: its dispatchers route again, the trial's retire."""
+        log.error("handler %s: %s; the whole update is reverted", refusal.handler, refusal.reason)
+        self.trial = None
+        back = {n: r for n, r in trial.base_runtimes.items() if self.runtimes.get(n) is not r}
+        for name, runtime in back.items():
+            self._switch(name, trial.base_specs[name], runtime)
+            if self._on_image is not None:
+                await self._on_image(name, trial.base_specs[name].image)
+        leaving = [d for name, d in self.dispatchers.items() if trial.base_dispatchers.get(name) is not d]
+        self.dispatchers = dict(trial.base_dispatchers)
+        for name, runtime in self.runtimes.items():
+            for d in self.dispatchers.values():
+                if d.spec.handler == name and d.runtime is not runtime:
+                    d.switch_runtime(runtime)
+        self._route()
+        for d in leaving:
+            await self._retire(d)
+        for name in [n for n in self.runtimes if n not in trial.base_specs]:
+            del self.runtimes[name], self.handler_specs[name]
+            if self._on_image is not None:
+                await self._on_image(name, None)
+        await asyncio.gather(*(r.aclose() for r, _ in trial.watched.values()), return_exceptions=True)
+        self.update_errors[refusal.handler] = (refusal.image, refusal.reason)
+        if self.on_trial_end is not None:
+            await self.on_trial_end(TrialEnd(trial.tag, refusal))
+
+    async def flush_orphans(self, specs: list[SubscriptionSpec]) -> int:
+        """Emit the windows checkpointed by any of ``specs`` that does not run (a document switched to, then
+        left by a crash before its trial ended): their events were acknowledged on that checkpoint's strength."""
+        running = {checkpoint_key(d.spec) for d in self.dispatchers.values()}
+        checkpoints = await self._outbox.checkpoints()
+        flushed = 0
+        for spec in specs:
+            key = checkpoint_key(spec)
+            if key in running or key not in checkpoints:
+                continue
+            windows = WindowSet(spec, self._device)
+            if not windows.restore(checkpoints[key]):
+                continue
+            closed = windows.close_due(math.inf)
+            await self._outbox.commit(closed, {key: None})
+            flushed += len(closed)
+            log.info(
+                "subscription %s (revision %s): %d windows left open by a crash emitted",
+                spec.name,
+                spec.revision,
+                len(closed),
+            )
+        return flushed
 
     async def _add_dispatchers(self, specs: list[SubscriptionSpec]) -> None:
         if not specs:
@@ -225,7 +327,7 @@ class Pipeline:
 
     async def drain(self) -> None:
         """Shutdown: process what is queued; open windows stay checkpointed for the next start."""
-        await asyncio.gather(*(d.drain() for d in self.dispatchers.values()))
+        await asyncio.gather(*(d.drain() for d in self._tasks))
 
     async def aclose(self) -> None:
         for task in self._tasks.values():
@@ -233,17 +335,10 @@ class Pipeline:
         await asyncio.gather(*(d.aclose() for d in self._tasks))
         if self._watcher is not None:
             self._watcher.cancel()
-        runtimes = [*self.runtimes.values(), *(p.old for p in self._probation.values())]
-        await asyncio.gather(*(r.aclose() for r in runtimes), return_exceptions=True)
-
-
-@dataclass(slots=True)
-class Probation:
-    """The version a switch replaced, kept running until ``until`` in case the new one crash-loops."""
-
-    old: HandlerRuntime
-    until: float
-    restarts: int
+        runtimes = {id(r): r for r in self.runtimes.values()}
+        if self.trial is not None:
+            runtimes.update((id(r), r) for r in self.trial.base_runtimes.values())
+        await asyncio.gather(*(r.aclose() for r in runtimes.values()), return_exceptions=True)
 
 
 def checkpoint_key(spec: SubscriptionSpec) -> str:

@@ -5,6 +5,15 @@ tampered with, addressed to another device, older than the one applied, or expir
 (the retained message on every reconnection) is a silent no-op; with a later expiry it is a renewal
 (``edge_agent.desired_checks``). The last applied envelope is kept on disk, verified again at start, and run
 while the hub or the cloud broker is away, expired or not (with the ``desired-expired`` alarm).
+
+A document is applied all-or-nothing (``Pipeline.apply``, ``edge_agent.staging``): when a new or changed handler
+fails to pull, start or answer, or crash-loops during its probation, the device stays on (or goes back to) its
+last good document, handlers and subscriptions, and the version is refused with the step and the reason
+(``desired_refused`` in the reported state). The refused version is not tried again on its retained
+re-deliveries; a newer one is. Two files: the last received envelope (``desired.received.json``, written when it
+arrives) and the last good one (``desired.json``, written once a document's probation passed -- at the switch
+when there is no probation or no new handler). A start runs the good one: a crash mid-update, or during a
+probation, comes back on the document that last proved itself.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from typing import TYPE_CHECKING
 
 from edge_agent.desired_checks import DesiredChecks
 from edge_agent.pipeline import Pipeline
+from edge_agent.staging import TrialEnd, UpdateRefused
 from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_signed
+from edge_protocol.messages import DesiredRefusal
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -55,12 +66,23 @@ class Reconciler:
         self.last_refusal: str | None = None
         self.refusals = 0
         self.checks = DesiredChecks(tolerance=clock_tolerance, require_expiry=require_expiry, alarm=alarm, clock=clock)
+        self._received_path = received_path(store_path)
+        self.good: tuple[DesiredDocument, bytes] | None = None
+        """The last good document (applied, probation passed) and its envelope: what a start runs."""
+        self.on_trial: tuple[DesiredDocument, bytes] | None = None
+        """The document switched to and on probation, not yet good."""
+        self.refused: DesiredRefusal | None = None
+        pipeline.on_trial_end = self._trial_ended
 
     async def load_stored(self) -> bool:
-        """Apply the document applied before the last stop, if any; False when there is none."""
+        """Apply the last good document (verified again), if any; False when there is none, or it is unreadable
+        or refused: the agent then runs nothing and waits for the hub."""
         try:
             payload = await asyncio.to_thread(self._path.read_bytes)
-        except FileNotFoundError:
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.error("stored desired state %s unreadable (%s); waiting for the hub", self._path, exc)
+            await self._flush_orphans()
             return False
         try:
             # Expired or not: a device cut off from the hub keeps running its last good state (and alarms).
@@ -68,11 +90,14 @@ class Reconciler:
         except DesiredRefused as exc:
             log.error("stored desired state %s refused (%s); waiting for the hub", self._path, exc)
             self._refuse(exc)
+            await self._flush_orphans()
             return False
         async with self._lock:
-            await self._pipeline.apply(document.handlers, document.subscriptions)
+            await self._pipeline.apply(document.handlers, document.subscriptions, gated=False)
             self.applied_version = document.version
+            self.good = (document, payload)
             expired = self.checks.run(document)
+            await self._flush_orphans()
         log.info("running stored desired state version %d%s", document.version, " (EXPIRED)" if expired else "")
         self._on_change()
         return True
@@ -82,6 +107,8 @@ class Reconciler:
         async with self._lock:
             try:
                 document = verify_signed(payload, self._key, self._device)
+                if self.refused is not None and document.version == self.refused.version:
+                    return  # refused already: its retained re-deliveries are not tried again
                 verdict = self.checks.judge(document)
                 if verdict == "same":
                     return
@@ -89,8 +116,13 @@ class Reconciler:
             except DesiredRefused as exc:
                 self._refuse(exc)
                 return
+            await asyncio.to_thread(_write_atomically, self._received_path, payload)
             if verdict == "renew":
-                await asyncio.to_thread(_write_atomically, self._path, payload)
+                if self.on_trial is not None and self.on_trial[0].version == document.version:
+                    self.on_trial = (document, payload)  # written as good when its probation passes
+                else:
+                    await asyncio.to_thread(_write_atomically, self._path, payload)
+                    self.good = (document, payload)
                 self.checks.run(document)
                 log.info("desired state version %d renewed until %s", document.version, document.expires_at)
             else:
@@ -104,10 +136,61 @@ class Reconciler:
             len(document.handlers),
             len(document.subscriptions),
         )
-        await self._pipeline.apply(document.handlers, document.subscriptions)
-        await asyncio.to_thread(_write_atomically, self._path, payload)
+        try:
+            on_trial = await self._pipeline.apply(document.handlers, document.subscriptions, tag=document.version)
+        except UpdateRefused as exc:
+            self._refuse_update(document.version, exc)
+            return
         self.applied_version = document.version
         self.checks.run(document)
+        if on_trial:
+            self.on_trial = (document, payload)
+            log.info("desired state version %d runs on probation", document.version)
+        else:
+            await self._good_now(document, payload)
+
+    async def _good_now(self, document: DesiredDocument, payload: bytes) -> None:
+        await asyncio.to_thread(_write_atomically, self._path, payload)
+        self.good = (document, payload)
+        self.on_trial = None
+        log.info("desired state version %d is the last good one", document.version)
+
+    async def _trial_ended(self, end: TrialEnd) -> None:
+        """From the pipeline (under its lock): the document on trial passed, or the whole of it was reverted."""
+        trial, self.on_trial = self.on_trial, None
+        if end.refusal is None:
+            if trial is not None and trial[0].version == end.tag:
+                await self._good_now(*trial)
+        else:
+            good = self.good[0] if self.good is not None else None
+            self.applied_version = good.version if good is not None else None
+            if good is not None:
+                self.checks.run(good)
+            else:
+                self.checks.running = None
+                self.checks.check()
+            if isinstance(end.tag, int):
+                self._refuse_update(end.tag, end.refusal)
+        self._on_change()
+
+    def _refuse_update(self, version: int, exc: UpdateRefused) -> None:
+        self.refused = DesiredRefusal(
+            version=version, step=exc.step, handler=exc.handler, image=exc.image, reason=exc.reason
+        )
+        self._refuse(
+            DesiredRefused(
+                f"update-{exc.step}", f"version {version}: handler {exc.handler} ({exc.image}): {exc.reason}"
+            )
+        )
+
+    async def _flush_orphans(self) -> None:
+        """Windows left open by the subscriptions of the last received document, if a crash stopped it on trial."""
+        try:
+            payload = await asyncio.to_thread(self._received_path.read_bytes)
+            received = verify_signed(payload, self._key, self._device)
+        except (OSError, DesiredRefused):
+            return
+        await self._pipeline.flush_orphans(received.subscriptions)
 
     def _admit(self, document: DesiredDocument) -> None:
         """Only images named by content run: a tag could be moved to other code behind the hub's back."""
@@ -135,3 +218,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def received_path(store_path: Path) -> Path:
+    """Where the last received envelope is kept, beside the last good one (``desired.json``)."""
+    return store_path.with_name(store_path.stem + ".received" + store_path.suffix)

@@ -113,6 +113,7 @@ class AgentState:
             last_refusal=rec.last_refusal if rec else None,
             desired_refusals=dict(rec.checks.refusals) if rec else {},
             desired_expires_at=rec.checks.running.expires_at if rec and rec.checks.running else None,
+            desired_refused=rec.refused if rec else None,
             run=self.run,
             seq=max(self.reports, 1) if self.run is not None else None,
             ts=wall_clock(),

@@ -129,6 +129,21 @@ class SubscriptionReport(WireModel):
     backlog: int = Field(default=0, ge=0)
 
 
+class DesiredRefusal(WireModel):
+    """A desired-state version the device tried and does not run: the step its handler failed and why.
+
+    Desired state is applied all-or-nothing: ``pull``, ``start`` and ``health`` fail before anything switched;
+    ``probation`` is a crash-loop after the switch, which put the whole previous document back. Either way
+    the device runs its last good document (``applied_version``) and does not try this version again.
+    """
+
+    version: int = Field(ge=1)
+    step: Literal["pull", "start", "health", "probation"]
+    handler: str
+    image: str
+    reason: str
+
+
 class Reported(WireModel):
     """agent -> hub, retained: what the device runs and how it is doing, including its loss ledger."""
 
@@ -149,6 +164,9 @@ class Reported(WireModel):
         default_factory=dict, description="reason -> desired-state messages refused since the agent started"
     )
     desired_expires_at: float | None = Field(default=None, description="when the desired state it runs expires")
+    desired_refused: DesiredRefusal | None = Field(
+        default=None, description="the last desired-state version refused at a step (none since the agent started)"
+    )
     run: int | None = Field(
         default=None, ge=1, le=MAX_SEQ, description="the agent's run: one more at every start (kept on disk)"
     )
@@ -160,6 +178,8 @@ class Reported(WireModel):
         unset = {"desired_refusals"} if not self.desired_refusals else set()
         if self.desired_expires_at is None:
             unset.add("desired_expires_at")
+        if self.desired_refused is None:
+            unset.add("desired_refused")
         unset |= {key for key in ("run", "seq") if getattr(self, key) is None}
         return self.model_dump_json(exclude=unset or None).encode()
 

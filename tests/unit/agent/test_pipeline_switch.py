@@ -13,6 +13,7 @@ from edge_agent.intake import Intake
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline
 from edge_agent.runtime.base import FunctionRuntime, HandlerRuntime
+from edge_agent.staging import UpdateRefused
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import Topics
 
@@ -99,15 +100,20 @@ async def _wait(cond: Any, timeout: float = 5.0) -> None:
 async def test_update_that_cannot_start_or_answer_leaves_the_old_version_running(rig: Any) -> None:
     pipeline, behaviour = rig
     await pipeline.apply([spec("v1")], [SUB])
+    await _wait(lambda: pipeline.trial is None)  # the first document's own probation
     v1 = pipeline.runtimes["h"]
     behaviour["v2"] = {"start_ok": False}
     behaviour["v3"] = {"ping_ok": False}
-    await pipeline.apply([spec("v2")], [SUB])
+    with pytest.raises(UpdateRefused) as refused:
+        await pipeline.apply([spec("v2")], [SUB])
+    assert refused.value.step == "start"
     assert pipeline.runtimes["h"] is v1
     assert pipeline.dispatchers["s"].runtime is v1
     assert pipeline.update_errors["h"][0] == "v2"
     assert "registry unreachable" in pipeline.update_errors["h"][1]
-    await pipeline.apply([spec("v3")], [SUB])
+    with pytest.raises(UpdateRefused) as refused:
+        await pipeline.apply([spec("v3")], [SUB])
+    assert refused.value.step == "health"
     assert pipeline.runtimes["h"] is v1
     assert pipeline.update_errors["h"] == ("v3", "no answer to the health ping within 1s")
     assert not v1.closed
@@ -116,6 +122,7 @@ async def test_update_that_cannot_start_or_answer_leaves_the_old_version_running
 async def test_a_good_update_takes_over_and_the_old_version_stops_after_probation(rig: Any) -> None:
     pipeline, _ = rig
     await pipeline.apply([spec("v1")], [SUB])
+    await _wait(lambda: pipeline.trial is None)  # the first document's own probation
     v1 = pipeline.runtimes["h"]
     await pipeline.apply([spec("v2")], [SUB])
     v2 = pipeline.runtimes["h"]
@@ -129,6 +136,7 @@ async def test_a_good_update_takes_over_and_the_old_version_stops_after_probatio
 async def test_a_crash_loop_during_probation_puts_the_old_version_back(rig: Any) -> None:
     pipeline, _ = rig
     await pipeline.apply([spec("v1")], [SUB])
+    await _wait(lambda: pipeline.trial is None)  # the first document's own probation
     v1 = pipeline.runtimes["h"]
     await pipeline.apply([spec("v2")], [SUB])
     v2 = pipeline.runtimes["h"]
