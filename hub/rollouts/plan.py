@@ -207,6 +207,10 @@ def gate(p: Progress, seen: Observation, handler: str, image: str, limits: Limit
     )
     if current and report is not None and report.update_failed_image == image:
         return _fail(p, f"update refused: {report.update_error or 'no reason reported'}")
+    # Desired state is all-or-nothing: a refused version leaves applied_version behind, and says so itself.
+    refused = rep.desired_refused if rep is not None else None
+    if refused is not None and p.desired_version is not None and refused.version >= p.desired_version:
+        return _fail(p, f"update refused at step {refused.step}: handler {refused.handler}: {refused.reason}")
     running = report if current and _runs(report, image) else None
     if p.status is DeviceStatus.ASSIGNED:
         return _wait_healthy(p, seen, report, running, limits, now)

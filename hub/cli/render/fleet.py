@@ -66,6 +66,10 @@ def device_detail(dev: DeviceOut | DeviceDetailOut) -> RenderableType:
         facts.add_row("alarms", _alarms(dev.alarms))
         facts.add_row("desired state expires", local(dev.desired_expires_at) if dev.desired_expires_at else "never")
         facts.add_row("last refusal", dev.last_refusal or "-")
+        updates = "; ".join(
+            f"{h.name} -> {h.update_failed_image}: {h.update_error}" for h in dev.handlers if h.update_error
+        )
+        facts.add_row("handler update refused", updates or "-")
         refusals = ", ".join(f"{reason}: {n}" for reason, n in sorted(dev.desired_refusals.items()))
         facts.add_row("desired state refused", refusals or "-")
         refused = ", ".join(f"{reason}: {n}" for reason, n in sorted(dev.refused.items()))
