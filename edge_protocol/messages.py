@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
@@ -174,13 +174,19 @@ class Reported(WireModel):
     ts: float = Field(description="the device's wall clock: shown, never used to order reports (run and seq are)")
 
     def wire(self) -> bytes:
-        """The JSON to publish: the newer keys (``desired_*``) only when set, so an older hub still reads it."""
-        unset = {"desired_refusals"} if not self.desired_refusals else set()
+        """The JSON to publish: the newer keys (``desired_*``, a handler's ``oom_kills``) only when set, so an
+        older hub still reads it."""
+        unset: dict[str, Any] = {"desired_refusals": True} if not self.desired_refusals else {}
         if self.desired_expires_at is None:
-            unset.add("desired_expires_at")
+            unset["desired_expires_at"] = True
         if self.desired_refused is None:
-            unset.add("desired_refused")
-        unset |= {key for key in ("run", "seq") if getattr(self, key) is None}
+            unset["desired_refused"] = True
+        for key in ("run", "seq"):
+            if getattr(self, key) is None:
+                unset[key] = True
+        no_oom = {i: {"oom_kills"} for i, h in enumerate(self.handlers) if not h.oom_kills}
+        if no_oom:
+            unset["handlers"] = no_oom
         return self.model_dump_json(exclude=unset or None).encode()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +84,10 @@ def test_device_show_has_each_handlers_oom_kills() -> None:
     )
     assert header[header.index("restarts") + 1 : header.index("restarts") + 3] == ["oom", "kills"]
     assert row[4:6] == ["3", "2"]  # restarts, oom kills
+
+
+def test_a_report_leaves_oom_kills_out_while_zero_so_an_older_hub_still_reads_it() -> None:
+    state = reported("oom-d", 1.0, calm=0, hog=2)
+    handlers = json.loads(state.wire())["handlers"]
+    assert [("oom_kills" in h, h.get("oom_kills")) for h in handlers] == [(False, None), (True, 2)]
+    assert Reported.model_validate_json(state.wire()) == state
