@@ -85,6 +85,22 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     return alive
 
 
+def _console_shows_the_rollout(url: str, token: str, rollout_id: int) -> None:
+    """What an operator does with the printed URL and token: the login page, a login, the rollout's page."""
+    with httpx.Client(base_url=url, timeout=10) as browser:
+        form = browser.get("/console/login")
+        assert form.status_code == 200, form.text
+        nonce = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert nonce is not None, form.text
+        login = browser.post("/console/login", data={"csrf": nonce.group(1), "token": token, "next": "/console/fleet"})
+        assert login.status_code == 303, login.text
+        page = browser.get(f"/console/rollouts/{rollout_id}")
+        assert page.status_code == 200, page.text
+        state = re.search(r'id="rollout-state">([a-z]+)<', page.text)
+        assert state is not None, page.text
+        assert state.group(1) == "completed"
+
+
 def test_demo_rolls_out_serves_the_console_and_cleans_up_on_interrupt(docker_client: docker.DockerClient) -> None:
     ensure_handler_images(docker_client, IMAGES)
     env = dict(os.environ, COLUMNS="250", PYTHONUNBUFFERED="1")
@@ -107,8 +123,7 @@ def test_demo_rolls_out_serves_the_console_and_cleans_up_on_interrupt(docker_cli
         # The device's windows come from release 1.0 first, then from 1.1 (the v2 image) once it took over.
         out.wait(r"^stored .* v2\s*$", 30)
 
-        login = httpx.get(f"{url}/console/login", timeout=10)
-        assert login.status_code == 200, login.text
+        _console_shows_the_rollout(url, token, int(finished.group(1)))
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as api:
             rollout = api.get(f"/v1/rollouts/{finished.group(1)}").json()
             assert rollout["state"] == "completed", rollout
