@@ -2,17 +2,24 @@
 
 With the number of each reported state within the run it orders the device's reported states for the hub by
 something no clock can skew (docs/decisions.md, "Reported states in the order the device made them").
+
+A run number never falls below the wall clock's whole seconds at its start: a device whose data directory was
+wiped (a reinstall) would otherwise start again at 1 and the hub would ignore its reports until the count passed
+the stored one. With a clock that is right, or ahead, at that first start its new runs outrank the old ones; an
+intact directory still gives every start one more than the last, whatever the clock does.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 RUN_FILE = "run"
 
 
-def next_run(data_dir: Path) -> int:
+def next_run(data_dir: Path, wall_clock: Callable[[], float] = time.time) -> int:
     """The number of this run, written to disk (and synced) before it is returned: a crash right after starting
     must not let the next run reuse it."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -21,7 +28,7 @@ def next_run(data_dir: Path) -> int:
         last = int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         last = 0
-    run = last + 1
+    run = max(last + 1, int(wall_clock()))
     tmp = path.with_name(f".{RUN_FILE}.tmp")
     with open(tmp, "w") as f:
         f.write(f"{run}\n")
