@@ -12,7 +12,6 @@ passed the token check (:mod:`hub.api.errors`).
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime.
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -20,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from edge_protocol.aggregate import FieldState
+from edge_protocol.clocks import STEADY_WALL
 from edge_protocol.durations import parse_duration
 from hub import __version__
 from hub import metrics as _metrics  # noqa: F401 - registers the hub's counters even before ingest runs
@@ -47,7 +47,7 @@ def create_app(
     store: Store,
     token: str | None = None,
     *,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = STEADY_WALL.now,
     desired: DesiredPublisher | None = None,
     resolver: DigestResolver | None = None,
 ) -> FastAPI:
