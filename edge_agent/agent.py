@@ -148,6 +148,7 @@ def _local_broker(config: AgentConfig) -> LocalBroker:
         session_expiry=lb.session_expiry,
         receive_maximum=lb.receive_maximum,
         protocol=lb.protocol,
+        broker_config=lb.broker_config,
     )
 
 
