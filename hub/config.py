@@ -58,6 +58,9 @@ class StoreConfig(_Section):
     """Where aggregates and devices are stored (any SQLAlchemy URL; SQLite and PostgreSQL are tested)."""
 
     url: str = Field(default="sqlite:///./hub.db", min_length=1)
+    migrate: bool = Field(
+        default=True, description="migrate the schema at start; false: `hub db upgrade` does it, the hub only checks"
+    )
 
 
 class ApiConfig(_Section):

@@ -141,7 +141,7 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     token = config.api.token.get_secret_value() if config.api.token else None
     key_path = config.signing.private_key
     key = load_signing_key(key_path) if key_path is not None else None
-    async with Store(config.store.url) as store, Broker(config.broker) as broker:
+    async with Store(config.store.url, migrate=config.store.migrate) as store, Broker(config.broker) as broker:
         await _check_api_auth(config, store, token)
         desired = DesiredStore(store, key, validity=config.desired.validity) if key is not None else None
         publisher = DesiredPublisher(desired, broker, topics) if desired is not None else None
