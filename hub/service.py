@@ -23,7 +23,7 @@ from hub.desired.documents import DesiredStore
 from hub.desired.keys import load_signing_key
 from hub.desired.publisher import DesiredPublisher
 from hub.desired.renewal import Renewal
-from hub.errors import HubError
+from hub.errors import ConfigError, HubError
 from hub.ingest.consumer import Ingest
 from hub.leases import Fence, Leases, Singleton
 from hub.mqtt.broker import Broker
@@ -113,7 +113,7 @@ async def _check_api_auth(config: HubConfig, store: Store, token: str | None) ->
     except ValueError:
         loopback = False
     if not loopback:
-        raise HubError(f"the API on {host} would be open to anyone: `hub token create NAME` first")
+        raise ConfigError([f"api.host: the API on {host} would be open to anyone: `hub token create NAME` first"])
     log.warning("the API is open: this hub never had a token (`hub token create NAME` locks it for good)")
 
 

@@ -92,3 +92,8 @@ def test_the_hub_unit_restarts_on_failure_but_not_on_the_exit_status_of_a_bad_co
     no_key.write_text(f'[signing]\nprivate_key = "{tmp_path / "absent.key"}"\n')
     result = runner.invoke(hub_app, ["serve", "--config", str(no_key)])
     assert result.exit_code == 2, result.output
+    # An API offered beyond loopback that never had a token: a config problem too, not worth a restart loop.
+    open_api = tmp_path / "open-api.toml"
+    open_api.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "hub.db"}"\n[api]\nhost = "0.0.0.0"\n')
+    result = runner.invoke(hub_app, ["serve", "--config", str(open_api)])
+    assert result.exit_code == 2, result.output
