@@ -1,5 +1,9 @@
 """One virtual device: its own MQTT session (client id = device id, a retained offline will), its windows,
-its outbox, its reported state and its desired state, as :mod:`edge_agent`'s uplink and reconciler do."""
+its outbox, its reported state and its desired state, as :mod:`edge_agent`'s uplink and reconciler do.
+
+Each device logs its connection attempts, connections and losses (:class:`SessionLog`, monotonic times) and
+reports them with its outbox's counters in :meth:`VirtualDevice.snapshot`: what a test of reconnect storms reads
+instead of the logs."""
 
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ from mqtt_session import Backoff, Session, SessionError, Will
 
 log = logging.getLogger(__name__)
 
+RECONNECT_BASE, RECONNECT_CAP = 0.5, 30.0
+"""The session's backoff (the agent's defaults): a jittered delay in [d/2, d], d = min(cap, base x 2**attempt)."""
 CALL_TIMEOUT = 30.0
 """Seconds that connecting, a SUBACK or a PUBACK may take: a broker under a whole fleet's load is slow."""
 
@@ -78,6 +84,95 @@ class FleetStats:
             self.record_file.write(stamp.join(ids) + stamp)
 
 
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One connection of a device's session, in ``time.monotonic()`` seconds."""
+
+    due_at: float
+    """When the backoff let the attempt that succeeded go: the end of its jittered delay (the first connection's
+    start). What the fleet would do; ``attempt_at`` trails it by this process's event-loop lag."""
+    attempt_at: float
+    """When that attempt began here (its CONNECT about to go out)."""
+    connected_at: float
+    """When it was up: CONNACK, subscriptions granted and the online status acknowledged."""
+    attempts: int
+    """Attempts since the previous connection ended (or since the start), this one included."""
+
+
+@dataclass(slots=True)
+class SessionLog:
+    """A device's connection attempts, connections and the losses of established connections."""
+
+    attempts: int = 0
+    """Every attempt to connect, successful or not."""
+    connections: list[Connection] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    """When a connection that was up ended (monotonic)."""
+    _due_at: float | None = None
+    _attempt_at: float | None = None
+    _since: int = 0
+
+    def scheduled(self, due_at: float) -> None:
+        """The backoff chose when the next attempt goes."""
+        self._due_at = due_at
+
+    def attempt(self, now: float) -> None:
+        self.attempts += 1
+        self._since += 1
+        self._attempt_at = now
+        if self._due_at is None:  # the first attempt: no delay before it
+            self._due_at = now
+
+    def connected(self, now: float) -> None:
+        attempt_at = now if self._attempt_at is None else self._attempt_at
+        due_at = attempt_at if self._due_at is None else self._due_at
+        self.connections.append(Connection(due_at, attempt_at, now, self._since))
+        self._since = 0
+        self._due_at = None
+
+    def lost(self, now: float) -> None:
+        self.losses.append(now)
+
+
+class _LoggedBackoff(Backoff):
+    """The session's backoff, telling the device's log when each next attempt is due."""
+
+    def __init__(self, log_: SessionLog) -> None:
+        super().__init__(base=RECONNECT_BASE, cap=RECONNECT_CAP)
+        self._log = log_
+
+    def next_delay(self) -> float:
+        delay = super().next_delay()
+        self._log.scheduled(time.monotonic() + delay)
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStats:
+    """One device's figures at one moment (:meth:`VirtualDevice.snapshot`)."""
+
+    id: str
+    connected: bool
+    attempts: int
+    connections: tuple[Connection, ...]
+    losses: tuple[float, ...]
+    windows: int
+    """Windows closed."""
+    generated: int
+    """Records made (one per window and group); their sequences are 1..generated."""
+    sent: int
+    """Records sent at least once (oldest first, so sequences 1..sent)."""
+    acked: int
+    """Records the hub acknowledged."""
+    acked_through: int
+    """Every record up to this sequence is acknowledged."""
+    resent: int
+
+    @property
+    def pending(self) -> int:
+        return self.generated - self.acked
+
+
 class VirtualDevice:
     def __init__(self, device: str, index: int, config: SimConfig, stats: FleetStats, state: DeviceState) -> None:
         self.id = device
@@ -93,6 +188,21 @@ class VirtualDevice:
         self._subs_changed = asyncio.Event()
         self._templates: dict[SimSubscription, RecordTemplate] = {}
         self._up = False  # counted in stats.connected
+        self.sessions = SessionLog()
+        self.windows = 0
+
+    def snapshot(self) -> DeviceStats:
+        """This device's connections and outbox counters now."""
+        box, log_ = self.outbox, self.sessions
+        return DeviceStats(
+            id=self.id, connected=self._up, attempts=log_.attempts, connections=tuple(log_.connections),
+            losses=tuple(log_.losses), windows=self.windows, generated=box.generated, sent=box.sent_through,
+            acked=box.acked, acked_through=box.acked_through, resent=box.resent,
+        )  # fmt: skip
+
+    def records(self, through: int | None = None) -> dict[str, int]:
+        """Window id -> events of every record this device made, up to sequence ``through`` (all without)."""
+        return {window: events for _seq, window, events in self.outbox.ledger.records(through)}
 
     async def run(self, stop: asyncio.Event, clock: Callable[[], float] = time.time) -> None:
         """Produce windows and keep a session until ``stop`` is set; then publish offline and leave."""
@@ -123,6 +233,7 @@ class VirtualDevice:
         self.outbox.add_window(template, round(start, 3), groups)
         c = self.counters.get(sub.name, SubscriptionCounters())
         self.counters[sub.name] = SubscriptionCounters(c.events + template.events * groups, c.windows + 1)
+        self.windows += 1
         self.stats.windows += 1
         self._wake.set()
 
@@ -155,13 +266,16 @@ class VirtualDevice:
     # -- session ---------------------------------------------------------------------------------------------
 
     def _will(self) -> Will:
-        # Made for each connection attempt: the offline status says when the device was last heard of.
+        # Made for each connection attempt (so the attempt is logged here): the offline status says when the
+        # device was last heard of.
+        self.sessions.attempt(time.monotonic())
         return Will(self.topics.status(self.id), status_payload(self.id, False, time.time()), qos=1, retain=True)
 
     async def _sessions(self, stop: asyncio.Event) -> None:
         session = Session(
             self.config.host, self.config.port, client_id=self.id, will=self._will, clean_start=True,
-            keepalive=self.config.keepalive, backoff=Backoff(base=0.5, cap=30.0), call_timeout=CALL_TIMEOUT,
+            keepalive=self.config.keepalive, backoff=_LoggedBackoff(self.sessions),
+            call_timeout=CALL_TIMEOUT,
         )  # fmt: skip
         session.add_connect_hook(lambda: self._on_connect(session))
         session.add_disconnect_hook(self._on_disconnect)
@@ -194,12 +308,14 @@ class VirtualDevice:
         self._up = True
         self.stats.connected += 1
         self.stats.connects += 1
+        self.sessions.connected(time.monotonic())
 
     def _on_disconnect(self, reason: str) -> None:
         self.stats.disconnects += 1
         if self._up:
             self._up = False
             self.stats.connected -= 1
+            self.sessions.lost(time.monotonic())
 
     async def _receive(self, session: Session) -> None:
         desired, acks = self.topics.desired(self.id), self.topics.acks(self.id)

@@ -22,11 +22,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fleet_simulator.device import FleetStats, SimConfig, VirtualDevice
+from fleet_simulator.device import Connection, DeviceStats, FleetStats, SimConfig, VirtualDevice
 from fleet_simulator.messages import device_ids
 from fleet_simulator.state import DeviceState
 
-__all__ = ["Fleet", "SimConfig", "percentile", "raise_open_files"]
+__all__ = ["Connection", "DeviceStats", "Fleet", "SimConfig", "percentile", "raise_open_files"]
 
 CONNECTS_PER_TICK = 25
 """Devices started every 50 ms: 500 connections a second, so that the broker and hub see a ramp, not a wall."""
@@ -68,7 +68,17 @@ class Fleet:
             VirtualDevice(dev, i, config, self.stats, DeviceState(dev, config.behaviour, key))
             for i, dev in enumerate(device_ids(config.device_prefix, config.devices))
         ]
+        self._by_id = {device.id: device for device in self.devices}
         self._last: dict[str, float] = {}
+
+    def device_stats(self) -> list[DeviceStats]:
+        """Each device's connections (attempts, reconnect times, losses) and outbox counters now, by id."""
+        return [device.snapshot() for device in self.devices]
+
+    def records(self, device: str, through: int | None = None) -> dict[str, int]:
+        """Window id -> events of each record ``device`` made, up to sequence ``through``: what the hub must
+        store, each window once."""
+        return self._by_id[device].records(through)
 
     async def run(
         self,

@@ -5,14 +5,18 @@ while fewer than ``max_unacked`` are unacknowledged; a record leaves only when a
 when the oldest unacknowledged send is ``resend_after`` old, or the connection was lost, every unacknowledged
 record is sent again. Records are not stored: a window is kept as (first seq, template, start, groups) and
 its records are rendered again for each send. Pure: times are passed in.
+
+Every window closed is also kept in a :class:`Ledger` (eight bytes a window), so that a test can name each
+record the device ever made, acknowledged or not, and compare them with what the hub stored.
 """
 
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from fleet_simulator.messages import RecordTemplate
 
@@ -31,6 +35,40 @@ class Block:
         return self.first + self.groups - 1
 
 
+@dataclass(slots=True)
+class _Run:
+    """Windows closed one after another with the same template and groups: sequences from ``first`` on."""
+
+    first: int
+    template: RecordTemplate
+    groups: int
+    starts: array[float] = field(default_factory=lambda: array("d"))
+
+
+class Ledger:
+    """Every window a device closed, in order: what its records are, by sequence, long after their ack."""
+
+    def __init__(self) -> None:
+        self._runs: list[_Run] = []
+
+    def add(self, first: int, template: RecordTemplate, window_start: float, groups: int) -> None:
+        run = self._runs[-1] if self._runs else None
+        if run is None or run.template is not template or run.groups != groups:
+            run = _Run(first, template, groups)
+            self._runs.append(run)
+        run.starts.append(window_start)
+
+    def records(self, through: int | None = None) -> Iterator[tuple[int, str, int]]:
+        """(seq, window id, events) of every record up to sequence ``through`` (all without it), in order."""
+        for run in self._runs:
+            for k, start in enumerate(run.starts):
+                for group in range(run.groups):
+                    seq = run.first + k * run.groups + group
+                    if through is not None and seq > through:
+                        return
+                    yield seq, run.template.window_id(group, start), run.template.events
+
+
 class SimOutbox:
     def __init__(self, *, batch: int = 200, max_unacked: int = 2000, resend_after: float = 15.0) -> None:
         self.batch = batch
@@ -46,6 +84,7 @@ class SimOutbox:
         self._firsts: list[int] = []
         self.acked = 0
         self.resent = 0
+        self.ledger = Ledger()
 
     @property
     def generated(self) -> int:
@@ -56,7 +95,13 @@ class SimOutbox:
         """Records not yet acknowledged (sent or not)."""
         return self.generated - self.acked
 
+    @property
+    def acked_through(self) -> int:
+        """The highest sequence up to which every record is acknowledged."""
+        return min(self.unacked, default=self.sent_through + 1) - 1
+
     def add_window(self, template: RecordTemplate, window_start: float, groups: int) -> None:
+        self.ledger.add(self.next_seq, template, window_start, groups)
         self._blocks.append(Block(self.next_seq, template, window_start, groups))
         self._firsts.append(self.next_seq)
         self.next_seq += groups

@@ -11,6 +11,7 @@ from edge_protocol.aggregate import window_id
 from edge_protocol.desired import DesiredDocument, sign_document
 from edge_protocol.messages import CLOUD_MESSAGE, AggregateBatch, Reported, SequencedResult, Status
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec, WindowSpec
+from fleet_simulator.device import Connection, SessionLog
 from fleet_simulator.fleet import percentile
 from fleet_simulator.messages import (
     RecordTemplate,
@@ -159,3 +160,44 @@ def test_percentile() -> None:
     assert percentile([], 99) is None
     assert percentile(range(1, 101), 99) == 99.0
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+
+
+def test_the_ledger_names_every_record_made_and_acked_through_follows_the_acks() -> None:
+    box = SimOutbox(batch=10, max_unacked=100)
+    template = RecordTemplate(DEV, SUB, events=4)
+    box.add_window(template, 1000.0, 2)
+    box.add_window(template, 1010.0, 2)
+    seqs, _ = box.take()
+    box.sent(seqs, now=0.0)
+    assert box.acked_through == 0
+    box.ack([(2, 3)], now=1.0)
+    assert box.acked_through == 0  # 1 still waits
+    box.ack([(1, 1)], now=1.0)
+    assert box.acked_through == 3
+    box.add_window(template, 1020.0, 2)  # 5 and 6, not sent yet
+    box.ack([(4, 4)], now=2.0)
+    assert box.acked_through == 4
+    box.add_window(template, 1030.0, 1)  # trims the outbox of acknowledged windows; the ledger keeps them
+    assert box.window_ids([7]) == [template.window_id(0, 1030.0)]
+    made = [(seq, wid) for seq, wid, _events in box.ledger.records()]
+    assert made == [
+        (1, template.window_id(0, 1000.0)), (2, template.window_id(1, 1000.0)),
+        (3, template.window_id(0, 1010.0)), (4, template.window_id(1, 1010.0)),
+        (5, template.window_id(0, 1020.0)), (6, template.window_id(1, 1020.0)),
+        (7, template.window_id(0, 1030.0)),
+    ]  # fmt: skip
+    assert [seq for seq, _, events in box.ledger.records(through=3) if events == 4] == [1, 2, 3]
+
+
+def test_the_session_log_times_each_connection_from_its_backoff() -> None:
+    log = SessionLog()
+    log.attempt(10.0)  # the first: no backoff before it
+    log.connected(10.2)
+    log.lost(20.0)
+    log.scheduled(20.4)  # backoff: the next attempt at 20.4
+    log.attempt(20.5)  # refused
+    log.scheduled(21.3)
+    log.attempt(21.4)
+    log.connected(21.6)
+    assert log.connections == [Connection(10.0, 10.0, 10.2, 1), Connection(21.3, 21.4, 21.6, 2)]
+    assert (log.attempts, log.losses) == (3, [20.0])
