@@ -62,6 +62,9 @@ class Reconciler:
         self._on_change = on_change
         self._admit_tags = admit_tags
         self._lock = asyncio.Lock()
+        self._store_lock = asyncio.Lock()
+        """Serialises the last good file and ``good``/``on_trial`` between messages and the end of a trial; never
+        held while waiting for the pipeline (whose lock ``_trial_ended`` is called under)."""
         self.applied_version: int | None = None
         self.last_refusal: str | None = None
         self.refusals = 0
@@ -118,16 +121,27 @@ class Reconciler:
                 return
             await asyncio.to_thread(_write_atomically, self._received_path, payload)
             if verdict == "renew":
-                if self.on_trial is not None and self.on_trial[0].version == document.version:
-                    self.on_trial = (document, payload)  # written as good when its probation passes
-                else:
-                    await asyncio.to_thread(_write_atomically, self._path, payload)
-                    self.good = (document, payload)
-                self.checks.run(document)
-                log.info("desired state version %d renewed until %s", document.version, document.expires_at)
+                await self._renew(document, payload)
             else:
                 await self._apply(document, payload)
         self._on_change()
+
+    async def _renew(self, document: DesiredDocument, payload: bytes) -> None:
+        """A later expiry for the version that runs. Decided under the store lock, after every await: the trial
+        may have ended meanwhile (``_trial_ended`` runs from the pipeline, outside ``self._lock``), and a
+        reverted version must not become the last good one on disk."""
+        async with self._store_lock:
+            running = self.checks.running
+            if running is None or running.version != document.version:
+                log.info("renewal of desired state version %d dropped: that version no longer runs", document.version)
+                return
+            if self.on_trial is not None and self.on_trial[0].version == document.version:
+                self.on_trial = (document, payload)  # written as good when its probation passes
+            else:
+                await asyncio.to_thread(_write_atomically, self._path, payload)
+                self.good = (document, payload)
+            self.checks.run(document)
+        log.info("desired state version %d renewed until %s", document.version, document.expires_at)
 
     async def _apply(self, document: DesiredDocument, payload: bytes) -> None:
         log.info(
@@ -150,6 +164,10 @@ class Reconciler:
             await self._good_now(document, payload)
 
     async def _good_now(self, document: DesiredDocument, payload: bytes) -> None:
+        async with self._store_lock:
+            await self._write_good(document, payload)
+
+    async def _write_good(self, document: DesiredDocument, payload: bytes) -> None:
         await asyncio.to_thread(_write_atomically, self._path, payload)
         self.good = (document, payload)
         self.on_trial = None
@@ -157,10 +175,15 @@ class Reconciler:
 
     async def _trial_ended(self, end: TrialEnd) -> None:
         """From the pipeline (under its lock): the document on trial passed, or the whole of it was reverted."""
+        async with self._store_lock:
+            await self._end_trial(end)
+        self._on_change()
+
+    async def _end_trial(self, end: TrialEnd) -> None:
         trial, self.on_trial = self.on_trial, None
         if end.refusal is None:
             if trial is not None and trial[0].version == end.tag:
-                await self._good_now(*trial)
+                await self._write_good(*trial)
         else:
             good = self.good[0] if self.good is not None else None
             self.applied_version = good.version if good is not None else None
@@ -171,7 +194,6 @@ class Reconciler:
                 self.checks.check()
             if isinstance(end.tag, int):
                 self._refuse_update(end.tag, end.refusal)
-        self._on_change()
 
     def _refuse_update(self, version: int, exc: UpdateRefused) -> None:
         self.refused = DesiredRefusal(

@@ -244,3 +244,60 @@ async def test_a_missing_or_bad_good_file_starts_empty(world: World, damage: str
         assert not await dev.reconciler.load_stored()
         assert _running(dev) == ({}, {})
         await _good_v1(dev)  # and the hub's next document is applied as usual
+
+
+def _expiring(version: int, handlers: dict[str, str], subs: list[SubscriptionSpec], expires_at: float) -> bytes:
+    doc = DesiredDocument(
+        device="d",
+        version=version,
+        issued_at=0.0,
+        expires_at=expires_at,
+        handlers=[HandlerSpec(name=n, image=image) for n, image in handlers.items()],
+        subscriptions=subs,
+    )
+    return sign_document(doc, KEY).model_dump_json().encode()
+
+
+async def test_a_renewal_that_races_a_revert_does_not_make_the_reverted_version_good(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal of the version on trial is judged, then its received copy is written (in a thread); a revert
+    of that version in between must leave the last good document alone, on disk and in memory."""
+    import threading
+
+    import edge_agent.reconciler as reconciler_module
+
+    write = reconciler_module._write_atomically
+    entered, release = threading.Event(), threading.Event()
+    v2 = _expiring(2, {"a": "a2"}, [SA2, SC], expires_at=4e9)
+    v2_renewed = _expiring(2, {"a": "a2"}, [SA2, SC], expires_at=5e9)
+
+    def slow_write(path: Path, data: bytes) -> None:
+        if data == v2_renewed and path == received_path(world.data / "desired.json"):
+            entered.set()
+            release.wait(5)
+        write(path, data)
+
+    async with world.agent() as dev:
+        await _good_v1(dev)
+    async with world.agent(probation=30.0) as dev:
+        assert await dev.reconciler.load_stored()
+        await dev.reconciler.on_message(v2)
+        assert dev.pipeline.trial is not None
+        monkeypatch.setattr(reconciler_module, "_write_atomically", slow_write)
+        renewal = asyncio.create_task(dev.reconciler.on_message(v2_renewed))
+        await asyncio.to_thread(entered.wait, 5)
+        new_a = dev.pipeline.runtimes["a"]
+        assert isinstance(new_a, Fake)
+        new_a.crashes = 3  # the watcher reverts v2 while the renewal's received copy is being written
+        await _wait(lambda: dev.reconciler.refused is not None)
+        release.set()
+        await renewal
+        assert dev.reconciler.applied_version == 1
+        running = dev.reconciler.checks.running
+        assert running is not None
+        assert running.version == 1
+        good = dev.reconciler.good
+        assert good is not None
+        assert good[1] == V1
+        assert (world.data / "desired.json").read_bytes() == V1
