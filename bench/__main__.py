@@ -1,11 +1,14 @@
 """``python -m bench [--quick] [--soak] [--profile] [--hub-only]``: agent and hub figures beside the raw ceilings.
 
 Phases, each with fresh brokers and every process it starts stopped at its end:
-1. ceilings: bare paho (MQTT 5) and aiomqtt subscribers on a burst from the C publisher, the latency probe
-   without the agent, the container JSON-lines echo;
-2. one agent process (passthrough + echo handlers, 1 s windows): RSS idle; throughput at QoS 0 and 1, each
-   run paired with a bare paho (MQTT 3.1.1) run right before it, best of 2 (1 in --quick); latency at 1,000
-   and 5,000 events/s; RSS under that load; with --soak 10 minutes at 5,000/s; with --profile py-spy runs;
+1. ceilings: bare paho (MQTT 5) and aiomqtt subscribers on a burst from the C publisher (QoS 1 paho: drained
+   from a preloaded persistent session, so the publisher does not bound it), the latency probe without the
+   agent, the container JSON-lines echo; each with its publisher's rate, flagged when it bounds the figure;
+2. one agent process (default config unless --agent-protocol; passthrough + echo handlers, 1 s windows) on a
+   broker with the shipped device.conf limits: RSS idle; throughput at QoS 0 and 1 (QoS 1: a preloaded backlog,
+   the agent held by SIGSTOP while it is published), each run paired with a bare paho (MQTT 3.1.1) run right
+   before it, best of 2 (1 in --quick); latency at 1,000 and 5,000 events/s; RSS under that load; with --soak
+   ``--soak-minutes`` (30) at 5,000/s QoS 1: p99 per minute, RSS growth, broker drops; with --profile py-spy;
 3. a second agent with a cloud broker and 10 s windows: upstream bytes over raw event bytes;
 4. the hub (``bench.hub``): with 1,000 simulated devices (100 in --quick), results stored per second and the lag
    from publish to stored beside a bare paho subscriber's ceiling, and a rollout over 100 devices (20).
@@ -64,7 +67,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "mode": "quick" if args.quick else "full",
-        "agent_protocol": args.agent_protocol,
+        "agent_protocol": args.agent_protocol or f"default ({default_protocol()})",
         "commit": out(["git", "rev-parse", "--short", "HEAD"]),
         "dirty": bool(out(["git", "status", "--porcelain", "--", "edge_agent", "edge_protocol"])),
         "cpus": os.cpu_count(),
@@ -74,6 +77,12 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
         "loadavg_before": loadavg(),
         "background_busy_cores_before": background_busy(),
     }
+
+
+def default_protocol() -> str:
+    from edge_agent.config import LocalBrokerConfig
+
+    return LocalBrokerConfig().protocol
 
 
 def background_busy(seconds: float = 2.0) -> float:
@@ -86,11 +95,21 @@ def background_busy(seconds: float = 2.0) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small version (about 1-2 minutes), for CI")
-    parser.add_argument("--soak", action="store_true", help="also a 10-minute soak at 5,000 events/s")
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="also a soak at 5,000 events/s QoS 1 (p99 per minute, RSS growth, broker drops)",
+    )
+    parser.add_argument("--soak-minutes", type=float, default=30.0, help="the soak's length (default 30)")
     parser.add_argument("--profile", action="store_true", help="py-spy the agent during extra bursts")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
-    parser.add_argument("--agent-protocol", choices=["5", "3.1.1"], default="5",
-                        help="the agent's MQTT version toward the device broker ([local_broker] protocol)")
+    parser.add_argument(
+        "--agent-protocol",
+        choices=["5", "3.1.1"],
+        default=None,
+        help="the agent's MQTT version toward the device broker ([local_broker] protocol; "
+        "default: the agent's own default)",
+    )
     parser.add_argument("--hub-only", action="store_true", help="only the hub's figures (no Docker needed)")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="only this phase: one QoS 1 subscription on N intake workers against one worker")

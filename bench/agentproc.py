@@ -115,6 +115,11 @@ class AgentProcess:
             time.sleep(poll)
         return None
 
+    def proc_signal(self, signum: int) -> None:
+        """Send the agent process a signal (SIGSTOP/SIGCONT: hold it while a backlog is preloaded)."""
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
     # -- teardown ------------------------------------------------------------------------------------------
     def stop(self, timeout: float = 20.0) -> None:
         if self._db is not None:

@@ -58,8 +58,42 @@ def connect_kwargs(version: int) -> dict[str, Any]:
 
 
 # -- bare subscribers ------------------------------------------------------------------------------------
+def session_kwargs(version: int) -> dict[str, Any]:
+    """A persistent session, as the agent's intake has one: the broker keeps our queue while we are away."""
+    if version == 5:
+        props = connect_props()
+        props.SessionExpiryInterval = 3600
+        return {"properties": props, "clean_start": False}
+    return {}
+
+
 def sub_paho(args: argparse.Namespace) -> None:
+    """Count ``count`` messages. ``--session create``: open a persistent session, subscribe, leave (the broker then
+    queues for us); ``--session resume``: come back to it and drain, timed from the CONNECT."""
     state = {"n": 0, "first": 0.0}
+    if args.session:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=args.client_id,
+            protocol=mqtt.MQTTv5 if args.mqtt == 5 else mqtt.MQTTv311,
+            clean_session=None if args.mqtt == 5 else False,
+        )
+        if args.session == "create":
+
+            def subscribed(c: mqtt.Client, *_a: Any) -> None:
+                emit(ready=True, cpu=cpu())
+                c.disconnect()
+
+            client.on_subscribe = subscribed
+            client.on_connect = lambda c, *_a: c.subscribe(args.topic, args.qos)
+        else:
+            client.on_connect = lambda _c, _u, flags, *_a: state.update(present=float(flags.session_present))
+        client.on_message = _counting(client, state, args.count)
+        if args.session == "resume":
+            emit(ready=True, cpu=cpu(), connect=time.time())
+        client.connect(HOST, args.port, **session_kwargs(args.mqtt))
+        client.loop_forever()
+        return
     client = paho_client(args.mqtt)
 
     def on_message(_c: mqtt.Client, _u: Any, _msg: mqtt.MQTTMessage) -> None:
@@ -75,6 +109,19 @@ def sub_paho(args: argparse.Namespace) -> None:
     client.on_connect = lambda c, *_a: c.subscribe(args.topic, args.qos)
     client.connect(HOST, args.port, **connect_kwargs(args.mqtt))
     client.loop_forever()
+
+
+def _counting(client: mqtt.Client, state: dict[str, float], count: int) -> Any:
+    def on_message(_c: mqtt.Client, _u: Any, _msg: mqtt.MQTTMessage) -> None:
+        state["n"] += 1
+        if state["n"] == 1:
+            state["first"] = time.time()
+        if state["n"] == count:
+            emit(first=state["first"], last=time.time(), cpu=cpu(), count=state["n"],
+                 session_present=bool(state.get("present")))  # fmt: skip
+            client.disconnect()
+
+    return on_message
 
 
 async def _sub_aiomqtt(args: argparse.Namespace) -> None:
@@ -143,7 +190,7 @@ def pace(args: argparse.Namespace) -> None:
         client.loop(0.05)
     while time.time() < args.at:
         client.loop(min(0.05, max(0.0, args.at - time.time())))
-    sent = nbytes = 0
+    sent = nbytes = failed = 0
     total = int(args.rate * args.seconds)
     start = time.time()
     emit(started=start)
@@ -151,7 +198,8 @@ def pace(args: argparse.Namespace) -> None:
         due = min(total, int((time.time() - start) * args.rate) + 1)
         while sent < due:
             body = b'{"seq":%d,"temp":%.2f,"t":%.6f}' % (sent, 18.0 + (sent % 700) / 100, time.time())
-            client.publish(args.topic, body, args.qos)
+            if client.publish(args.topic, body, args.qos).rc != mqtt.MQTT_ERR_SUCCESS:
+                failed += 1
             sent += 1
             nbytes += len(body)
         # Waits of at least TICK: at 5,000/s a wait per event (0.2 ms) made this probe spend ~0.5 core in paho's
@@ -162,8 +210,10 @@ def pace(args: argparse.Namespace) -> None:
     flush = time.monotonic() + 1.0  # the last PUBACKs
     while time.monotonic() < flush:
         client.loop(0.05)
+    # QoS 1 publishes the broker never acknowledged (paho still holds them): lost or stuck on the way in.
+    unacked = len(getattr(client, "_out_messages", ()))
     client.disconnect()
-    emit(sent=sent, bytes=nbytes, start=start, end=end, cpu=cpu())
+    emit(sent=sent, bytes=nbytes, start=start, end=end, cpu=cpu(), failed=failed, unacked=unacked)
 
 
 # -- latency subscriber ----------------------------------------------------------------------------------
@@ -172,14 +222,44 @@ def latsub(args: argparse.Namespace) -> None:
     lat: list[float] = []
     state = {"n": 0, "last": time.monotonic()}
     client = paho_client(3)
+    # --per S: latencies grouped by the S-second interval of their send time (from the first event's), and only
+    # each interval's summary kept once it is over, so that a 30-minute soak does not hold millions of samples.
+    buckets: dict[int, list[float]] = {}
+    summaries: dict[int, dict[str, float]] = {}
+    origin: list[float] = []
+
+    def close_buckets(before: int) -> None:
+        for index in [i for i in buckets if i < before]:
+            values = buckets.pop(index)
+            values.sort()
+            summaries[index] = {
+                "count": len(values),
+                "p50_ms": round(values[len(values) // 2] * 1000, 3),
+                "p99_ms": round(values[max(0, round(0.99 * len(values) + 0.5) - 1)] * 1000, 3),
+                "max_ms": round(values[-1] * 1000, 3),
+            }
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
         body = json.loads(msg.payload)
         state["n"] += 1
         state["last"] = time.monotonic()
-        if body["seq"] >= args.warmup:
+        if body["seq"] < args.warmup:
+            return
+        if not args.per:
             lat.append(now - body["t"])
+            return
+        if not origin:
+            origin.append(body["t"])
+        index = int((body["t"] - origin[0]) // args.per)
+        closed = summaries.get(index)
+        if closed is not None:  # over a minute late: counted in its interval's count and maximum
+            closed["count"] += 1
+            closed["max_ms"] = max(closed["max_ms"], round((now - body["t"]) * 1000, 3))
+            return
+        buckets.setdefault(index, []).append(now - body["t"])
+        if len(buckets) > 2:
+            close_buckets(index - 1)
 
     def on_subscribe(*_a: Any) -> None:
         state["last"] = time.monotonic()
@@ -193,6 +273,10 @@ def latsub(args: argparse.Namespace) -> None:
     while state["n"] < args.count and time.monotonic() - state["last"] < args.idle:
         client.loop(0.05)
     client.disconnect()
+    if args.per:
+        close_buckets(1 << 62)
+        emit(received=state["n"], per=[{"index": i, **summaries[i]} for i in sorted(summaries)])
+        return
     emit(received=state["n"], latencies_ms=[round(x * 1000, 3) for x in lat])
 
 
@@ -202,6 +286,8 @@ def main() -> None:
     s = sub.add_parser("sub")
     s.add_argument("--lib", choices=["paho", "aiomqtt"], required=True)
     s.add_argument("--mqtt", type=int, choices=[3, 5], default=3, help="protocol: 3.1.1 (both libraries' default) or 5")
+    s.add_argument("--session", choices=["create", "resume"], help="a preloaded persistent session (paho only)")
+    s.add_argument("--client-id", default="bench-preload")
     p = sub.add_parser("pace")
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--seconds", type=float, required=True)
@@ -212,6 +298,7 @@ def main() -> None:
     lat = sub.add_parser("latsub")
     lat.add_argument("--warmup", type=int, default=0, help="ignore events with a lower seq")
     lat.add_argument("--idle", type=float, default=3.0)
+    lat.add_argument("--per", type=float, default=0.0, help="summaries per this many seconds of send time")
     for each in (s, p, lat, agg):
         each.add_argument("--port", type=int, required=True)
         each.add_argument("--topic", required=True)

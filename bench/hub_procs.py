@@ -28,7 +28,14 @@ def nofile(devices: int) -> dict[str, int]:
 class HubServer:
     """``hub serve`` on SQLite in ``tmp``, its API on a free loopback port, no token (loopback only)."""
 
-    def __init__(self, tmp: Path, broker_port: int, *, signing_key: Path | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        broker_port: int,
+        *,
+        signing_key: Path | None = None,
+        broker_options: dict[str, int] | None = None,
+    ) -> None:
         self.db_path = tmp / "hub.db"
         self.api_port = free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -36,6 +43,7 @@ class HubServer:
         self.log = tmp / "hub.log"
         lines = [
             "[broker]", 'host = "127.0.0.1"', f"port = {broker_port}", 'client_id = "hub-bench"',
+            *(f"{key} = {value}" for key, value in (broker_options or {}).items()),
             "[store]", f'url = "sqlite:///{self.db_path}"',
             "[api]", 'host = "127.0.0.1"', f"port = {self.api_port}",
         ]  # fmt: skip

@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from bench.agentproc import AgentProcess
-from bench.pipeline import THROUGHPUT_TOPIC
-from bench.procs import Helper, RssSampler, memory_kib
+from bench.pipeline import LATENCY_OUT, LATENCY_TOPIC
+from bench.procs import Helper, RssSampler, broker_counter, memory_kib
 
 MIB = 1024
 
@@ -30,44 +30,57 @@ def under_load(agent: AgentProcess, sampler: RssSampler) -> dict[str, Any]:
     }
 
 
-def soak(agent: AgentProcess, port: int, rate: float, seconds: float, qos: int = 1) -> dict[str, Any]:
-    """RSS every 5 s while ``rate`` events/s flow for ``seconds``; growth from the first minute to the end.
+def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float, qos: int = 1) -> dict[str, Any]:
+    """``rate`` events/s for ``seconds`` through the echo handler (the latency path): p50/p99/max per minute of
+    send time, RSS every 5 s (growth from the first minute to the end), and what the broker dropped.
 
-    The first minute is the baseline: allocator arenas, caches and the windows' steady state fill up there.
+    The first minute is the RSS baseline: allocator arenas, caches and the windows' steady state fill up there.
+    Drops: the broker's ``$SYS/broker/publish/messages/dropped`` (a bounded queue full: events lost before the
+    agent) before and after, and the publisher's failed publishes; beside them the publishes still unacknowledged
+    when the publisher stopped and the events not processed when the agent was given up on.
     """
-    subscription = f"q{qos}"
+    subscription = "lat"
     base = agent.processed(subscription)
+    dropped0 = broker_counter(host, port)
+    total = int(rate * seconds)
     with (
         RssSampler(agent.pid, interval=5.0) as sampler,
         Helper(
-            "pace",
-            "--port",
-            str(port),
-            "--topic",
-            THROUGHPUT_TOPIC.format(qos=qos),
-            "--qos",
-            str(qos),
-            "--rate",
-            str(rate),
-            "--seconds",
-            str(seconds),
-        ) as pub,
+            "latsub", "--port", str(port), "--topic", LATENCY_OUT, "--count", str(total), "--idle", "10", "--per", "60"
+        ) as sub,  # fmt: skip
     ):
-        pub.read(timeout=15)
-        sent = pub.read(timeout=seconds + 60)
-    behind = base + int(sent["sent"]) - agent.processed(subscription)
-    agent.wait_processed(subscription, base + int(sent["sent"]), timeout=60)
+        sub.read(timeout=15)
+        with Helper("pace", "--port", str(port), "--topic", LATENCY_TOPIC, "--qos", str(qos), "--rate", str(rate),
+                    "--seconds", str(seconds)) as pub:  # fmt: skip
+            pub.read(timeout=15)
+            sent = pub.read(timeout=seconds * 1.5 + 60)
+        behind = base + int(sent["sent"]) - agent.processed(subscription)
+        agent.wait_processed(subscription, base + int(sent["sent"]), timeout=60 + max(0, behind) / 1000)
+        got = sub.read(timeout=120)
+    dropped1 = broker_counter(host, port)
     samples = sampler.samples
     t0 = samples[0][0]
     first_minute = [kib for t, kib in samples if 50 <= t - t0 <= 60] or [samples[0][1]]
     last = [kib for t, kib in samples if t - t0 >= seconds - 10] or [samples[-1][1]]
     baseline, end = max(first_minute), max(last)
+    minutes = got["per"]
+    processed = agent.processed(subscription) - base
     return {
         "rate": rate,
+        "qos": qos,
         "seconds": seconds,
         "sent": sent["sent"],
-        "processed": agent.processed(subscription) - base,
+        "achieved_rate": sent["sent"] / (sent["end"] - sent["start"]),
+        "processed": processed,
+        "received": got["received"],
         "behind_at_publish_end": behind,
+        "per_minute": minutes,
+        "worst_p99_ms": max((m["p99_ms"] for m in minutes), default=float("nan")),
+        "minutes_over_10ms": sum(1 for m in minutes if m["p99_ms"] > 10),
+        "broker_dropped": None if dropped0 is None or dropped1 is None else dropped1 - dropped0,
+        "publisher_failed": sent.get("failed", 0),
+        "publisher_unacked": sent.get("unacked", 0),
+        "unprocessed": int(sent["sent"]) - processed,
         "rss_1min_mib": baseline / MIB,
         "rss_end_mib": end / MIB,
         "rss_max_mib": sampler.max_kib / MIB,

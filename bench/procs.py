@@ -74,22 +74,84 @@ def payload(seq: int) -> bytes:
     return b'{"seq":%d,"temp":%.2f}' % (seq, 18.0 + (seq % 700) / 100)
 
 
-def publish_burst(host: str, port: int, topic: str, count: int, qos: int) -> tuple[float, float, int]:
-    """Publish ``count`` events as fast as the C client can, in chunks; (start, end, payload bytes)."""
-    started = time.time()
+def publish_burst(
+    host: str, port: int, topic: str, count: int, qos: int, *, parallel: bool = False
+) -> tuple[float, float, int]:
+    """Publish ``count`` events as fast as the C client can, in chunks; (start, end, payload bytes).
+
+    ``parallel``: one publisher per chunk, all at once (filling a backlog fast; the events' order is then lost).
+    """
+    bodies = []
     sent = nbytes = 0
     while sent < count:
         n = min(CHUNK, count - sent)
         body = b"".join(payload(sent + i) + b"\n" for i in range(n))
         nbytes += len(body) - n
-        subprocess.run(
-            ["mosquitto_pub", "-h", host, "-p", str(port), "-t", topic, "-q", str(qos), "-l", "-M", "65535"],
-            input=body,
-            check=True,
-            timeout=300,
-        )
+        bodies.append(body)
         sent += n
+    command = ["mosquitto_pub", "-h", host, "-p", str(port), "-t", topic, "-q", str(qos), "-l", "-M", "65535"]
+    started = time.time()
+    if not parallel:
+        for body in bodies:
+            subprocess.run(command, input=body, check=True, timeout=300)
+        return started, time.time(), nbytes
+    procs = [subprocess.Popen(command, stdin=subprocess.PIPE) for _ in bodies]
+    writers = [
+        threading.Thread(target=p.communicate, args=(b,), daemon=True) for p, b in zip(procs, bodies, strict=True)
+    ]
+    for writer in writers:
+        writer.start()
+    for proc, writer in zip(procs, writers, strict=True):
+        writer.join(300)
+        if proc.wait(10) != 0:
+            raise RuntimeError(f"mosquitto_pub exited with {proc.returncode}")
     return started, time.time(), nbytes
+
+
+DEVICE_CONF = REPO / "configs" / "mosquitto" / "device.conf"
+_LIMITS = ("set_tcp_nodelay", "persistent_client_expiration", "max_inflight_messages", "max_queued_messages",
+           "max_queued_bytes")  # fmt: skip
+
+
+def device_broker_limits(*, min_queued: int = 0, sys_interval: int | None = None) -> list[str]:
+    """The shipped device broker's session, in-flight and queue settings (configs/mosquitto/device.conf), as
+    ``Mosquitto(extra_config=...)`` lines (they override its unlimited defaults): the agent is measured against
+    the broker it ships with. ``min_queued`` raises max_queued_messages for a preloaded backlog that large."""
+    lines = []
+    for raw in DEVICE_CONF.read_text().splitlines():
+        key, _, value = raw.strip().partition(" ")
+        if key in _LIMITS:
+            if key == "max_queued_messages" and min_queued > int(value):
+                value = str(min_queued)
+            lines.append(f"{key} {value}")
+    if sys_interval is not None:
+        lines.append(f"sys_interval {sys_interval}")
+    return lines
+
+
+def broker_counter(host: str, port: int, topic: str = "$SYS/broker/publish/messages/dropped",
+                   timeout: float = 12.0) -> int | None:  # fmt: skip
+    """A mosquitto $SYS counter (retained, refreshed every sys_interval). mosquitto publishes it only once it
+    changed from 0: 0 when the broker's uptime came but the counter did not; None when $SYS said nothing."""
+    import paho.mqtt.client as mqtt
+
+    got: dict[str, int] = {}
+    uptime = "$SYS/broker/uptime"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.on_connect = lambda c, *_a: c.subscribe([(topic, 0), (uptime, 0)])
+    client.on_message = lambda _c, _u, msg: got.__setitem__(msg.topic, int(msg.payload.split()[0]))
+    try:
+        client.connect(host, port)
+        deadline = time.monotonic() + timeout
+        while topic not in got and time.monotonic() < deadline:
+            client.loop(0.1)
+            if uptime in got and time.monotonic() > deadline - timeout + 3:  # two sys_intervals of 1 s passed
+                break
+    finally:
+        client.disconnect()
+    if topic in got:
+        return got[topic]
+    return 0 if uptime in got else None
 
 
 class Helper:

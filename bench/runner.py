@@ -15,7 +15,7 @@ from rich.console import Console
 
 from bench import ceilings, latency, memory, pipeline, profile
 from bench.agentproc import AgentProcess, DeadLetters
-from bench.procs import REPO, RssSampler, loadavg, machine_busy_seconds
+from bench.procs import REPO, RssSampler, device_broker_limits, loadavg, machine_busy_seconds
 from scripts.mosquitto import Mosquitto
 
 RESULTS = REPO / "bench" / "results"
@@ -135,7 +135,11 @@ def run_agent(
     results: dict[str, Any], plan: Plan, client: Any, device_id: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     info: dict[str, Any] = {}
-    with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
+    # The shipped device broker's limits (bounded queue, in-flight, session expiry): the default configuration is
+    # what is measured. $SYS counters every second, for the soak's drop count.
+    limits = device_broker_limits(min_queued=plan.agent_events, sys_interval=1)
+    info["broker_limits"] = limits
+    with Mosquitto(extra_config=limits) as broker, tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         agent = AgentProcess(pipeline.bench_document(device_id, Path(tmp), broker.port), docker_client=client)
         dead: DeadLetters | None = None
         try:
@@ -178,11 +182,12 @@ def run_agent(
                     )
             phase(results, "memory.load", "agent RSS under load", lambda: memory.under_load(agent, sampler))
             if args.soak:
+                minutes = args.soak_minutes
                 phase(
                     results,
                     "memory.soak",
-                    "soak (10 min at 5,000/s)",
-                    lambda: memory.soak(agent, broker.port, 5000, 600),
+                    f"soak ({minutes:g} min at 5,000/s QoS 1)",
+                    lambda: memory.soak(agent, broker.host, broker.port, 5000, minutes * 60),
                 )
             if args.profile:
                 for qos in (0, 1):

@@ -116,7 +116,7 @@ def upstream(
             while hub.events < sent["sent"] and time.time() < deadline:
                 time.sleep(0.1)
             with hub.lock:  # before the agent's offline status on the way out
-                by_channel, events, records = dict(hub.bytes), hub.events, hub.db.records
+                by_channel, events, records = dict(hub.bytes), hub.events, hub.records
         finally:
             agent.stop()
             hub.close()

@@ -1,5 +1,7 @@
 """``python -m bench --workers N``: events/s and CPU per event of one QoS 1 subscription on N intake workers
-against the same subscription on one (the agent alone), each a burst from the C publisher into its own agent.
+against the same subscription on one (the agent alone), each a live burst from the C publisher into its own
+agent on a broker with the shipped device.conf limits (the agent's default intake protocol unless
+``--agent-protocol``).
 
 CPU per event counts the agent and its worker processes (and separately the handler containers): with N
 workers the work is spread over processes, so the machine's cores, not one interpreter, set the ceiling.
@@ -16,7 +18,7 @@ from typing import Any
 
 from bench import pipeline
 from bench.agentproc import AgentProcess
-from bench.procs import cpu_seconds, publish_burst
+from bench.procs import cpu_seconds, device_broker_limits, publish_burst
 from scripts.mosquitto import Mosquitto
 
 TOPIC = "bench/w/t"
@@ -49,7 +51,9 @@ def one(client: Any, device_id: str, workers: int, events: int, repeats: int) ->
     """Best of ``repeats`` bursts of ``events`` into an agent whose one subscription runs on ``workers``."""
     sub = {"name": "w", "topic": "bench/w/#", "handler": "pt", "qos": 1, "window": {"size": "1s"}, "workers": workers}
     runs: list[dict[str, Any]] = []
-    with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+    # The shipped device broker's limits (device.conf), as the other agent phases: in-flight, queue, expiry.
+    limits = device_broker_limits(min_queued=events)
+    with Mosquitto(extra_config=limits) as broker, tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         doc = pipeline.bench_document(f"{device_id}-w{workers}", Path(tmp), broker.port, subscriptions=[sub])
         agent = AgentProcess(doc, docker_client=client)
         try:

@@ -4,6 +4,7 @@
 # Each handlers/<NAME>/ becomes image edgefleet/<NAME>:dev. The build context is a temp folder holding the
 # handler's files plus the SDK, so handler folders stay free of copies of edge_handler.py.
 # Env: BASE_IMAGE (default edgefleet/base:bookworm, ensured by base/build.sh first), DOCKER_HOST.
+# The hub's image has its own script, hub/build.sh (not run here: its first build fetches wheels from PyPI).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -53,6 +53,9 @@ class Engine:
 
 
 def _docker_engine(config: AgentConfig) -> Engine:
+    import docker.errors
+
+    from edge_agent.errors import HandlerStartError
     from edge_agent.images import ImageLedger, collect_garbage
     from edge_agent.runtime.containers import docker_client, ensure_image, remove_device_containers
     from edge_agent.runtime.docker import DockerHandler, RestartPolicy
@@ -90,8 +93,25 @@ def _docker_engine(config: AgentConfig) -> Engine:
             return replica(0)
         return ReplicaPool(spec, replica)
 
+    def pull_now(spec: HandlerSpec) -> None:
+        try:
+            client.images.get(spec.image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        # The low-level stream, because it carries the engine's reason (a layer failing its digest check, say),
+        # which docker-py's images.pull() drops.
+        try:
+            stream = client.api.pull(spec.image, stream=True, decode=True)
+            errors = [str(line["error"]) for line in stream if isinstance(line, dict) and line.get("error")]
+        except docker.errors.APIError as exc:
+            errors = [str(exc.explanation or exc)]
+        if errors:
+            raise HandlerStartError(spec.name, f"pull of {spec.image} failed: {errors[-1]}")
+        ensure_image(client, spec)
+
     async def pull(spec: HandlerSpec) -> None:
-        await asyncio.to_thread(ensure_image, client, spec)
+        await asyncio.to_thread(pull_now, spec)
 
     return Engine(make, on_image, collect, pull, processes=True)
 
@@ -134,6 +154,7 @@ def _local_broker(config: AgentConfig) -> LocalBroker:
         session_expiry=lb.session_expiry,
         receive_maximum=lb.receive_maximum,
         protocol=lb.protocol,
+        broker_config=lb.broker_config,
     )
 
 

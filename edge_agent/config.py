@@ -53,12 +53,21 @@ class LocalBrokerConfig(_Section):
     username: str | None = None
     password: str | None = None
     keepalive: int = Field(default=30, ge=5)
-    session_expiry: Duration = Field(default=86400.0, ge=0, description="how long the broker keeps our session")
-    receive_maximum: int = Field(default=65535, ge=1, le=65535)
+    session_expiry: Duration = Field(
+        default=86400.0, ge=0, description="MQTT 5 only: how long the broker keeps our session"
+    )
+    receive_maximum: int = Field(default=65535, ge=1, le=65535, description="MQTT 5 only")
     protocol: Literal["5", "3.1.1"] = Field(
-        default="5",
-        description="3.1.1 halves paho's CPU per event; the broker's persistent_client_expiration and "
-        "max_inflight_messages then take the place of session_expiry and receive_maximum",
+        default="3.1.1",
+        description="3.1.1 (default) halves paho's CPU per event; the broker's persistent_client_expiration and "
+        "max_inflight_messages take the place of session_expiry and receive_maximum, which only MQTT 5 uses "
+        "(configs/mosquitto/device.conf sets them)",
+    )
+    broker_config: Path | None = Field(
+        default=None,
+        description="the device broker's mosquitto.conf: at start the agent warns about settings that undermine "
+        "its intake (persistence, max_queued_messages, and for 3.1.1 max_inflight_messages and "
+        "persistent_client_expiration)",
     )
 
 

@@ -267,14 +267,16 @@ class Pipeline:
                 if d.spec.handler == name and d.runtime is not runtime:
                     d.switch_runtime(runtime)
         self._route()
-        for d in leaving:
+        for d in leaving:  # what they hold queued goes to the previous version, if it has their handler
+            if d.spec.handler in trial.base_runtimes:
+                d.switch_runtime(trial.base_runtimes[d.spec.handler])
             await self._retire(d)
         for name in [n for n in self.runtimes if n not in trial.base_specs]:
             del self.runtimes[name], self.handler_specs[name]
             if self._on_image is not None:
                 await self._on_image(name, None)
-        await asyncio.gather(*(r.aclose() for r, _ in trial.watched.values()), return_exceptions=True)
         self.update_errors[refusal.handler] = (refusal.image, refusal.reason)
+        await asyncio.gather(*(r.aclose() for r, _ in trial.watched.values()), return_exceptions=True)
         if self.on_trial_end is not None:
             await self.on_trial_end(TrialEnd(trial.tag, refusal))
 

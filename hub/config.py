@@ -39,6 +39,12 @@ class BrokerConfig(_Section):
     username: str | None = None
     password: SecretStr | None = None
     keepalive: int = Field(default=30, ge=5, le=3600, description="seconds")
+    receive_maximum: int = Field(
+        default=1,
+        ge=0,
+        le=65535,
+        description="unacknowledged messages the broker sends ahead of ingest (MQTT 5 Receive Maximum); 0: no bound",
+    )
 
     @field_validator("prefix")
     @classmethod
@@ -52,6 +58,9 @@ class StoreConfig(_Section):
     """Where aggregates and devices are stored (any SQLAlchemy URL; SQLite and PostgreSQL are tested)."""
 
     url: str = Field(default="sqlite:///./hub.db", min_length=1)
+    migrate: bool = Field(
+        default=True, description="migrate the schema at start; false: `hub db upgrade` does it, the hub only checks"
+    )
 
 
 class ApiConfig(_Section):

@@ -76,6 +76,16 @@ HANDLER_FAILURES = Counter(
     ["reason"],
 )
 
+LEASE_HELD = Gauge(
+    "edgefleet_hub_lease_held",
+    "1 while this replica holds the lease of a singleton job and runs it (rollouts, desired-renewal), else 0",
+    ["name"],
+)
+ROLLOUT_TICKS = Counter(
+    "edgefleet_hub_rollout_ticks_total",
+    "Passes of the rollout controller over the running rollouts made by this replica (only the lease holder ticks)",
+)
+
 
 class HandlerFailureCounts:
     """Turns the cumulative per-handler counts of reported states into ``HANDLER_FAILURES`` increments.

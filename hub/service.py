@@ -10,7 +10,8 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -22,8 +23,9 @@ from hub.desired.documents import DesiredStore
 from hub.desired.keys import load_signing_key
 from hub.desired.publisher import DesiredPublisher
 from hub.desired.renewal import Renewal
-from hub.errors import HubError
+from hub.errors import ConfigError, HubError
 from hub.ingest.consumer import Ingest
+from hub.leases import Fence, Leases, Singleton
 from hub.mqtt.broker import Broker
 from hub.rollouts.controller import RolloutController
 from hub.security.tokens import Tokens
@@ -111,8 +113,26 @@ async def _check_api_auth(config: HubConfig, store: Store, token: str | None) ->
     except ValueError:
         loopback = False
     if not loopback:
-        raise HubError(f"the API on {host} would be open to anyone: `hub token create NAME` first")
+        raise ConfigError([f"api.host: the API on {host} would be open to anyone: `hub token create NAME` first"])
     log.warning("the API is open: this hub never had a token (`hub token create NAME` locks it for good)")
+
+
+def _singletons(store: Store, publisher: DesiredPublisher | None) -> list[Singleton]:
+    """The jobs that one replica at a time runs, each under its lease (docs/decisions.md, "one controller").
+
+    The publishing loop is not one of them: every replica publishes what its own requests compiled at once."""
+    if publisher is None:
+        return []
+    leases = Leases(store)
+
+    def controller(fence: Fence) -> Coroutine[Any, Any, None]:
+        return RolloutController(store, publisher, fence=fence).run()
+
+    jobs = [Singleton(leases, "rollouts", controller)]
+    if publisher.desired.validity > 0:
+        renewal = Renewal(publisher.desired, wake=publisher.wake)
+        jobs.append(Singleton(leases, "desired-renewal", lambda _fence: renewal.run()))
+    return jobs
 
 
 async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> None:
@@ -121,16 +141,17 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
     token = config.api.token.get_secret_value() if config.api.token else None
     key_path = config.signing.private_key
     key = load_signing_key(key_path) if key_path is not None else None
-    async with Store(config.store.url) as store, Broker(config.broker) as broker:
+    async with Store(config.store.url, migrate=config.store.migrate) as store, Broker(config.broker) as broker:
         await _check_api_auth(config, store, token)
         desired = DesiredStore(store, key, validity=config.desired.validity) if key is not None else None
         publisher = DesiredPublisher(desired, broker, topics) if desired is not None else None
+        singletons = _singletons(store, publisher)
         sock = _bind(config.api.host, config.api.port)
         host, port = sock.getsockname()[:2]
         address = f"http://{host}:{port}"
         server = _ApiServer(
             uvicorn.Config(
-                create_app(store, token, desired=publisher),
+                create_app(store, token, desired=publisher, leases=lambda: [s.name for s in singletons if s.held]),
                 lifespan="off",
                 log_config=None,  # keep the process's logging setup; uvicorn's would replace it
                 access_log=False,
@@ -153,9 +174,7 @@ async def serve(config: HubConfig, *, ready: asyncio.Event | None = None) -> Non
             tasks.create_task(ingest.run(), name="hub.ingest")
             if publisher is not None:
                 tasks.create_task(publisher.run(), name="hub.desired")
-                tasks.create_task(RolloutController(store, publisher).run(), name="hub.rollouts")
-                if publisher.desired.validity > 0:
-                    renewal = Renewal(publisher.desired, wake=publisher.wake)
-                    tasks.create_task(renewal.run(), name="hub.desired-renewal")
+            for singleton in singletons:
+                tasks.create_task(singleton.run(), name=f"hub.lease.{singleton.name}")
             tasks.create_task(_run_api(server, sock), name="hub.api")
             tasks.create_task(_announce_ready(server, ingest, ready, address), name="hub.ready")

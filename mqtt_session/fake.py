@@ -36,6 +36,8 @@ class FakeSession:
     start_connected: bool = True
     connects: int = 0
     last_error: str | None = None
+    high_water: int = 0
+    """The most messages queued for ``messages()`` at once."""
 
     def __post_init__(self) -> None:
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
@@ -70,6 +72,10 @@ class FakeSession:
         self.published.append(Published(topic, payload, qos, retain))
         self.new_publish.set()
 
+    @property
+    def pending(self) -> int:
+        return self._inbox.qsize()
+
     async def messages(self) -> AsyncGenerator[Message, None]:
         while True:
             yield await self._inbox.get()
@@ -86,6 +92,7 @@ class FakeSession:
         """Deliver a message as if the broker had sent it."""
         data = payload.encode() if isinstance(payload, str) else payload
         self._inbox.put_nowait(Message(topic, data, retain, qos))
+        self.high_water = max(self.high_water, self._inbox.qsize())
 
     def drop(self, reason: str = "connection lost") -> None:
         """Lose the connection: publishes fail until :meth:`reconnect`."""

@@ -61,6 +61,14 @@ class MqttSession(Protocol):
     def messages(self) -> AsyncGenerator[Message, None]:
         """Every message received, across reconnects, in arrival order (one queue: one reader at a time)."""
 
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet taken by the reader of ``messages()``."""
+
+    @property
+    def high_water(self) -> int:
+        """The most messages ``pending`` has been."""
+
     def add_connect_hook(self, hook: ConnectHook) -> None: ...
 
     def add_disconnect_hook(self, hook: DisconnectHook) -> None: ...

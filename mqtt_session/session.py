@@ -4,6 +4,17 @@
 recorded filter again on each connection, awaits the connect hooks, and feeds one message queue that
 survives reconnects. ``async with Session(...)`` runs that task for the block; ``await session.run()``
 runs it in the caller's task.
+
+Bounded receive (``receive_maximum=N``, MQTT 5): paho acknowledges nothing by itself; a message is acknowledged
+when the reader of ``messages()`` takes it, and the CONNECT's Receive Maximum tells the broker to send no more
+than N unacknowledged QoS 1/2 messages. A reader that falls behind so stops the broker's sending at N queued
+messages instead of the whole backlog being read into memory: the broker keeps the rest.
+
+mosquitto 2.0 honours the Receive Maximum only up to the first acknowledgement: each PUBACK of the oldest message
+in flight refills up to N more from the client's queue (eclipse-mosquitto/mosquitto#2301), so with in-order
+acknowledgements only N = 1 stays a bound there. aiomqtt
+(2.5) has no manual acknowledgement of its own: :func:`_paho` reaches into it for paho's, and :func:`_inbox_type`
+has aiomqtt hand each message to the session's queue as it arrives.
 """
 
 from __future__ import annotations
@@ -12,10 +23,12 @@ import asyncio
 import logging
 import ssl
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -27,6 +40,24 @@ from mqtt_session.interface import ConnectHook, DisconnectHook, Message, Session
 log = logging.getLogger(__name__)
 
 _SUBACK_FAILURE = 0x80  # MQTT 3.1.1 grants a QoS or refuses with this
+_MAX_RECEIVE_MAXIMUM = 65_535  # the property is a two-byte integer, 0 not allowed
+
+
+@dataclass(slots=True)
+class _Link:
+    """One connection: its queued messages are acknowledged on it while it is open, and never on another."""
+
+    client: aiomqtt.Client | None = None
+    open: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    """A queued message and what acknowledges it: the connection it came on and its packet id."""
+
+    message: Message
+    link: _Link
+    mid: int
 
 
 class Session:
@@ -35,7 +66,16 @@ class Session:
     ``will`` may be a function, called before each connection attempt (a will that carries a timestamp).
     ``clean_start`` and ``session_expiry`` (seconds; None: the session ends with the connection) say what
     the broker keeps for this client between connections. ``call_timeout`` bounds connecting, each
-    SUBACK and each PUBACK."""
+    SUBACK and each PUBACK.
+
+    ``receive_maximum`` (MQTT 5 only; None: unbounded, every message acknowledged on arrival) bounds what the
+    queue of ``messages()`` holds: the broker sends at most that many unacknowledged QoS 1/2 messages, and
+    each is acknowledged when the reader takes it, so a slow reader leaves the rest at the broker (on
+    mosquitto 2.0 only with ``receive_maximum=1``: see the module's notes). Messages a lost connection left in
+    the queue stay there for the reader (no longer acknowledged: the broker sends them again to a persistent
+    session, a clean start's sender resends); a new connection waits until fewer than ``receive_maximum`` are
+    left, so the queue never holds ``2 x receive_maximum``. QoS 0 messages, which the broker sends without
+    counting them, are queued too: the bound is for QoS 1 and 2. A bounded session needs a reader."""
 
     def __init__(
         self,
@@ -53,7 +93,13 @@ class Session:
         protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V5,
         backoff: Backoff | None = None,
         call_timeout: float = 10.0,
+        receive_maximum: int | None = None,
     ) -> None:
+        if receive_maximum is not None:
+            if protocol is not aiomqtt.ProtocolVersion.V5:
+                raise ValueError("receive_maximum needs MQTT 5")
+            if not 1 <= receive_maximum <= _MAX_RECEIVE_MAXIMUM:
+                raise ValueError(f"receive_maximum must be in 1..{_MAX_RECEIVE_MAXIMUM}, not {receive_maximum}")
         self.host, self.port, self.client_id = host, port, client_id
         self._options: dict[str, Any] = {
             "identifier": client_id,
@@ -66,9 +112,12 @@ class Session:
         }
         if protocol is aiomqtt.ProtocolVersion.V5:
             self._options["clean_start"] = clean_start
-            if session_expiry is not None:
+            if session_expiry is not None or receive_maximum is not None:
                 properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                properties.SessionExpiryInterval = session_expiry
+                if session_expiry is not None:
+                    properties.SessionExpiryInterval = session_expiry
+                if receive_maximum is not None:
+                    properties.ReceiveMaximum = receive_maximum
                 self._options["properties"] = properties
         else:
             self._options["clean_session"] = clean_start
@@ -78,7 +127,9 @@ class Session:
         self._filters: dict[str, int] = {}
         self._connect_hooks: list[ConnectHook] = []
         self._disconnect_hooks: list[DisconnectHook] = []
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.receive_maximum = receive_maximum
+        self._queue: asyncio.Queue[_Received] = asyncio.Queue()
+        self._taken = asyncio.Event()  # set whenever the reader takes a message: room for a new connection
         self._client: aiomqtt.Client | None = None  # set while a connection is up (hooks may publish)
         self._connected = asyncio.Event()  # set once subscriptions are active and the hooks are done
         self._tasks: asyncio.TaskGroup | None = None
@@ -87,6 +138,8 @@ class Session:
         """Connections that reached CONNACK."""
         self.last_error: str | None = None
         """Why the last attempt failed or the last connection ended (None before the first)."""
+        self.high_water = 0
+        """The most messages the queue of ``messages()`` has held at once."""
 
     def __repr__(self) -> str:
         return f"Session(mqtt://{self.host}:{self.port} as {self.client_id}, connected={self.connected})"
@@ -127,9 +180,17 @@ class Session:
         except TimeoutError:
             raise SessionError(f"publish failed: no PUBACK within {self._timeout:g}s", topic=topic) from None
 
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet taken by the reader of ``messages()``."""
+        return self._queue.qsize()
+
     async def messages(self) -> AsyncGenerator[Message, None]:
         while True:
-            yield await self._queue.get()
+            received = await self._queue.get()
+            self._taken.set()
+            self._acknowledge(received)  # taken: the broker may send the next one while the reader works
+            yield received.message
 
     # -- lifetime --------------------------------------------------------------------------------------------
 
@@ -154,6 +215,7 @@ class Session:
     async def run(self) -> None:
         """Connect, and connect again after each failure or loss, until cancelled."""
         while True:
+            await self._room_for_a_connection()
             reason = await self._connection()
             raise_lost_cancellation()  # aiomqtt's connect and disconnect still go through wait_for
             self.last_error = reason
@@ -166,17 +228,41 @@ class Session:
 
     # -- one connection --------------------------------------------------------------------------------------
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self, link: _Link) -> aiomqtt.Client:
         will = self._will() if callable(self._will) else self._will
+        options = dict(self._options, queue_type=_inbox_type(lambda message: self._receive(message, link)))
         if will is not None:
-            will_option = aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
-            return aiomqtt.Client(self.host, self.port, will=will_option, **self._options)
-        return aiomqtt.Client(self.host, self.port, **self._options)
+            options["will"] = aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client = link.client = aiomqtt.Client(self.host, self.port, **options)
+        if self.receive_maximum is not None:
+            _paho(client).manual_ack_set(True)
+        return client
+
+    def _receive(self, message: aiomqtt.Message, link: _Link) -> None:
+        """Queue a message as paho decodes it (called by aiomqtt's ``on_message``, on the event loop)."""
+        self._queue.put_nowait(_Received(_message(message), link, message.mid))
+        self.high_water = max(self.high_water, self._queue.qsize())
+
+    def _acknowledge(self, received: _Received) -> None:
+        # Only on the connection it came on: a packet id means nothing on another one.
+        link = received.link
+        if self.receive_maximum is not None and received.message.qos > 0 and link.open and link.client is not None:
+            _paho(link.client).ack(received.mid, received.message.qos)
+
+    async def _room_for_a_connection(self) -> None:
+        """With bounded receive, wait until the queue holds fewer than ``receive_maximum`` messages: a new
+        connection's window comes on top of what lost ones left."""
+        if self.receive_maximum is None:
+            return
+        while self._queue.qsize() >= self.receive_maximum:
+            self._taken.clear()
+            await self._taken.wait()
 
     async def _connection(self) -> str:
         """One connection from CONNECT to its loss; returns why it ended."""
+        link = _Link()
         try:
-            async with self._new_client() as client:
+            async with self._new_client(link) as client:
                 raise_lost_cancellation()
                 self.connects += 1
                 self._backoff.connected()
@@ -189,12 +275,15 @@ class Session:
                 await self._subscribe_recorded(client, subscribed)
                 self._connected.set()
                 log.info("connected to mqtt://%s:%d as %s", self.host, self.port, self.client_id)
-                async for message in client.messages:
-                    self._queue.put_nowait(_message(message))
+                # Messages go straight to our queue (_receive): aiomqtt's iterator only says when the
+                # connection ends.
+                async for _ in client.messages:
+                    pass
             return "connection closed"
         except (aiomqtt.MqttError, SessionError) as exc:
             return str(exc)
         finally:
+            link.open = False
             self._connected.clear()
             self._client = None
 
@@ -216,6 +305,22 @@ class Session:
             refused = code.is_failure if isinstance(code, ReasonCode) else code == _SUBACK_FAILURE
             if refused:
                 raise SessionError(f"subscription refused: {code}", topic=topic_filter)
+
+
+def _inbox_type(receive: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's inbound queue class for one connection: it hands each message to ``receive`` as paho decodes
+    it and keeps none (aiomqtt's iterator then only waits for the connection to end)."""
+
+    class _Inbox(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            receive(item)
+
+    return _Inbox
+
+
+def _paho(client: aiomqtt.Client) -> mqtt.Client:
+    """The paho client under aiomqtt's: aiomqtt 2.5 has no manual acknowledgement of its own."""
+    return client._client
 
 
 def _message(message: aiomqtt.Message) -> Message:

@@ -50,7 +50,7 @@ from scripts.demo_managed import (  # noqa: E402
 )
 from scripts.loopback import free_port  # noqa: E402
 from scripts.mosquitto import Mosquitto  # noqa: E402
-from tests.support.registry import Registry  # noqa: E402
+from scripts.registry import Registry  # noqa: E402
 
 console = Console(highlight=False, soft_wrap=True)  # long lines (image digests) stay whole
 BIN = Path(sys.executable).parent

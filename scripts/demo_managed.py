@@ -23,7 +23,7 @@ import docker
 import docker.errors
 import httpx
 
-from tests.support.registry import Registry, push_image, remove_local_copies
+from scripts.registry import Registry, push_image, remove_local_copies
 
 BIN = Path(sys.executable).parent
 HANDLER = "temp-c"

@@ -16,6 +16,14 @@ import pytest
 from hypothesis import settings
 
 from scripts.mosquitto import Mosquitto
+from scripts.registry import (
+    NO_SUCH_DIGEST,
+    RELEASE_REPOSITORY,
+    Registry,
+    push_releases,
+    remove_local_copies,
+    unreachable_port,
+)
 from tests.support.engine import (
     HANDLER_IMAGES,
     RELEASE_IMAGES,
@@ -23,14 +31,6 @@ from tests.support.engine import (
     connect_engine,
     ensure_handler_images,
     remove_labelled,
-)
-from tests.support.registry import (
-    NO_SUCH_DIGEST,
-    RELEASE_REPOSITORY,
-    Registry,
-    push_releases,
-    remove_local_copies,
-    unreachable_port,
 )
 from tests.support.rig import Rig
 from tests.support.secure_broker import SecureCloud

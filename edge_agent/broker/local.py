@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -68,14 +69,17 @@ class LocalBroker:
         session_expiry: float = 86400.0,
         receive_maximum: int = 65535,
         max_buffered: int = 5_000,
-        protocol: str = "5",
+        protocol: str = "3.1.1",
+        broker_config: Path | None = None,
     ) -> None:
         self._host, self._port, self._keepalive = host, port, keepalive
         self._subscriptions = list(subscriptions)
         self._v5 = protocol == "5"
-        # MQTT 3.1.1 decodes each PUBLISH at half the CPU (paho builds a Properties object per MQTT 5 message);
-        # the session then lives until the broker's persistent_client_expiration, and the broker's
-        # max_inflight_messages (not our Receive Maximum) bounds what it sends us unacknowledged.
+        # MQTT 3.1.1 (the default) decodes each PUBLISH at half the CPU: over MQTT 5 paho builds a Properties object
+        # per message (docs/performance.md, "The default intake"). The session then lives until the broker's
+        # persistent_client_expiration, and the broker's max_inflight_messages (not our Receive Maximum) bounds what
+        # it sends us unacknowledged: configs/mosquitto/device.conf sets both, and ``broker_config`` checks them.
+        self._broker_config = broker_config
         # Buffered: one read of the socket feeds many packets (edge_agent/broker/buffered.py).
         self._client = BufferedClient(
             CallbackAPIVersion.VERSION2,
@@ -116,9 +120,13 @@ class LocalBroker:
         self._in_hand = False
         self._hand_first = 0.0
         self.connects = 0
+        self.session_present = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def __aenter__(self) -> LocalBroker:
+        if self._broker_config is not None:
+            for problem in await asyncio.to_thread(check_broker_config, self._broker_config, v5=self._v5):
+                log.warning("device broker config %s: %s", self._broker_config, problem)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
@@ -151,10 +159,21 @@ class LocalBroker:
         await self._connected.wait()
 
     # -- paho callbacks (on the loop) ------------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _ud: Any, flags: Any, reason: Any, _props: Any) -> None:
         if getattr(reason, "is_failure", bool(reason)):
             log.error("local broker refused the connection: %s", reason)
             return
+        self.session_present = bool(getattr(flags, "session_present", False))
+        if self.connects and not self.session_present:
+            # We asked for a persistent session and had one a moment ago: the broker dropped it (restarted without
+            # persistence, or its session expiry is shorter than our time away).
+            log.warning(
+                "local broker %s:%s kept no session for us: events published while we were disconnected are lost "
+                "(check persistence and %s)",
+                self._host,
+                self._port,
+                "session_expiry" if self._v5 else "persistent_client_expiration",
+            )
         self.connects += 1
         if self._subscriptions:
             client.subscribe(self._subscribe_args(self._subscriptions))
@@ -241,3 +260,63 @@ class LocalBroker:
         (DUP, same packet id) what was left unacknowledged, and the dispatcher recognises it as committed."""
         if mid and self._connected.is_set():
             self._client.ack(mid, qos)
+
+
+# What the 3.1.1 intake needs from the device broker (configs/mosquitto/device.conf), and mosquitto's defaults.
+_INFLIGHT_MIN = 1000
+"""Below this, mosquitto's max_inflight_messages caps the intake: at most that many events per acknowledgement round
+trip, which waits for a commit (up to 10 ms). mosquitto's default is 20."""
+_EXPIRY_MIN = 3600.0
+_UNITS = {"h": 3600.0, "d": 86400.0, "w": 604800.0, "m": 2592000.0, "y": 31536000.0}
+
+
+def _mosquitto_options(path: Path, depth: int = 0) -> dict[str, str]:
+    """Option -> value (the last one wins, as in mosquitto) of a mosquitto.conf and the files of its include_dir."""
+    options: dict[str, str] = {}
+    for raw in path.read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if key == "include_dir" and depth < 2:
+            for included in sorted(Path(value.strip()).glob("*.conf")):
+                options.update(_mosquitto_options(included, depth + 1))
+        else:
+            options[key] = value.strip()
+    return options
+
+
+def check_broker_config(path: Path, *, v5: bool = False) -> list[str]:
+    """What in the device broker's configuration at ``path`` undermines the intake's guarantees (empty if none).
+
+    Over MQTT 3.1.1 the broker alone decides how long our session lives (``persistent_client_expiration``) and
+    how many events it sends us unacknowledged (``max_inflight_messages``); over either protocol
+    ``max_queued_messages`` bounds the backlog it keeps for us, and drops beyond it.
+    """
+    try:
+        options = _mosquitto_options(path)
+    except OSError as exc:
+        return [f"not readable ({exc}); the intake's broker settings are not checked"]
+    problems: list[str] = []
+    if options.get("persistence", "false") != "true":
+        problems.append("persistence is off: a broker restart loses the backlog kept for the agent")
+    queued = options.get("max_queued_messages")
+    if queued is None:
+        problems.append("max_queued_messages is not set: mosquitto's default (1000) drops a longer backlog")
+    elif queued.isdigit() and int(queued) == 0:
+        problems.append("max_queued_messages 0 is unbounded: a long outage can exhaust the device's memory")
+    if not v5:
+        inflight = options.get("max_inflight_messages")
+        if inflight is None or (inflight.isdigit() and 0 < int(inflight) < _INFLIGHT_MIN):
+            problems.append(
+                f"max_inflight_messages is {inflight or 'not set (20)'}: it caps the MQTT 3.1.1 intake at that "
+                f'many unacknowledged events; set it to 65535 (or protocol = "5", whose Receive Maximum does this)'
+            )
+        expiry = options.get("persistent_client_expiration")
+        if expiry is not None:
+            number, unit = expiry[:-1], expiry[-1:]
+            if number.isdigit() and unit in _UNITS and int(number) * _UNITS[unit] < _EXPIRY_MIN:
+                problems.append(
+                    f"persistent_client_expiration {expiry}: an agent down longer loses its backlog and session"
+                )
+    return problems

@@ -50,13 +50,15 @@ def create_app(
     clock: Callable[[], float] = STEADY_WALL.now,
     desired: DesiredPublisher | None = None,
     resolver: DigestResolver | None = None,
+    leases: Callable[[], list[str]] | None = None,
 ) -> FastAPI:
     """The API over ``store``; every /v1 endpoint requires a bearer token, ``token`` or one of the store's,
     unless the hub never had one (:mod:`hub.api.auth`).
 
     ``desired`` compiles and publishes desired state after changes; without it (no signing key) handler,
     subscription and rollout changes are refused with 409. ``resolver`` resolves image tags to registry
-    digests (tests give it a fake transport)."""
+    digests (tests give it a fake transport). ``leases`` names the singleton jobs this replica
+    runs now (:mod:`hub.leases`), for ``/healthz``."""
     resolver = resolver or DigestResolver()
     app = FastAPI(title="edgefleet hub", version=__version__)
     devices, windows = Devices(store), Aggregates(store)
@@ -71,10 +73,12 @@ def create_app(
             raise HTTPException(422, f"{name}: {exc}") from exc
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        """200 when the store answers, 503 otherwise."""
+    async def healthz() -> dict[str, str | list[str]]:
+        """200 when the store answers, 503 otherwise; with the leases this replica holds, when it has leases."""
         await asyncio.to_thread(store.ping)
-        return {"status": "ok"}
+        if leases is None:
+            return {"status": "ok"}
+        return {"status": "ok", "leases": leases()}
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:

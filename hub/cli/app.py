@@ -20,6 +20,7 @@ from hub.cli import common as cli_common
 from hub.cli.catalog import handlers_app, subscriptions_app
 from hub.cli.client import HubClient
 from hub.cli.common import DEFAULT_URL, Api, AsJson, Token
+from hub.cli.db import db_app
 from hub.cli.keys import keys_app
 from hub.cli.provision import register as register_provisioning
 from hub.cli.render import aggregates as render
@@ -42,6 +43,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(ca_app, name="ca")
 app.add_typer(broker_app, name="broker")
 app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
 register_provisioning(device_app)
 app.add_typer(release_app, name="release")
 app.add_typer(rollout_app, name="rollout")
@@ -62,6 +64,9 @@ def serve(
         Path | None, typer.Option("--config", "-c", help="TOML config file; EDGEFLEET_HUB_* variables override it")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="do not migrate the schema (`hub db upgrade` does): check it only")
+    ] = False,
 ) -> None:
     """Run the hub: ingest aggregates from the broker, store them, ack them, serve the API."""
     try:
@@ -70,6 +75,8 @@ def serve(
         for line in exc.errors:
             typer.echo(line, err=True)
         raise typer.Exit(2) from None
+    if no_migrate:
+        cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"migrate": False})})
     level = logging.getLevelNamesMapping().get(log_level.upper())
     if level is None:
         typer.echo(f"--log-level: unknown level {log_level!r}", err=True)
@@ -125,12 +132,15 @@ def _run_until_signalled(cfg: HubConfig) -> int:
     try:
         asyncio.run(main())
     except (HubError, ExceptionGroup) as exc:
-        for leaf in _leaves(exc):
+        leaves = _leaves(exc)
+        for leaf in leaves:
             if isinstance(leaf, HubError):
                 log.error("%s", leaf)
             else:
                 log.error("hub failed: %r", leaf, exc_info=leaf)
-        return 1
+        # A config problem found while starting (an unreadable signing key) exits 2 like a file that does not
+        # parse: a restart cannot fix it (the systemd unit's RestartPreventExitStatus=2).
+        return 2 if any(isinstance(leaf, ConfigError) for leaf in leaves) else 1
     return 0
 
 

@@ -4,30 +4,34 @@ Each table's reads and writes live with the concern that owns it (aggregates: :m
 devices: :mod:`hub.fleet.devices`, the catalog, releases, rollouts...); they all open their transactions here.
 
 Blocking by design: async callers go through ``asyncio.to_thread``. The same code runs on SQLite (default,
-one hub) and PostgreSQL (several hub replicas). Schema changes will need migrations once a release is out;
-until then ``create_all`` builds the tables.
+one hub) and PostgreSQL (several hub replicas). The schema is Alembic's (:mod:`hub.db.migrations`): opening a
+store migrates its database to the newest revision, under a lock that several replicas starting at once share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from sqlalchemy import Engine, case, create_engine, event, inspect, text
+from sqlalchemy import Engine, case, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from hub.db.tables import Base
 from hub.errors import StoreConflict, StoreError
 
+if TYPE_CHECKING:
+    from hub.db.migrations import Upgrade
+
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for another one (a second hub process, a backup) before failing."""
@@ -57,26 +61,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Store:
     """A SQL database holding the hub's tables. States: new -> open -> closed; reopening raises."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
+        self.migrate = migrate
         self._state = _State.NEW
         self._engine: Engine | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def open(self) -> Store:
-        """Connect and create missing tables."""
+        """Connect and migrate the schema to the newest revision (``migrate=False``: check that it is there)."""
+        # Here, not at the top: Alembic loads when a store opens, not for every import of the hub's modules.
+        from hub.db import migrations
+
         if self._state is not _State.NEW:
             raise StoreError("open", f"the store is {self._state.value}; a store opens once")
+        engine: Engine | None = None
         try:
-            engine = create_engine(self.url, pool_pre_ping=True, json_serializer=_json_text)
-            if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(engine)
-            _add_labels_column(engine)
-            _add_content_hash_column(engine)
-            _add_reported_order_columns(engine)
-        except SQLAlchemyError as exc:
+            engine = _create_engine(self.url)
+            if self.migrate:
+                migrations.upgrade(engine)
+            else:
+                migrations.require_head(engine)
+        except (SQLAlchemyError, StoreError) as exc:
+            if engine is not None:
+                engine.dispose()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError("open", f"{self.display_url}: {exc}") from exc
         self._engine = engine
         self._state = _State.OPEN
@@ -104,10 +115,7 @@ class Store:
     @property
     def display_url(self) -> str:
         """The URL without its password, for logs."""
-        try:
-            return make_url(self.url).render_as_string(hide_password=True)
-        except SQLAlchemyError:
-            return "<unparsable store url>"
+        return _display(self.url)
 
     @property
     def dialect(self) -> Dialect:
@@ -148,40 +156,49 @@ class Store:
             session.execute(text("SELECT 1"))
 
 
+def migrate(url: str) -> Upgrade:
+    """Migrate the database at ``url`` to the newest revision without opening a store (``hub db upgrade``)."""
+    from hub.db import migrations
+
+    return _with_engine(url, "migrate", migrations.upgrade)
+
+
+def revision(url: str) -> str | None:
+    """The revision the database at ``url`` is at (None: empty, or built before migrations)."""
+    from hub.db import migrations
+
+    return _with_engine(url, "revision", migrations.current)
+
+
+def _with_engine(url: str, operation: str, run: Callable[[Engine], T]) -> T:
+    engine: Engine | None = None
+    try:
+        engine = _create_engine(url)
+        return run(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(operation, f"{_display(url)}: {exc}") from exc
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def _create_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _display(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return "<unparsable store url>"
+
+
 def _json_text(value: Any) -> str:
     # orjson: field states are most of what ingest writes, and stdlib json was 6% of its CPU.
     return orjson.dumps(value).decode()
-
-
-def _add_labels_column(engine: Engine) -> None:
-    # create_all adds tables, not columns: a database from before device labels gets the column here (the one
-    # schema change before migrations exist). It stays beside create_all rather than with the devices table's
-    # owner (hub.fleet.devices): the schema is built in one place, when the store opens, and db imports no
-    # concern.
-    if "labels" in {col["name"] for col in inspect(engine).get_columns("devices")}:
-        return
-    kind = "JSONB" if engine.dialect.name == "postgresql" else "JSON"
-    with engine.begin() as conn:
-        conn.execute(text(f"ALTER TABLE devices ADD COLUMN labels {kind}"))
-
-
-def _add_content_hash_column(engine: Engine) -> None:
-    # Likewise for aggregates stored before the hub told a redelivery from a conflict: their hash stays NULL
-    # and ingest computes it from the stored row when it needs it (hub.ingest.conflicts).
-    if "content_hash" in {col["name"] for col in inspect(engine).get_columns("aggregates")}:
-        return
-    with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE aggregates ADD COLUMN content_hash TEXT"))
-
-
-def _add_reported_order_columns(engine: Engine) -> None:
-    # Likewise for reported states stored before they were ordered by the agent's run and report number: NULL,
-    # which the next report with a run replaces (hub.fleet.registry).
-    have = {col["name"] for col in inspect(engine).get_columns("reported")}
-    with engine.begin() as conn:
-        for column in ("run", "seq"):
-            if column not in have:
-                conn.execute(text(f"ALTER TABLE reported ADD COLUMN {column} BIGINT"))
 
 
 def greatest(column: Any, value: Any) -> Any:

@@ -244,3 +244,17 @@ class ApiLockRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     reason: Mapped[str] = mapped_column(Text, doc="what locked it: the first token's name, or the [api] token")
     locked_at: Mapped[float] = mapped_column(Double)
+
+
+class LeaseRow(Base):
+    """The lease of a singleton job (the rollout controller, re-signing): one replica holds it until
+    ``expires_at``, by the database's clock (:mod:`hub.leases`). ``epoch`` goes up at every change of holder."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    holder: Mapped[str] = mapped_column(Text, doc="the replica holding it (host:pid:random); '' when released")
+    epoch: Mapped[int] = mapped_column(BigInteger, doc="the fencing token: one more at every acquisition")
+    expires_at: Mapped[float] = mapped_column(Double, doc="epoch seconds by the database's clock")
+    acquired_at: Mapped[float] = mapped_column(Double)
+    renewed_at: Mapped[float] = mapped_column(Double)

@@ -49,14 +49,21 @@ class RolloutChanges:
         self._store = rollouts.store
         self._clock = clock or rollouts.clock
 
-    def commit(self, view: RolloutView, transition: Transition) -> bool:
-        """Apply ``transition``, decided from ``view``; False (nothing written) if the rollout moved since."""
+    def commit(
+        self, view: RolloutView, transition: Transition, *, fence: Callable[[Session], None] | None = None
+    ) -> bool:
+        """Apply ``transition``, decided from ``view``; False (nothing written) if the rollout moved since.
+
+        ``fence`` (the controller's lease, :class:`hub.leases.Fence`) runs right after the compare-and-set and
+        raises to roll the transaction back when this replica's lease tenure is over."""
         now = self._clock()
         with self._store.transaction("advance rollout") as session:
             finished = now if transition.state not in (State.RUNNING, State.PAUSED) else None
             if not _cas(session, view.id, view.row_version, transition.state, transition.step, transition.reason,
                         now, finished):  # fmt: skip
                 return False
+            if fence is not None:
+                fence(session)
             row = session.get(RolloutRow, view.id)
             assert row is not None
             for progress in transition.devices.values():

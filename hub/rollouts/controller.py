@@ -1,8 +1,9 @@
 """The rollout controller: a loop in ``hub serve`` that moves every running rollout along, about once a second.
 
 Each tick, per running rollout: read a snapshot (the rollout, its devices' progress, what its current step's
-devices report), decide with :func:`hub.rollouts.plan.advance`, commit with a compare-and-set. Several hub replicas
-may run this loop on one database: a replica whose snapshot is stale writes nothing, so transitions are
+devices report), decide with :func:`hub.rollouts.plan.advance`, commit with a compare-and-set. ``hub serve`` runs
+the loop only on the replica holding the ``rollouts`` lease (:mod:`hub.leases`), and commits with its fence: a
+replica whose snapshot is stale, or whose lease was taken over meanwhile, writes nothing, so transitions are
 idempotent and a step is never advanced twice. After the commit the devices whose assignment changed are
 compiled (a new, higher desired version) and published by the usual machinery, and the version each got is
 recorded, since a device passes only once it applied at least that version.
@@ -14,11 +15,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from sqlalchemy.orm import Session
+
 from edge_protocol.clocks import STEADY_WALL
 from hub import metrics
 from hub.db.store import Store
 from hub.desired.publisher import DesiredPublisher
 from hub.errors import StoreError
+from hub.leases import LeaseLost
 from hub.rollouts.changes import RolloutChanges
 from hub.rollouts.plan import RolloutView, Transition, advance
 from hub.rollouts.store import RolloutStore
@@ -38,16 +42,19 @@ class RolloutController:
         *,
         clock: Callable[[], float] = STEADY_WALL.now,
         interval: float = TICK_EVERY,
+        fence: Callable[[Session], None] | None = None,
     ) -> None:
         self.rollouts = RolloutStore(store, clock=clock)
         self.changes = RolloutChanges(self.rollouts)
         self._publisher = publisher
         self._clock = clock
         self._interval = interval
+        self._fence = fence
 
     async def run(self) -> None:
         while True:
             try:
+                metrics.ROLLOUT_TICKS.inc()
                 await self.tick()
             except StoreError as exc:
                 metrics.FAILURES.labels("rollout").inc()
@@ -76,7 +83,11 @@ class RolloutController:
 
     async def commit(self, view: RolloutView, transition: Transition) -> bool:
         """Write a decision unless the rollout changed since ``view`` was read; True when written."""
-        done = await asyncio.to_thread(self.changes.commit, view, transition)
+        try:
+            done = await asyncio.to_thread(self.changes.commit, view, transition, fence=self._fence)
+        except LeaseLost as exc:
+            log.warning("rollout %d: nothing written, %s", view.id, exc)
+            return False
         if not done:
             log.debug("rollout %d moved meanwhile (another replica?): tick skipped", view.id)
             return False

@@ -47,7 +47,7 @@ async def test_hub_manages_three_agents_by_label(
         dev: agent_config(
             device_id=dev, data_dir=tmp_path / dev, device_port=device_broker.port, cloud_port=cloud_broker.port,
             prefix=topic_prefix, handlers=[], subscriptions=[], hub_public_key_file=keys.public_path,
-            cloud_extra={**QUICK_CLOUD, "report_interval": "1s"}, runtime=QUICK_RESTARTS,
+            cloud_extra={**QUICK_CLOUD, "report_interval": "1s"}, runtime={**QUICK_RESTARTS, "probation": "1s"},
         )
         for dev in labels
     }
@@ -117,6 +117,9 @@ async def test_hub_manages_three_agents_by_label(
 
             # The hub is down: a lab agent restarted now runs what it applied last.
             restarted = lab[0]
+            before = fleet.states[restarted].reconciler
+            # What it applied is its last good document once the probation passed.
+            await wait_for(lambda: before is not None and before.good is not None, timeout=15, what="a good document")
             await fleet.stop(restarted)
             state = await fleet.start(restarted)
             assert "temps" in state.dispatchers

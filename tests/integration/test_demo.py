@@ -16,8 +16,8 @@ import docker
 import httpx
 import pytest
 
+from scripts.registry import local_references, registry_answers
 from tests.support.engine import ensure_handler_images
-from tests.support.registry import local_references, registry_answers
 
 pytestmark = pytest.mark.integration
 

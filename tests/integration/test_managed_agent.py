@@ -89,7 +89,8 @@ async def test_managed_agent_applies_refuses_and_survives_restart_without_cloud(
         return agent_config(
             device_id=device_id, data_dir=tmp_path / "agent", device_port=device_broker.port,
             cloud_port=cloud_broker.port, prefix=topic_prefix, handlers=[], subscriptions=[],
-            hub_public_key=_pem(hub_key), cloud_extra={**QUICK_CLOUD, "report_interval": "1s"}, runtime=QUICK_RESTARTS,
+            hub_public_key=_pem(hub_key), cloud_extra={**QUICK_CLOUD, "report_interval": "1s"},
+            runtime={**QUICK_RESTARTS, "probation": "1s"},
         )
 
     try:
@@ -133,6 +134,9 @@ async def test_managed_agent_applies_refuses_and_survives_restart_without_cloud(
             cloud.publish_desired(v2.model_dump_json().encode())
             await asyncio.sleep(0)
             assert state.reconciler.refusals == before
+            # Version 2 is the last good document (written to disk) once its probation passed.
+            await wait_for(lambda: state.reconciler is not None and state.reconciler.good is not None
+                           and state.reconciler.good[0].version == 2, timeout=15, what="version 2 good")
         cloud_broker.stop()
         # The cloud is away: the restarted agent runs what it applied last, from its own disk.
         async with running_agent(config()) as (state, _task):

@@ -12,7 +12,7 @@ import docker.errors
 import httpx
 import pytest
 
-from tests.support.registry import (
+from scripts.registry import (
     NO_SUCH_DIGEST,
     RELEASE_REPOSITORY,
     RELEASES,

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "containers" / "build.sh"
 PRIVATE_SOCKET = "/run/edgefleet/docker.sock"  # where scripts/engine.sh starts its own dockerd
 HANDLER_IMAGES = ("edgefleet/temp-c:dev", "edgefleet/passthrough:dev")
-# Releases of temp-c for rollout tests (tests/support/registry.py pushes them as temp-c 1.1, 1.2-exit, 1.2-errors);
+# Releases of temp-c for rollout tests (scripts/registry.py pushes them as temp-c 1.1, 1.2-exit, 1.2-errors);
 # pass HANDLER_IMAGES + RELEASE_IMAGES to ensure_handler_images (build.sh builds every handler folder anyway).
 RELEASE_IMAGES = ("edgefleet/temp-c-v2:dev", "edgefleet/broken-exit:dev", "edgefleet/broken-errors:dev")
 DEVICE_LABEL = "edgefleet.device"

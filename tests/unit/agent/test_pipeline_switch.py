@@ -141,7 +141,7 @@ async def test_a_crash_loop_during_probation_puts_the_old_version_back(rig: Any)
     await pipeline.apply([spec("v2")], [SUB])
     v2 = pipeline.runtimes["h"]
     v2.crashes = 2
-    await _wait(lambda: pipeline.runtimes["h"] is v1)
+    await _wait(lambda: pipeline.runtimes["h"] is v1 and v2.closed)  # the revert done
     assert pipeline.dispatchers["s"].runtime is v1
     assert pipeline.handler_specs["h"].image == "v1"
     assert v2.closed

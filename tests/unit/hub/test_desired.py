@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from edge_protocol.desired import DesiredDocument, DesiredRefused, SignedDesired, verify_document
@@ -55,6 +55,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield url
     engine = create_engine(url)
     Base.metadata.drop_all(engine)
+    with engine.begin() as conn:  # and the migrations' record, or the next open finds it at head
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     engine.dispose()
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from hub.db.store import Store
 from hub.db.tables import Base
@@ -39,6 +39,8 @@ def store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[Store]:
         finally:
             engine = create_engine(url)
             Base.metadata.drop_all(engine)
+            with engine.begin() as conn:  # and the migrations' record, or the next open finds it at head
+                conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
             engine.dispose()
 
 

@@ -115,3 +115,13 @@ def test_no_module_over_the_line_limit() -> None:
 def test_hub_top_level_names_few_modules() -> None:
     top = sorted(p.name for p in (ROOT / "hub").glob("*.py"))
     assert len(top) <= MAX_HUB_TOP_MODULES, top
+
+
+def test_scripts_import_nothing_from_tests() -> None:
+    # The demo is product: what it needs from the test support lives in scripts/ and the tests import it there.
+    offenders = sorted(
+        str(path.relative_to(ROOT))
+        for path in _python_files(("scripts",))
+        if any(name == "tests" or name.startswith("tests.") for name in _imported_names(path, _module_name(path)))
+    )
+    assert offenders == []

@@ -1,4 +1,4 @@
-"""A real image registry for tests (Debian's docker-registry: the Distribution registry v2) and push/pull helpers.
+"""A real image registry (Debian's docker-registry, the Distribution registry v2) and push/pull, for demo and tests.
 
 The engine treats 127.0.0.0/8 registries as insecure (plain HTTP), so a registry on a loopback port needs no TLS.
 Images are pinned by digest (`127.0.0.1:PORT/repo@sha256:...`); `remove_local_copies` drops the engine's
