@@ -19,6 +19,7 @@ Reports, never gates: the exit status is 0 unless the benchmark itself could not
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -110,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         "default: the agent's own default)",
     )
     parser.add_argument("--hub-only", action="store_true", help="only the hub's figures (no Docker needed)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="only this phase: one QoS 1 subscription on N intake workers against one worker")
     args = parser.parse_args(argv)
+    if args.workers:
+        return _workers_only(args)
     pipeline.AGENT_PROTOCOL[0] = args.agent_protocol
     plan = QUICK if args.quick else FULL
     device_id = f"bench-{uuid.uuid4().hex[:8]}"
@@ -155,6 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     report.render(rows, title, out)
     report.render_profiles(results, out)
     console.log(f"wrote {args.output}")
+    return 0
+
+
+def _workers_only(args: argparse.Namespace) -> int:
+    from bench import workers
+
+    pipeline.AGENT_PROTOCOL[0] = args.agent_protocol
+    client = docker_client()
+    device_id = f"bench-{uuid.uuid4().hex[:8]}"
+    busy = background_busy()
+    try:
+        out = workers.run(client, device_id, args.workers, events=10_000 if args.quick else 60_000)
+    finally:
+        for dev in (f"{device_id}-w1", f"{device_id}-w{args.workers}"):
+            remove_labelled(client, dev)
+    out["background_busy_cores_before"] = busy
+    out["background_busy_cores_after"] = background_busy()
+    print(json.dumps(out, indent=1))
     return 0
 
 

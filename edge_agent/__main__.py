@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--config", type=Path, help="the agent's config (its [status] listen address)")
     where.add_argument("--url", help="the status endpoint, e.g. http://127.0.0.1:9750")
     status.add_argument("--json", action="store_true", help="the reported state as JSON")
+    sub.add_parser("worker", help="an intake worker (started by the agent, which sends its assignment on stdin)")
     return parser
 
 
@@ -76,12 +77,22 @@ def _status(args: argparse.Namespace) -> int:
     return show(f"http://{config.status.listen}", args.json)
 
 
+def _worker(_args: argparse.Namespace) -> int:
+    from edge_agent.workers.child import main as worker_main
+
+    return worker_main()
+
+
+_OWN_CONFIG = {"status": _status, "worker": _worker}
+"""Commands that read no config file of their own (worker: the agent sends its assignment on stdin)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from edge_agent.config import load_config
 
-    if args.command == "status":
-        return _status(args)
+    if args.command in _OWN_CONFIG:
+        return _OWN_CONFIG[args.command](args)
 
     try:
         config = load_config(args.config)

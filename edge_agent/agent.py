@@ -29,8 +29,10 @@ from edge_agent.runtime.pool import ReplicaPool
 from edge_agent.state import AgentState
 from edge_agent.status import StatusServer
 from edge_agent.uplink import Uplink, status_payload
+from edge_agent.workers.group import WorkerGroup
+from edge_agent.workers.link import Assignment, end_session
 from edge_protocol.desired import load_public_key
-from edge_protocol.specs import HandlerSpec
+from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class Engine:
     collect: Callable[[], Awaitable[None]] | None = None
     pull: Callable[[HandlerSpec], Awaitable[None]] | None = None
     """The pull step of a desired-state update: the image present (pulled and verified), or an exception."""
+    processes: bool = False
+    """Subscriptions with ``workers > 1`` run on worker processes (which start their own containers); an
+    in-process engine (tests) runs them in the agent, on one worker."""
 
 
 def _docker_engine(config: AgentConfig) -> Engine:
@@ -108,7 +113,7 @@ def _docker_engine(config: AgentConfig) -> Engine:
     async def pull(spec: HandlerSpec) -> None:
         await asyncio.to_thread(pull_now, spec)
 
-    return Engine(make, on_image, collect, pull)
+    return Engine(make, on_image, collect, pull, processes=True)
 
 
 async def serve(
@@ -141,7 +146,8 @@ def _local_broker(config: AgentConfig) -> LocalBroker:
         host=lb.host,
         port=lb.port,
         client_id=config.client_id,
-        subscriptions=intake_filters(config.subscriptions),
+        # A subscription on several workers is read by its workers' sessions, not the agent's (edge_agent.workers).
+        subscriptions=intake_filters([s for s in config.subscriptions if s.workers == 1]),
         username=lb.username,
         password=lb.password,
         keepalive=lb.keepalive,
@@ -150,6 +156,25 @@ def _local_broker(config: AgentConfig) -> LocalBroker:
         protocol=lb.protocol,
         broker_config=lb.broker_config,
     )
+
+
+def _worker_groups(config: AgentConfig, topics: Topics, outbox: Outbox) -> Callable[..., WorkerGroup]:
+    """How the pipeline makes the worker processes of a subscription with ``workers > 1``."""
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+
+    def assign(spec: SubscriptionSpec, handler: HandlerSpec, part: int) -> Assignment:
+        return Assignment(
+            device_id=config.device_id, part=part, workers=spec.workers, subscription=spec, handler=handler,
+            client_id=f"{config.client_id}.{spec.name}.p{part}", share_group=f"{config.device_id}.{spec.name}",
+            local_broker=config.local_broker, runtime=config.runtime, docker_host=config.docker_host,
+            max_payload=config.max_payload_bytes, deadletter_topic=topics.deadletter(spec.name), log_level=level,
+        )
+
+    def make(spec: SubscriptionSpec, handler: HandlerSpec) -> WorkerGroup:
+        return WorkerGroup(spec, handler, outbox=outbox, device_id=config.device_id, assign=assign,
+                           end_session=lambda client_id: end_session(config.local_broker, client_id))
+
+    return make
 
 
 def _cloud_tls(config: AgentConfig) -> ssl.SSLContext | None:
@@ -254,6 +279,7 @@ async def _run(
             health_timeout=config.runtime.health_timeout,
             probation=config.runtime.probation,
             pull=engine.pull,
+            workers=_worker_groups(config, topics, outbox) if engine.processes else None,
         )
         try:
             if config.managed:

@@ -21,8 +21,7 @@ from edge_agent.aggregation.groups import group_key
 from edge_agent.aggregation.windows import WindowSet, numeric_values
 from edge_agent.broker import Incoming
 from edge_agent.counters import SubscriptionCounters
-from edge_agent.group_commit import Ack, AppliedBatch, GroupCommitter
-from edge_agent.outbox import Outbox
+from edge_agent.group_commit import Ack, AppliedBatch, GroupCommitter, WindowCommits
 from edge_agent.runtime.base import EventTuple, Failure, HandlerRuntime, Outcome
 from edge_protocol.clocks import STEADY_WALL, SteadyWallClock, wall_clock
 from edge_protocol.deadletter import DeadLetter, DeadLetterReason
@@ -42,7 +41,7 @@ class Dispatcher:
         *,
         runtime: HandlerRuntime,
         windows: WindowSet,
-        outbox: Outbox,
+        outbox: WindowCommits,
         publish: Publish,
         ack: Ack,
         deadletter_topic: str,
@@ -54,6 +53,7 @@ class Dispatcher:
         alarm: Callable[[str, bool], None] | None = None,
         checkpoint_key: str | None = None,
         delivered: dict[int, bytes] | None = None,
+        delivered_key: str | None = None,
     ) -> None:
         """``delivered``: packet id -> digest of the event committed under it, as the outbox remembers it from
         the last run (see ``put``). ``clock``: the time of the watermark and of arrivals, the agent's steady wall
@@ -78,6 +78,8 @@ class Dispatcher:
         self._clock = clock
         self._intake_watermark = intake_watermark or clock
         self._checkpoint_key = checkpoint_key or spec.name
+        # Packet ids are per broker session: an intake worker keeps its own under its part's key.
+        self._delivered_key = delivered_key or spec.name
         self._group = group_key(spec.group_by)
         self._key = group_key([spec.key]) if spec.key else None
         self._queue: collections.deque[Incoming] = collections.deque()
@@ -243,7 +245,7 @@ class Dispatcher:
         for (msg, payload), (topic, _p, ts), outcome in zip(sources, events, outcomes, strict=True):
             self._apply(waits, msg, topic, payload, ts, outcome)
         closed = self.windows.close_due(self._watermark())
-        name = self.spec.name
+        name = self._delivered_key
         delivered = [(name, msg.mid, _digest(msg)) for msg in batch if msg.mid]
         self._commits.queue(AppliedBatch(batch, waits, closed, delivered))
 

@@ -14,17 +14,28 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.broker import Incoming
 from edge_agent.counters import SubscriptionCounters
 from edge_agent.errors import BrokerError, OutboxError
-from edge_agent.outbox import Outbox
 from edge_protocol.aggregate import WindowResult
 
 log = logging.getLogger(__name__)
 
 Ack = Callable[[Incoming], None]
+
+
+class WindowCommits(Protocol):
+    """Where a subscription's windows are committed: the agent's :class:`edge_agent.outbox.Outbox`, or in an
+    intake worker, the agent's outbox over the worker's pipe (:mod:`edge_agent.workers.child`)."""
+
+    async def commit(
+        self,
+        results: list[WindowResult],
+        checkpoints: dict[str, dict[str, Any] | None],
+        delivered: list[tuple[str, int, bytes]] | None = None,
+    ) -> int: ...
 
 
 @dataclass(slots=True)
@@ -45,7 +56,7 @@ class GroupCommitter:
         self,
         *,
         name: str,
-        outbox: Outbox,
+        outbox: WindowCommits,
         checkpoint_key: str,
         checkpoint: Callable[[], dict[str, Any]],
         counters: SubscriptionCounters,

@@ -31,7 +31,7 @@ class AgentCollector(Collector):
             ("redeliveries_skipped", "broker redeliveries already committed", "redelivered"),
             ("windows_closed", "windows committed to the outbox", "windows_closed"),
         ]
-        dispatchers = dict(s.dispatchers)
+        dispatchers = dict(s.subscriptions)
         for name, help_text, attr in by_sub:
             fam = CounterMetricFamily(f"edgefleet_agent_{name}", help_text, labels=["subscription"])
             for sub, d in dispatchers.items():

@@ -26,12 +26,14 @@ from edge_agent.intake import Intake
 from edge_agent.outbox import Outbox
 from edge_agent.runtime.base import HandlerRuntime
 from edge_agent.staging import Pull, Trial, TrialEnd, UpdateRefused, pause_at, stage, start_anyway
+from edge_agent.workers.group import WorkerGroup, switch_groups
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[HandlerSpec], HandlerRuntime]
+GroupFactory = Callable[[SubscriptionSpec, HandlerSpec], WorkerGroup]
 
 
 def intake_filters(subscriptions: list[SubscriptionSpec]) -> list[tuple[str, int]]:
@@ -61,7 +63,10 @@ class Pipeline:
         health_timeout: float = 30.0,
         probation: float = 30.0,
         pull: Pull | None = None,
+        workers: GroupFactory | None = None,
     ) -> None:
+        """``workers`` makes the worker processes of a subscription with ``workers > 1``; without it (tests
+        with in-process runtimes) such a subscription runs in the agent on one worker."""
         self._device = device_id
         self._topics = topics
         self._outbox = outbox
@@ -76,6 +81,9 @@ class Pipeline:
         self.runtimes: dict[str, HandlerRuntime] = {}
         self.handler_specs: dict[str, HandlerSpec] = {}
         self.dispatchers: dict[str, Dispatcher] = {}
+        self.groups: dict[str, WorkerGroup] = {}
+        """Subscriptions on several workers (edge_agent.workers), by name."""
+        self._workers = workers
         self._tasks: dict[Dispatcher, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._health_timeout = health_timeout
@@ -156,6 +164,12 @@ class Pipeline:
     async def _switch_subscriptions(
         self, subscriptions: list[SubscriptionSpec], trial: Trial | None, *, pause: bool
     ) -> None:
+        if self._workers is not None:
+            # Worker groups are switched first (not put on trial): a subscription going from one worker to
+            # several is read by both for a moment rather than by none.
+            multi = [s for s in subscriptions if s.workers > 1]
+            await switch_groups(self.groups, multi, self.handler_specs, self._workers, self._health_timeout)
+            subscriptions = [s for s in subscriptions if s.workers == 1]
         wanted_subs = {s.name: s for s in subscriptions}
         retiring = [d for name, d in self.dispatchers.items() if wanted_subs.get(name) != d.spec]
         current = {name: d.spec for name, d in self.dispatchers.items()}
@@ -329,12 +343,12 @@ class Pipeline:
 
     async def drain(self) -> None:
         """Shutdown: process what is queued; open windows stay checkpointed for the next start."""
-        await asyncio.gather(*(d.drain() for d in self._tasks))
+        await asyncio.gather(*(d.drain() for d in self._tasks), *(g.drain() for g in self.groups.values()))
 
     async def aclose(self) -> None:
         for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*(d.aclose() for d in self._tasks))
+        await asyncio.gather(*(d.aclose() for d in self._tasks), *(g.aclose() for g in self.groups.values()))
         if self._watcher is not None:
             self._watcher.cancel()
         runtimes = {id(r): r for r in self.runtimes.values()}

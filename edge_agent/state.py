@@ -7,10 +7,11 @@ import each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent import __version__
 from edge_agent.broker import LocalBroker
+from edge_agent.counters import SubscriptionCounters
 from edge_agent.dispatcher import Dispatcher
 from edge_agent.errors import OutboxError
 from edge_agent.outbox import Outbox
@@ -20,6 +21,16 @@ from edge_agent.runtime.base import HandlerRuntime
 from edge_agent.uplink import Uplink
 from edge_protocol.clocks import wall_clock
 from edge_protocol.messages import HandlerReport, Reported, SubscriptionReport
+
+
+class Counted(Protocol):
+    """A subscription as its counters are read: a dispatcher, or the sum of its worker processes."""
+
+    @property
+    def counters(self) -> SubscriptionCounters: ...
+
+    @property
+    def backlog(self) -> int: ...
 
 
 @dataclass
@@ -42,6 +53,13 @@ class AgentState:
         return self.pipeline.dispatchers if self.pipeline is not None else {}
 
     @property
+    def subscriptions(self) -> dict[str, Counted]:
+        """Every running subscription's counters, those on several workers summed over them."""
+        if self.pipeline is None:
+            return {}
+        return {**self.pipeline.dispatchers, **self.pipeline.groups}
+
+    @property
     def runtimes(self) -> dict[str, HandlerRuntime]:
         return self.pipeline.runtimes if self.pipeline is not None else {}
 
@@ -50,7 +68,7 @@ class AgentState:
         return self.pipeline.update_errors if self.pipeline is not None else {}
 
     def counters(self) -> dict[str, Any]:
-        return {name: d.counters.as_dict() for name, d in self.dispatchers.items()}
+        return {name: d.counters.as_dict() for name, d in self.subscriptions.items()}
 
     def alarm(self, name: str, on: bool) -> None:
         if on:
@@ -61,6 +79,9 @@ class AgentState:
     def _handler_report(self, name: str, runtime: HandlerRuntime, publish: bool) -> HandlerReport:
         described = runtime.describe()
         failed_image, update_error = self.update_errors.get(name, (None, None))
+        # Events of subscriptions on several workers are handled by the workers' own replicas of the handler.
+        groups = self.pipeline.groups.values() if self.pipeline is not None else ()
+        by_workers = [g.handler_stats for g in groups if g.handler.name == name]
         return HandlerReport(
             name=name,
             image=described.image,
@@ -68,8 +89,8 @@ class AgentState:
             state=runtime.state,
             restarts=described.restarts,
             container=described.container,
-            processed=runtime.stats.processed,
-            errors=runtime.stats.errors,
+            processed=runtime.stats.processed + sum(p for p, _ in by_workers),
+            errors=runtime.stats.errors + sum(e for _, e in by_workers),
             lag_ms=runtime.stats.end_interval_lag_ms() if publish else runtime.stats.lag_ms(),
             update_failed_image=failed_image,
             update_error=update_error,
@@ -87,7 +108,8 @@ class AgentState:
         nothing: its ``lag_ms`` spans the interval the last report ended and the running one."""
         handlers = [self._handler_report(name, runtime, publish) for name, runtime in self.runtimes.items()]
         subs = {
-            name: SubscriptionReport(**d.counters.as_dict(), backlog=d.backlog) for name, d in self.dispatchers.items()
+            name: SubscriptionReport(**d.counters.as_dict(), backlog=d.backlog)
+            for name, d in self.subscriptions.items()
         }
         losses: dict[str, dict[str, int]] = {}
         pending = 0

@@ -21,6 +21,7 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 STATISTICS = ("count", "sum", "min", "max", "mean", "stddev", "first", "last")
 _QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?)$")
 _MEMORY = re.compile(r"^\d+[kmg]?$")
+MAX_WORKERS = 16
 
 
 class ResourceLimits(WireModel):
@@ -123,6 +124,17 @@ class SubscriptionSpec(WireModel):
     overflow: Literal["block", "drop-oldest"] = "block"
     queue_size: int = Field(default=2_000, ge=1, le=1_000_000)
     qos: Literal[0, 1] = 1
+    # workers = 1 is left out of the JSON: the revision of every existing subscription stays what it was, and an
+    # older agent (which rejects unknown keys) still reads a document that does not use workers.
+    workers: int = Field(
+        default=1,
+        exclude_if=lambda n: n == 1,
+        ge=1,
+        le=MAX_WORKERS,
+        description="intake worker processes sharing the filter (an MQTT shared subscription); each commits its "
+        "own part of every window and the hub merges the parts. Not with a key or session windows: the events "
+        "of a key or a session would be split between workers and lose their order",
+    )
 
     @field_validator("topic")
     @classmethod
@@ -143,6 +155,17 @@ class SubscriptionSpec(WireModel):
             if key.startswith("topic[") and not re.fullmatch(r"topic\[\d+\]", key):
                 raise ValueError(f"group key {key!r}: use topic[N] with N a topic level index")
         return value
+
+    @model_validator(mode="after")
+    def _workers(self) -> SubscriptionSpec:
+        if self.workers > 1:
+            if self.key is not None:
+                raise ValueError("workers > 1 splits a key's events between processes: a subscription with a key "
+                                 "(events in order per key) runs on one worker")
+            if self.window.kind == "session":
+                raise ValueError("workers > 1 splits a group's events between processes: session windows, which "
+                                 "need every event of a group in one place, run on one worker")
+        return self
 
     @property
     def revision(self) -> str:

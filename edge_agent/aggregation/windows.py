@@ -57,9 +57,11 @@ def numeric_values(values: dict[str, Any], only: list[str] | None) -> dict[str, 
 class WindowSet:
     """The open windows of one subscription, per group."""
 
-    def __init__(self, spec: SubscriptionSpec, device_id: str) -> None:
+    def __init__(self, spec: SubscriptionSpec, device_id: str, part: int = 0) -> None:
+        """``part``: which intake worker's share of the subscription these windows hold (0 with one worker)."""
         self.spec = spec
         self._device = device_id
+        self._part = part
         self._revision = spec.revision
         self._window = spec.window
         self._lateness = spec.lateness
@@ -156,12 +158,13 @@ class WindowSet:
     def _result(self, group: str, w: OpenWindow) -> WindowResult:
         end = w.end + (self._window.gap or 0.0) if self._window.kind == "session" else w.end
         return WindowResult(
-            id=window_id(self._device, self.spec.name, self._revision, group, w.start),
+            id=window_id(self._device, self.spec.name, self._revision, group, w.start, self._part),
             subscription=self.spec.name,
             revision=self._revision,
             group=group,
             window_start=w.start,
             window_end=end,
+            part=self._part,
             events=w.events,
             fields={name: acc.freeze() for name, acc in w.fields.items()},
             stats=list(self.spec.stats),

@@ -130,10 +130,14 @@ def stop_and_remove(container: Container) -> None:
         container.remove(force=True)
 
 
-def remove_device_containers(client: docker.DockerClient, device_id: str) -> int:
+def remove_device_containers(client: docker.DockerClient, device_id: str, replicas: range | None = None) -> int:
     """Remove every container an earlier run of this device's agent left (found by label, never by name:
-    several agents may share one engine, and none touches another's)."""
+    several agents may share one engine, and none touches another's); with ``replicas``, only those replicas
+    (an intake worker's own, left by its previous process)."""
     found = client.containers.list(all=True, filters={"label": f"{LABEL_DEVICE}={device_id}"})
+    if replicas is not None:
+        found = [c for c in found if (c.labels or {}).get(LABEL_REPLICA, "").isdigit()
+                 and int(c.labels[LABEL_REPLICA]) in replicas]
     for container in found:
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             container.remove(force=True)

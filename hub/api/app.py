@@ -173,6 +173,7 @@ def _aggregate_out(agg: StoredAggregate, stats: list[str] | None, devices: int) 
         fields={name: _field_summary(state, shown) for name, state in agg.fields.items()},
         stored_at=agg.stored_at,
         devices=devices,
+        parts=agg.parts,
     )
 
 

@@ -1,12 +1,13 @@
 """The aggregates table: window results stored once per window id, and the queries the API runs on them.
 
 Its one owner: ingest writes here (a result delivered twice is stored once; another result under a stored id is
-refused as a conflict, :mod:`hub.ingest.conflicts`), the API reads here and :mod:`hub.ingest.rollup` merges
-what it reads.
+refused as a conflict, :mod:`hub.ingest.conflicts`), the API reads here (the parts of a window, from several
+intake workers, merged into one) and :mod:`hub.ingest.rollup` merges what it reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class StoredAggregate:
     fields: dict[str, FieldState]
     stats: list[str]
     stored_at: float
+    parts: int = 1
+    """Stored rows merged into this one: the parts of a window from several intake workers (hub.ingest.parts)."""
 
 
 class Aggregates:
@@ -136,7 +139,8 @@ class Aggregates:
         devices: Sequence[str] | None = None,
         group: str | None = None,
     ) -> list[StoredAggregate]:
-        """Windows that started in ``[since, until)``, newest first, at most ``limit`` (None: all).
+        """Windows that started in ``[since, until)``, newest first, at most ``limit`` (None: all); the parts of
+        a window (several intake workers) come merged into one (:mod:`hub.ingest.parts`).
 
         ``devices`` restricts to those ids (a label selector's devices); ``group`` to one group key.
         """
@@ -153,11 +157,22 @@ class Aggregates:
             stmt = stmt.where(AggregateRow.window_start >= since)
         if until is not None:
             stmt = stmt.where(AggregateRow.window_start < until)
-        stmt = stmt.order_by(AggregateRow.window_start.desc(), AggregateRow.window_id)
-        if limit is not None:
-            stmt = stmt.limit(limit)
+        ordered = stmt.order_by(AggregateRow.window_start.desc(), AggregateRow.window_id)
         with self._store.transaction("query_aggregates") as session:
-            return [_to_aggregate(row) for row in session.scalars(stmt)]
+            if limit is None:
+                return merge_parts([_to_aggregate(row) for row in session.scalars(ordered)])
+            fetch = limit
+            while True:
+                rows = [_to_aggregate(row) for row in session.scalars(ordered.limit(fetch))]
+                if len(rows) < fetch:
+                    return merge_parts(rows)[:limit]
+                # The limit may have cut the oldest start's windows between their parts: read that start whole.
+                oldest = rows[-1].window_start
+                rest = session.scalars(ordered.where(AggregateRow.window_start == oldest))
+                merged = merge_parts([r for r in rows if r.window_start != oldest] + [_to_aggregate(r) for r in rest])
+                if len(merged) >= limit:
+                    return merged[:limit]
+                fetch *= 2
 
     def _statements(self) -> _Statements:
         if self._prepared is None:
@@ -227,4 +242,44 @@ def _to_aggregate(row: AggregateRow) -> StoredAggregate:
         fields={name: FieldState.model_validate(state) for name, state in row.fields.items()},
         stats=list(row.stats),
         stored_at=row.stored_at,
+    )
+
+
+# -- the parts of a window ------------------------------------------------------------------------------
+# A subscription on several intake workers stores one row per worker's part (each its own window id, stored
+# exactly once); queries show them merged as one window. Parts share device, subscription, revision, group,
+# start and end, and differ only in ``part`` (the id's last segment). They merge through their mergeable state,
+# so the merged window's count, sum, min, max, mean, stddev and sketch quantiles are the unsplit window's. The
+# merged row keeps the lowest part and an id ending in the parts it holds (``.../0+1``); ``parts`` counts them.
+
+_Key = tuple[str, str, str, str, float, float]
+
+
+def merge_parts(rows: Sequence[StoredAggregate]) -> list[StoredAggregate]:
+    """``rows`` with the parts of each window merged into one, in the order of each window's first row."""
+    windows: dict[_Key, list[StoredAggregate]] = {}
+    for row in rows:
+        key = (row.device, row.subscription, row.revision, row.group, row.window_start, row.window_end)
+        windows.setdefault(key, []).append(row)
+    return [parts[0] if len(parts) == 1 else _merged(parts) for parts in windows.values()]
+
+
+def _merged(parts: list[StoredAggregate]) -> StoredAggregate:
+    parts = sorted(parts, key=lambda r: r.part)
+    fields: dict[str, FieldState] = {}
+    for row in parts:
+        for name, state in row.fields.items():
+            fields[name] = fields[name].merge(state) if name in fields else state
+    stats: list[str] = []
+    for row in parts:
+        stats.extend(stat for stat in row.stats if stat not in stats)
+    prefix = parts[0].window_id.rsplit("/", 1)[0]
+    return dataclasses.replace(
+        parts[0],
+        window_id=f"{prefix}/{'+'.join(str(r.part) for r in parts)}",
+        events=sum(r.events for r in parts),
+        fields=fields,
+        stats=stats,
+        stored_at=max(r.stored_at for r in parts),
+        parts=sum(r.parts for r in parts),
     )

@@ -128,5 +128,6 @@ def _merge(device: str, bucket: _Bucket) -> RolledUp:
         fields=fields,
         stats=stats,
         stored_at=max(row.stored_at for row in rows),
+        parts=sum(row.parts for row in rows),
     )
     return RolledUp(aggregate, devices=len(devices))

@@ -50,6 +50,8 @@ class AggregateOut(_Out):
     fields: dict[str, FieldSummary]
     stored_at: float
     devices: int = Field(default=1, description="distinct devices merged into this row (roll-ups)")
+    parts: int = Field(default=1, description="stored rows merged into this row: a window's parts from several "
+                       "intake workers, and in roll-ups every window merged")
 
 
 

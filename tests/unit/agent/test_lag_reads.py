@@ -27,7 +27,7 @@ DEVICE = "dev-lag"
 async def agent() -> AsyncIterator[tuple[AgentState, FunctionRuntime, str]]:
     runtime = FunctionRuntime("h", lambda _t, p, _ts: {"v": p})
     await runtime.start()
-    pipeline: Any = SimpleNamespace(runtimes={"h": runtime}, dispatchers={}, update_errors={})
+    pipeline: Any = SimpleNamespace(runtimes={"h": runtime}, dispatchers={}, groups={}, update_errors={})
     state = AgentState(pipeline=pipeline)
     server = StatusServer(state, DEVICE, "127.0.0.1:0", asyncio.get_running_loop())
     try:
