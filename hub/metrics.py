@@ -69,6 +69,12 @@ INGEST_QUEUED = Gauge(
     "edgefleet_hub_ingest_queued_records",
     "Records checked by ingest and waiting for their transaction",
 )
+FLEET_WRITES = Counter(
+    "edgefleet_hub_fleet_writes_total",
+    "Rows of the devices and reported tables that ingest offered, by table and outcome: written (inserted or "
+    "changed), unchanged (the row already held the same or newer data, as another replica had written it)",
+    ["table", "outcome"],
+)
 HANDLER_FAILURES = Counter(
     "edgefleet_hub_handler_failures_total",
     "Handler failures devices reported (the increase of their per-handler counts), by reason: "

@@ -3,6 +3,12 @@
 Its writes are here: ingest marks devices seen through :meth:`Devices.touch`, provisioning registers them, the
 API sets labels. The fleet registry (:mod:`hub.fleet.registry`) and the desired-state compiler join this table
 with their own in their queries.
+
+Every hub replica receives every status (a plain subscription, so a restarted replica gets the retained ones),
+and batches and reported states mark their device seen: a touch writes the row only when it changes something
+a reader can see -- the online flag, the agent version, or ``first_seen`` earlier or ``last_seen`` later by
+more than :data:`LAST_SEEN_RESOLUTION`. The same status applied by a second replica therefore writes nothing
+(docs/decisions.md, "statuses and reported states on several replicas").
 """
 
 from __future__ import annotations
@@ -11,12 +17,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, select
+from sqlalchemy import and_, case, or_, select
 from sqlalchemy.orm import Session
 
+from hub import metrics
 from hub.db.store import Store, greatest, least
 from hub.db.tables import DeviceRow
 from hub.fleet.labels import Selector
+
+LAST_SEEN_RESOLUTION = 1.0
+"""Seconds: ``last_seen`` (``first_seen``) moves only when a device was heard of this much later (earlier) than
+it says, or when anything else changes. Each replica stamps a live message with its own clock, so without it every replica would write every
+status and every batch's touch again, a few milliseconds later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,29 +75,25 @@ class Devices:
         with self._store.transaction("record_status") as session:
             self.touch(session, [DeviceSeen(device, seen_at, online, agent_version)])
 
-    def touch(self, session: Session, seen: Sequence[DeviceSeen]) -> None:
+    def touch(self, session: Session, seen: Sequence[DeviceSeen]) -> int:
         """Upsert devices as seen, in order: ``last_seen`` never moves back, ``first_seen`` never forward.
 
         One statement per device, so two hub replicas seeing the same new device cannot collide; executemany
-        of statements built once (building one per message was a tenth of ingest's CPU).
+        of statements built once (building one per message was a tenth of ingest's CPU). A row is written only
+        when something changes (module docstring). Returns the rows written (inserted or updated).
         """
         upserts = self._prepared()
         connection = session.connection()
+        written = 0
         for online_known, statement in ((False, upserts.seen), (True, upserts.status)):
-            rows = [
-                {
-                    "id": s.device,
-                    "first_seen": s.seen_at,
-                    "last_seen": s.seen_at,
-                    "online": True if s.online is None else s.online,  # a device sending aggregates is up
-                    "agent_version": s.agent_version,
-                    "labels": {},
-                }
-                for s in seen
-                if (s.online is not None) == online_known
-            ]
+            rows = _merged([s for s in seen if (s.online is not None) == online_known])
             if rows:
-                connection.execute(statement, rows)
+                # RETURNING counts them: an executemany's rowcount is -1 on psycopg.
+                changed = len(connection.execute(statement, rows).all())
+                metrics.FLEET_WRITES.labels("devices", "written").inc(changed)
+                metrics.FLEET_WRITES.labels("devices", "unchanged").inc(max(0, len(rows) - changed))
+                written += changed
+        return written
 
     @staticmethod
     def register(session: Session, device: str, labels: Mapping[str, str], now: float) -> dict[str, str]:
@@ -136,10 +144,47 @@ class Devices:
                     (excluded.agent_version != "", excluded.agent_version), else_=devices.c.agent_version
                 ),
             }
+            # Written only when it changes something: a touch another replica made already writes nothing.
+            changes = [
+                excluded.last_seen > devices.c.last_seen + LAST_SEEN_RESOLUTION,
+                excluded.first_seen < devices.c.first_seen - LAST_SEEN_RESOLUTION,
+                and_(excluded.agent_version != "", excluded.agent_version != devices.c.agent_version),
+            ]
             self._upserts = _Upserts(
-                seen=touch.on_conflict_do_update(index_elements=[devices.c.id], set_=seen),
+                seen=touch.on_conflict_do_update(
+                    index_elements=[devices.c.id], set_=seen, where=or_(*changes)
+                ).returning(devices.c.id),
                 status=touch.on_conflict_do_update(
-                    index_elements=[devices.c.id], set_={**seen, "online": excluded.online}
-                ),
+                    index_elements=[devices.c.id],
+                    set_={**seen, "online": excluded.online},
+                    where=or_(excluded.online != devices.c.online, *changes),
+                ).returning(devices.c.id),
             )
         return self._upserts
+
+
+def _merged(seen: Sequence[DeviceSeen]) -> list[dict[str, Any]]:
+    """One row per device, as applying ``seen`` in order would leave it, ordered by id.
+
+    One row per device: RETURNING makes the executemany one multi-row statement, in which PostgreSQL refuses to
+    update a row twice. Ordered by id: replicas' transactions lock the same devices in the same order."""
+    rows: dict[str, dict[str, Any]] = {}
+    for s in seen:
+        row = rows.get(s.device)
+        if row is None:
+            rows[s.device] = {
+                "id": s.device,
+                "first_seen": s.seen_at,
+                "last_seen": s.seen_at,
+                "online": True if s.online is None else s.online,  # a device sending aggregates is up
+                "agent_version": s.agent_version,
+                "labels": {},
+            }
+            continue
+        row["first_seen"] = min(row["first_seen"], s.seen_at)
+        row["last_seen"] = max(row["last_seen"], s.seen_at)
+        if s.online is not None:
+            row["online"] = s.online
+        if s.agent_version:
+            row["agent_version"] = s.agent_version
+    return [rows[device] for device in sorted(rows)]

@@ -5,7 +5,8 @@ Ingest writes reported states here, one row per device: the newest in the order 
 replayed on subscribe, or a report that a slower hub replica writes late, cannot overwrite a newer one, and a
 report made after the device's clock was set back still replaces the ones before it. The write is idempotent
 and only ever moves forward, however many replicas make it. Reports of older agents (no run) are ordered by
-their ``ts`` among themselves, as before. The API reads whole device views.
+their ``ts`` among themselves, as before. The same report again (every replica receives every report) writes
+nothing: only a newer one replaces the row. The API reads whole device views.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from edge_protocol.messages import Reported
+from hub import metrics
 from hub.db.store import Store
 from hub.db.tables import DesiredRow, DeviceRow, ReportedRow
 from hub.fleet.devices import DeviceInfo, Devices, DeviceSeen
@@ -71,10 +73,11 @@ class Fleet:
         with self._store.transaction("record reported") as session:
             self.write_reported(session, [ReportedState(reported, seen_at, received_at)])
 
-    def write_reported(self, session: Session, states: Sequence[ReportedState]) -> None:
-        """:meth:`record_reported` for several, within the caller's transaction (one executemany each)."""
+    def write_reported(self, session: Session, states: Sequence[ReportedState]) -> int:
+        """:meth:`record_reported` for several, within the caller's transaction (one executemany each); the
+        reported rows written (a report not newer than the stored one writes nothing)."""
         if not states:
-            return
+            return 0
         self._devices.touch(
             session, [DeviceSeen(s.reported.device, s.seen_at, None, s.reported.agent_version) for s in states]
         )
@@ -89,10 +92,14 @@ class Fleet:
                 "applied_version": s.reported.applied_version,
                 "state": s.reported.model_dump(mode="json"),
             }
-            for s in states
+            for s in _newest(states)
         ]
-        session.connection().execute(self._upsert(), rows)
+        # RETURNING counts the rows written: an executemany's rowcount is -1 on psycopg.
+        written = len(session.connection().execute(self._upsert(), rows).all())
+        metrics.FLEET_WRITES.labels("reported", "written").inc(written)
+        metrics.FLEET_WRITES.labels("reported", "unchanged").inc(max(0, len(rows) - written))
         TALLY.observe(s.reported for s in states)
+        return written
 
     def _upsert(self) -> Any:
         # Built once: building it per reported state cost more than the write.
@@ -111,7 +118,7 @@ class Fleet:
                     "state": excluded.state,
                 },
                 where=_newer(excluded, table.c),
-            )
+            ).returning(table.c.device)
         return self._upsert_reported
 
     def devices(self, selector: Selector | None = None) -> list[DeviceView]:
@@ -127,17 +134,44 @@ class Fleet:
 
 
 def _newer(new: Any, old: Any) -> Any:
-    """SQL: the incoming report ``new`` is not older than the stored ``old`` (equal: the same report again)."""
+    """SQL: the incoming report ``new`` is newer than the stored ``old`` (equal: the same report again, which
+    another replica or a retained replay already wrote: nothing to write)."""
     return or_(
         # From an agent that numbers its reports: a later run, or a later report of the same run. It replaces
         # a row without a run (written before the agent was upgraded).
         and_(
             new.run.is_not(None),
-            or_(old.run.is_(None), new.run > old.run, and_(new.run == old.run, new.seq >= old.seq)),
+            or_(old.run.is_(None), new.run > old.run, and_(new.run == old.run, new.seq > old.seq)),
         ),
         # From an older agent: by its clock, as before (nothing better is on the wire).
-        and_(new.run.is_(None), new.reported_at >= old.reported_at),
+        and_(new.run.is_(None), new.reported_at > old.reported_at),
     )
+
+
+def _newest(states: Sequence[ReportedState]) -> list[ReportedState]:
+    """Per device, the report that applying ``states`` in order through :func:`_newer` would leave, by device.
+
+    One row per device: RETURNING makes the executemany one multi-row statement, in which PostgreSQL refuses to
+    update a row twice. Ordered by device: replicas' transactions lock the same rows in the same order."""
+    kept: dict[str, ReportedState] = {}
+    for state in states:
+        new, old = state.reported, kept.get(state.reported.device)
+        if old is None or _newer_or_equal(new, old.reported):
+            kept[new.device] = state
+    return [kept[device] for device in sorted(kept)]
+
+
+def _order(report: Reported) -> tuple[int, int] | None:
+    # As the rows hold it: a run counts only with its report number.
+    return (report.run, report.seq) if report.run is not None and report.seq is not None else None
+
+
+def _newer_or_equal(new: Reported, old: Reported) -> bool:
+    """:func:`_newer` in Python, equal included (a later copy of the same report is the same)."""
+    new_order, old_order = _order(new), _order(old)
+    if new_order is not None:
+        return old_order is None or new_order >= old_order
+    return new.ts >= old.ts
 
 
 def _views(session: Session, device: str | None) -> list[DeviceView]:
