@@ -195,13 +195,34 @@ class DesiredStore:
     def mark_published(self, device: str, version: int, at: float, envelope: str | None = None) -> int:
         """Record that ``version`` (signed as ``envelope``, when given) reached the broker; returns the device's
         newest version now. A version re-signed meanwhile (another envelope) stays unpublished."""
+        newest = self.mark_published_newest(device, version, at, envelope)
+        return 0 if newest is None else newest.version
+
+    def mark_published_newest(
+        self, device: str, version: int, at: float, envelope: str | None = None
+    ) -> DesiredRecord | None:
+        """:meth:`mark_published`, returning the device's newest version as stored now (read in the same
+        transaction), so a publisher can tell whether the envelope it published is still the stored one."""
         stmt = update(DesiredRow).where(DesiredRow.device == device, DesiredRow.version == version)
         if envelope is not None:
             stmt = stmt.where(DesiredRow.envelope == envelope)
         with self.store.transaction("mark desired state published") as session:
             session.execute(stmt.values(published_at=at))
-            newest = session.scalar(select(func.max(DesiredRow.version)).where(DesiredRow.device == device))
-            return int(newest or 0)
+            row = session.scalars(
+                select(DesiredRow).where(DesiredRow.device == device).order_by(DesiredRow.version.desc()).limit(1)
+            ).first()
+            return None if row is None else _record(row)
+
+    def mark_unpublished(self, device: str, version: int, envelope: str) -> bool:
+        """Mark ``version`` unpublished again if it is still signed as ``envelope`` (compare and set), so the
+        next sweep publishes it; whether a row was changed."""
+        stmt = (
+            update(DesiredRow)
+            .where(DesiredRow.device == device, DesiredRow.version == version, DesiredRow.envelope == envelope)
+            .values(published_at=None)
+        )
+        with self.store.transaction("mark desired state unpublished") as session:
+            return getattr(session.execute(stmt), "rowcount", 0) == 1
 
 
 def current_record(store: Store, device: str) -> DesiredRecord | None:

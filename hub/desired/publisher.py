@@ -6,8 +6,9 @@ unpublished until the broker acknowledged it, so a failed publish, a broker outa
 compile and publish is caught by the next sweep (on every change, every ``sweep_every`` s, and at start-up).
 
 The loop always publishes a device's *newest* envelope and, once acknowledged, checks that it is still the
-newest: when another replica made a newer version meanwhile, it publishes again, so the retained message ends
-on the newest version whatever order two replicas' publishes arrived in.
+stored one: when another replica made a newer version meanwhile, or the renewal re-signed the version, it
+publishes again, so the retained message ends on the stored envelope of the newest version whatever order two
+replicas' publishes arrived in.
 
 No republishing on reports: the retained message already reaches a device that reconnects. A renewal
 (``hub.desired.renewal``) re-signs a version in place and marks it unpublished; :meth:`DesiredPublisher.wake`
@@ -127,18 +128,32 @@ class DesiredPublisher:
         return len(devices)
 
     async def push(self, device: str) -> int | None:
-        """Publish ``device``'s newest envelope (again, if need be); the version published, None if it has none."""
+        """Publish ``device``'s newest envelope (again, if need be); the version published, None if it has none.
+
+        After each acknowledged publish the stored newest version is read back: if it is another version, or the
+        same version signed again (a renewal), that is published in turn, so this push's last retained publish
+        is what is stored. A publisher that sent a stale envelope over a newer one (another replica's) thus
+        always puts the stored one back. Each chase needs the store to change between a read and a mark (a
+        compile, or a renewal, which a version gets at most once per half validity); publishers alone change
+        nothing, so two of them on the same envelope both stop. After ``MAX_CHASES`` the stored version, if it
+        is not what was published last, is marked unpublished again for the next sweep, never left marked
+        published while the broker may retain an older envelope.
+        """
         published = None
+        record = await asyncio.to_thread(self.desired.current, device)
         for _ in range(MAX_CHASES):
-            record = await asyncio.to_thread(self.desired.current, device)
             if record is None:
                 return published
             await self._bus.publish(self._topics.desired(device), record.envelope.encode(), qos=1, retain=True)
             metrics.DESIRED_PUBLISHED.inc()
             published = record.version
             newest = await asyncio.to_thread(
-                self.desired.mark_published, device, record.version, self._clock(), record.envelope
+                self.desired.mark_published_newest, device, record.version, self._clock(), record.envelope
             )
-            if newest == record.version:
-                break
+            if newest is None or (newest.version, newest.envelope) == (record.version, record.envelope):
+                return published
+            record = newest
+        if record is not None:
+            await asyncio.to_thread(self.desired.mark_unpublished, device, record.version, record.envelope)
+            log.info("desired state of %s changed %d times while publishing: next sweep", device, MAX_CHASES)
         return published

@@ -1,8 +1,11 @@
 """The hub's re-signing job: with an injected clock, the documents with less than half their validity left
 (or none at all) are re-signed -- same version and content, later expiry, marked unpublished -- and the others
-are left alone; a renewal raced by another writer is not made twice."""
+are left alone; a renewal raced by another writer is not made twice; a publisher that sent an envelope the
+renewal replaced puts the stored one back."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -10,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_protocol.desired import verify_document
 from hub.db.store import Store
 from hub.desired.documents import DesiredStore
-from hub.desired.publisher import DesiredPublisher
+from hub.desired.publisher import MAX_CHASES, DesiredPublisher
 from hub.desired.renewal import Renewal
 from hub.mqtt.fake import FakeBus
 from tests.unit.hub.conftest import TOPICS
@@ -99,6 +102,90 @@ async def test_a_renewal_made_while_publishing_is_not_taken_for_published(desire
     publisher = DesiredPublisher(desired, bus, TOPICS, clock=clock)
     assert await publisher.publish_pending() == 1
     assert expiry(desired, "dev-a") == clock.t + VALIDITY
+    assert desired.unpublished() == []
+
+
+PublishFn = Callable[..., Awaitable[None]]
+
+
+def hold_first_publish(bus: FakeBus, meanwhile: Callable[[], Awaitable[None]], *, every: bool = False) -> None:
+    """Run ``meanwhile`` before the first publish (each publish, with ``every``) reaches ``bus``: a slow
+    replica whose publish lands after whatever ``meanwhile`` does. Publishes made by ``meanwhile`` go through."""
+    real_publish: PublishFn = bus.publish
+    state = {"held": 0, "inside": False}
+
+    async def publish(topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        if not state["inside"] and (every or not state["held"]):
+            state["held"] += 1
+            state["inside"] = True
+            try:
+                await meanwhile()
+            finally:
+                state["inside"] = False
+        await real_publish(topic, payload, qos=qos, retain=retain)
+
+    bus.publish = publish  # type: ignore[method-assign]
+
+
+def retained(bus: FakeBus, device: str) -> str:
+    return [p for p in bus.published if p.topic == TOPICS.desired(device) and p.retain][-1].payload.decode()
+
+
+async def test_an_envelope_published_over_its_renewal_is_replaced_by_the_stored_one(
+    desired: DesiredStore, clock: Clock
+) -> None:
+    """Replica A reads v1 signed as E1 and is slow to publish it; the renewal re-signs v1 as E2; replica B
+    publishes E2 and marks it published; then A's E1 reaches the broker. The version is still 1, but the
+    stored envelope is not E1: A publishes E2 again, so the broker does not retain E1 (which expires first)
+    while the store says E2 is published."""
+    desired.recompile(["dev-a"])
+    old = desired.current("dev-a")
+    assert old is not None
+    bus = FakeBus()
+    a = DesiredPublisher(desired, bus, TOPICS, clock=clock)
+    b = DesiredPublisher(desired, bus, TOPICS, clock=clock)
+
+    async def renew_and_b_publishes() -> None:
+        clock.t += VALIDITY * 0.6
+        assert [r.device for r in Renewal(desired).renew_due()] == ["dev-a"]
+        assert await b.push("dev-a") == 1
+        assert desired.unpublished() == []  # B's mark: E2 is published
+
+    hold_first_publish(bus, renew_and_b_publishes)
+    assert await a.push("dev-a") == 1
+    stored = desired.current("dev-a")
+    assert stored is not None
+    assert stored.envelope != old.envelope
+    assert stored.published_at is not None
+    # B's E2, A's late E1, A's E2 again: the last retained publish is the stored envelope.
+    assert [p.payload.decode() for p in bus.published] == [stored.envelope, old.envelope, stored.envelope]
+    assert retained(bus, "dev-a") == stored.envelope
+
+
+async def test_a_push_that_stops_chasing_leaves_the_stored_envelope_to_the_next_sweep(
+    desired: DesiredStore, clock: Clock
+) -> None:
+    """A renewal and replica B's publish before each of A's publishes: A stops after ``MAX_CHASES`` with its
+    last (stale) envelope retained over B's; the stored one must not stay marked published, so the next sweep
+    publishes it."""
+    desired.recompile(["dev-a"])
+    bus = FakeBus()
+    a = DesiredPublisher(desired, bus, TOPICS, clock=clock)
+    b = DesiredPublisher(desired, bus, TOPICS, clock=clock)
+
+    async def renew_and_b_publishes() -> None:
+        clock.t += VALIDITY * 0.6
+        assert [r.device for r in Renewal(desired).renew_due()] == ["dev-a"]
+        await b.push("dev-a")
+
+    hold_first_publish(bus, renew_and_b_publishes, every=True)
+    assert await a.push("dev-a") == 1
+    stored = desired.current("dev-a")
+    assert stored is not None
+    assert len(bus.published) == 2 * MAX_CHASES  # A's publishes, each after one of B's
+    assert retained(bus, "dev-a") != stored.envelope
+    assert desired.unpublished() == ["dev-a"]
+    assert await DesiredPublisher(desired, FakeBus(), TOPICS, clock=clock).publish_pending() == 1
     assert desired.unpublished() == []
 
 

@@ -1,18 +1,35 @@
 """The registry keeps each device's newest reported state in the order the device made them (run, seq), not by
 the device's clock: a report made after the clock was set back replaces the older one, a replayed or late copy
-of an older report changes nothing, whichever hub replica writes it."""
+of an older report changes nothing, whichever hub replica writes it. On SQLite, and on PostgreSQL (a fresh
+database per test) when EDGEFLEET_TEST_POSTGRES_URL is set."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from edge_protocol.messages import Reported
 from hub.db.store import Store
 from hub.fleet.registry import Fleet
+from tests.support.postgres_db import fresh_database, server_url
 from tests.unit.hub.conftest import NOW
 from tests.unit.hub.factories import reported
 
 HOUR = 3600.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store of ``fleet_store`` (conftest): SQLite, and a fresh PostgreSQL database when
+    EDGEFLEET_TEST_POSTGRES_URL is set (skipped otherwise)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.db'}"
+        return
+    with fresh_database(server_url()) as url:
+        yield url
 
 
 def numbered(applied: int, *, run: int | None, seq: int | None, ts: float) -> Reported:
