@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,24 @@ def remove_labelled(client: docker.DockerClient, device_id: str) -> int:
     for container in containers:
         # NotFound: removed concurrently (by the agent under test, or auto-remove).
         with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+            try:
+                container.remove(force=True)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: the agent's own removal is in progress; wait for it below
+                    raise
+                _wait_removed(container)
     return len(containers)
+
+
+def _wait_removed(container: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"container {container.id[:12]} still there {timeout:g}s after its removal began")
 
 
 def raw_socket(attached: Any) -> socket.socket:
