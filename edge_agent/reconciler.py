@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.desired_checks import DesiredChecks
+from edge_agent.files import write_atomically as _write_atomically
 from edge_agent.pipeline import Pipeline
 from edge_agent.staging import TrialEnd, UpdateRefused
 from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_signed
@@ -230,16 +230,6 @@ class Reconciler:
         self.last_refusal = str(exc)
         log.warning("refused desired state: %s", exc)
         self._on_change()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def received_path(store_path: Path) -> Path:

@@ -11,10 +11,11 @@ intact directory still gives every start one more than the last, whatever the cl
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from edge_agent.files import write_atomically
 
 RUN_FILE = "run"
 
@@ -29,15 +30,5 @@ def next_run(data_dir: Path, wall_clock: Callable[[], float] = time.time) -> int
     except (FileNotFoundError, ValueError):
         last = 0
     run = max(last + 1, int(wall_clock()))
-    tmp = path.with_name(f".{RUN_FILE}.tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{run}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, f"{run}\n".encode())
     return run
