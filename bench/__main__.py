@@ -113,9 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hub-only", action="store_true", help="only the hub's figures (no Docker needed)")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="only this phase: one QoS 1 subscription on N intake workers against one worker")
+    parser.add_argument(
+        "--fleet", action="store_true", help="only the fleet-scale hub phase: 1 hub on SQLite, 1, 2 and 3 on PostgreSQL"
+    )
+    parser.add_argument(
+        "--fleet-devices",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="simulated devices of --fleet (default 10,000; 1,000 for a smoke check)",
+    )
     args = parser.parse_args(argv)
     if args.workers:
         return _workers_only(args)
+    if args.fleet:
+        return _fleet_only(args)
     pipeline.AGENT_PROTOCOL[0] = args.agent_protocol
     plan = QUICK if args.quick else FULL
     device_id = f"bench-{uuid.uuid4().hex[:8]}"
@@ -178,6 +190,25 @@ def _workers_only(args: argparse.Namespace) -> int:
     out["background_busy_cores_before"] = busy
     out["background_busy_cores_after"] = background_busy()
     print(json.dumps(out, indent=1))
+    return 0
+
+
+def _fleet_only(args: argparse.Namespace) -> int:
+    """``--fleet``: :mod:`bench.fleet_scale`, its JSON next to ``--output`` as ``fleet-N.json``."""
+    from bench import fleet_scale
+
+    results: dict[str, Any] = {"meta": meta(args)}
+    started = time.monotonic()
+    try:
+        fleet_scale.run(results, phase, args.fleet_devices)
+    finally:
+        results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+        results["meta"]["loadavg_after"] = loadavg()
+        results["meta"]["background_busy_cores_after"] = background_busy()
+        out = args.output.with_name(f"fleet-{args.fleet_devices}.json")
+        out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        console.log(f"wrote {out}")
+    print(fleet_scale.summary(results))
     return 0
 
 
