@@ -239,6 +239,17 @@ def _expiry_watch(tg: asyncio.TaskGroup, state: AgentState, uplink: Uplink | Non
     return [tg.create_task(state.reconciler.checks.watch(uplink.report_soon), name="agent.desired-expiry")]
 
 
+async def _start_state(config: AgentConfig, pipeline: Pipeline, uplink: Uplink | None, state: AgentState) -> None:
+    """Run the last good desired state (managed) or the configured one; then emit the windows of every
+    checkpoint that no subscription now running owns (``edge_agent.orphans``)."""
+    if config.managed:
+        state.reconciler = _reconciler(config, pipeline, uplink, state)
+        await state.reconciler.load_stored()
+    else:
+        await pipeline.apply(config.handlers, config.subscriptions, gated=False)
+        await pipeline.flush_orphans()
+
+
 async def _run(
     config: AgentConfig,
     outbox: Outbox,
@@ -282,11 +293,7 @@ async def _run(
             workers=_worker_groups(config, topics, outbox) if engine.processes else None,
         )
         try:
-            if config.managed:
-                state.reconciler = _reconciler(config, pipeline, uplink, state)
-                await state.reconciler.load_stored()
-            else:
-                await pipeline.apply(config.handlers, config.subscriptions, gated=False)
+            await _start_state(config, pipeline, uplink, state)
             intake_task = tg.create_task(intake.run(), name="agent.intake")
             side = [tg.create_task(housekeeping(), name="agent.housekeeping"), *_expiry_watch(tg, state, uplink)]
             if uplink is not None:

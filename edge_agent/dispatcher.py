@@ -11,7 +11,6 @@ import asyncio
 import collections
 import hashlib
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -161,10 +160,11 @@ class Dispatcher:
         await self._commits.aclose()
 
     async def retire(self) -> None:
-        """The subscription is removed or replaced: drain, then emit every open window and drop the checkpoint."""
+        """The subscription is removed or replaced: drain, then emit every open window; the checkpoint keeps no
+        window, only how far they were emitted (``WindowSet.seal``), for this revision's return."""
         await self.drain()
-        closed = self.windows.close_due(math.inf)
-        await self._outbox.commit(closed, {self._checkpoint_key: None})
+        closed = self.windows.seal()
+        await self._outbox.commit(closed, {self._checkpoint_key: self.windows.snapshot()})
         self.counters.windows_closed += len(closed)
 
     # -- pipeline ------------------------------------------------------------------------------------

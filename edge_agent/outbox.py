@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS delivered (
     digest BLOB NOT NULL,
     PRIMARY KEY (subscription, mid)
 );
+CREATE TABLE IF NOT EXISTS revisions (
+    subscription TEXT PRIMARY KEY,
+    spec BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS losses (
     subscription TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -282,6 +286,29 @@ class Outbox:
     async def checkpoints(self) -> dict[str, dict[str, Any]]:
         rows = await self._run(lambda: self._conn.execute("SELECT subscription, state FROM checkpoints").fetchall())
         return {sub: orjson.loads(state) for sub, state in rows}
+
+    async def remember_specs(self, specs: dict[str, dict[str, Any]]) -> None:
+        """Keep the spec of each subscription revision run (``name@revision`` -> spec): what a checkpoint that
+        no running subscription owns is emitted with at the next start (``edge_agent.orphans``)."""
+        rows = [(key, orjson.dumps(spec)) for key, spec in specs.items()]
+
+        def write() -> None:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR REPLACE INTO revisions (subscription, spec) VALUES (?, ?)", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        await self._run(write)
+
+    async def specs(self) -> dict[str, dict[str, Any]]:
+        """Every spec remembered by ``remember_specs``."""
+        rows = await self._run(lambda: self._conn.execute("SELECT subscription, spec FROM revisions").fetchall())
+        return {key: orjson.loads(spec) for key, spec in rows}
 
     async def losses(self) -> dict[str, dict[str, int]]:
         """The loss ledger: subscription -> reason -> records given up."""

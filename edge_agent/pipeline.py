@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Callable
 
 from edge_agent.aggregation.windows import WindowSet
 from edge_agent.broker import LocalBroker
 from edge_agent.dispatcher import Dispatcher
 from edge_agent.intake import Intake
+from edge_agent.orphans import checkpoint_key, flush_orphans
 from edge_agent.outbox import Outbox
 from edge_agent.runtime.base import HandlerRuntime
 from edge_agent.staging import Pull, Trial, TrialEnd, UpdateRefused, pause_at, stage, start_anyway
 from edge_agent.workers.group import WorkerGroup, switch_groups
+from edge_agent.workers.link import part_key
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from edge_protocol.topics import Topics
 
@@ -94,6 +95,7 @@ class Pipeline:
         self._watcher: asyncio.Task[None] | None = None
         self.update_errors: dict[str, tuple[str, str]] = {}
         """handler -> (image, reason) of the last update that was refused; the previous state kept running."""
+        self._remembered: set[str] = set()
 
     async def apply(
         self,
@@ -121,6 +123,7 @@ class Pipeline:
                     log.error("desired state refused at step %s: %s", exc.step, exc)
                     self.update_errors[exc.handler] = (exc.image, exc.reason)
                     raise
+            await self._remember(subscriptions)
             trial = self.trial
             if trial is None and gated and fresh and self._probation_time > 0:
                 trial = Trial(dict(self.handler_specs), dict(self.runtimes), dict(self.dispatchers), 0.0)
@@ -280,29 +283,23 @@ class Pipeline:
         if self.on_trial_end is not None:
             await self.on_trial_end(TrialEnd(trial.tag, refusal))
 
-    async def flush_orphans(self, specs: list[SubscriptionSpec]) -> int:
-        """Emit the windows checkpointed by any of ``specs`` that does not run (a document switched to, then
-        left by a crash before its trial ended): their events were acknowledged on that checkpoint's strength."""
-        running = {checkpoint_key(d.spec) for d in self.dispatchers.values()}
-        checkpoints = await self._outbox.checkpoints()
-        flushed = 0
-        for spec in specs:
-            key = checkpoint_key(spec)
-            if key in running or key not in checkpoints:
-                continue
-            windows = WindowSet(spec, self._device)
-            if not windows.restore(checkpoints[key]):
-                continue
-            closed = windows.close_due(math.inf)
-            await self._outbox.commit(closed, {key: None})
-            flushed += len(closed)
-            log.info(
-                "subscription %s (revision %s): %d windows left open by a crash emitted",
-                spec.name,
-                spec.revision,
-                len(closed),
-            )
-        return flushed
+    async def flush_orphans(self, known: list[SubscriptionSpec] | None = None) -> int:
+        """At start: emit the windows of every checkpoint no running subscription owns (a document switched to,
+        then left by a crash before its trial ended): their events were acknowledged on its strength."""
+        async with self._lock:
+            running = {checkpoint_key(d.spec) for d in self.dispatchers.values()}
+            if self.trial is not None:
+                running.update(checkpoint_key(d.spec) for d in self.trial.base_dispatchers.values())
+            for g in self.groups.values():
+                running.update(part_key(checkpoint_key(g.spec), k) for k in range(g.spec.workers))
+            return await flush_orphans(self._outbox, self._device, running, known or [])
+
+    async def _remember(self, subscriptions: list[SubscriptionSpec]) -> None:
+        """Each revision's spec in the outbox before it can checkpoint: an orphan of it can then be emitted."""
+        new = {checkpoint_key(s): s for s in subscriptions if checkpoint_key(s) not in self._remembered}
+        if new:
+            await self._outbox.remember_specs({k: s.model_dump(mode="json") for k, s in new.items()})
+            self._remembered.update(new)
 
     async def _add_dispatchers(self, specs: list[SubscriptionSpec]) -> None:
         if not specs:
@@ -355,8 +352,3 @@ class Pipeline:
         if self.trial is not None:
             runtimes.update((id(r), r) for r in self.trial.base_runtimes.values())
         await asyncio.gather(*(r.aclose() for r in runtimes.values()), return_exceptions=True)
-
-
-def checkpoint_key(spec: SubscriptionSpec) -> str:
-    """Checkpoints are per revision: a changed subscription never restores the old one's windows."""
-    return f"{spec.name}@{spec.revision}"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.desired_checks import DesiredChecks
-from edge_agent.files import write_atomically as _write_atomically
+from edge_agent.files import write_atomically
 from edge_agent.pipeline import Pipeline
 from edge_agent.staging import TrialEnd, UpdateRefused
 from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_signed
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
+
+_write_atomically = write_atomically  # one name for every write of the two files (a test slows it down)
 
 
 class Reconciler:
@@ -206,13 +208,14 @@ class Reconciler:
         )
 
     async def _flush_orphans(self) -> None:
-        """Windows left open by the subscriptions of the last received document, if a crash stopped it on trial."""
+        """Windows left open by any subscription that does not run now (a crash stopped it on trial); the last
+        received document's specs help with checkpoints older than the outbox's own record of specs."""
         try:
             payload = await asyncio.to_thread(self._received_path.read_bytes)
-            received = verify_signed(payload, self._key, self._device)
+            known = verify_signed(payload, self._key, self._device).subscriptions
         except (OSError, DesiredRefused):
-            return
-        await self._pipeline.flush_orphans(received.subscriptions)
+            known = []
+        await self._pipeline.flush_orphans(known)
 
     def _admit(self, document: DesiredDocument) -> None:
         """Only images named by content run: a tag could be moved to other code behind the hub's back."""

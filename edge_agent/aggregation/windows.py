@@ -8,6 +8,12 @@ An event is *late* when the window it belongs to was already closed (emitted) --
 the last close, which is checkpointed, so that a closed window is never opened again under the same id. Late
 events are dead-lettered, never dropped in silence. Open windows are checkpointed with every commit (see
 :mod:`edge_agent.outbox`), so they survive a restart instead of being flushed early.
+
+A subscription retired, replaced or orphaned emits its open windows at once (:meth:`WindowSet.seal`) and keeps a
+checkpoint of no windows with how far it emitted (``sealed_to``, the latest end of a window it emitted): the same
+revision back later (a rollback A -> B -> A, a reverted version tried again, a trial flushed at a restart and
+re-applied) finds it and treats an event for a window at or before that mark as late, instead of emitting a
+second window under an id the hub already holds (which it refuses as a ``conflict``).
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class WindowSet:
         self._open: dict[tuple[str, float], OpenWindow] = {}
         self._sessions: dict[str, list[OpenWindow]] = {}
         self._closed_to = -math.inf
+        self._sealed_to = -math.inf
+        """Windows ending at or before this were emitted early by a :meth:`seal`; they never open again."""
         self._sketches = any(quantile_of(stat) is not None for stat in spec.stats)
         self.late = 0
 
@@ -76,7 +84,7 @@ class WindowSet:
 
     def add(self, group: str, values: dict[str, float], ts: float) -> bool:
         """Add one result at event time ``ts``; False when it is late (its window already closed)."""
-        watermark = self._closed_to
+        watermark = max(self._closed_to, self._sealed_to)
         win = self._window
         if win.kind == "session":
             return self._add_session(group, values, ts, watermark)
@@ -142,6 +150,17 @@ class WindowSet:
         closed.sort(key=lambda gw: (gw[1].start, gw[0]))
         return [self._result(group, w) for group, w in closed]
 
+    def seal(self) -> list[WindowResult]:
+        """Emit every open window now (the subscription is retired, replaced or orphaned), oldest first, and
+        raise the sealed mark to the latest end emitted. The watermark of the last close stays what the clock
+        made it: it anchors arrival times after a restart (``resumes_at``), and a window emitted early may end
+        after now."""
+        closed_to = self._closed_to
+        results = self.close_due(math.inf)
+        self._closed_to = closed_to
+        self._sealed_to = max([self._sealed_to, *(r.window_end for r in results)])
+        return results
+
     def resumes_at(self) -> float | None:
         """Where the restored checkpoint's watermark was (``closed_to + lateness``), None without one: the clock
         that stamps arrival times must not restart behind it, or windows closed then would open again."""
@@ -186,6 +205,7 @@ class WindowSet:
         return {
             "revision": self._revision,
             "closed_to": self._closed_to if math.isfinite(self._closed_to) else None,
+            "sealed_to": self._sealed_to if math.isfinite(self._sealed_to) else None,
             "windows": [dump(g, w) for (g, _), w in self._open.items()],
             "sessions": [dump(g, w) for g, sessions in self._sessions.items() for w in sessions],
         }
@@ -196,6 +216,8 @@ class WindowSet:
             return False
         if snapshot.get("closed_to") is not None:
             self._closed_to = float(snapshot["closed_to"])
+        if snapshot.get("sealed_to") is not None:
+            self._sealed_to = float(snapshot["sealed_to"])
 
         def load(item: dict[str, Any]) -> OpenWindow:
             w = OpenWindow(float(item["start"]), float(item["end"]), int(item["events"]), sketches=self._sketches)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -171,21 +170,24 @@ class WorkerGroup:
 
     async def retire(self, keep: int = 0) -> None:
         """The subscription is removed or replaced: drain the workers, then emit every part's open windows and
-        drop the parts' checkpoints (as a retired dispatcher does). The sessions of the first ``keep`` parts
-        stay for the replacement's workers (what the broker deals them meanwhile waits there)."""
+        keep only the parts' sealed marks (as a retired dispatcher does, ``WindowSet.seal``). The sessions of the
+        first ``keep`` parts stay for the replacement's workers (what the broker deals them meanwhile waits
+        there)."""
         await self.drain(leaving_from=keep)
         checkpoints = await self._outbox.checkpoints()
         closed: list[WindowResult] = []
-        dropped: dict[str, dict[str, Any] | None] = {}
+        sealed: dict[str, dict[str, Any] | None] = {}
         for part in self._parts:
             key = part_key(f"{self.spec.name}@{self.spec.revision}", part.index)
             if key in checkpoints:
                 windows = WindowSet(self.spec, self._device, part.index)
                 if windows.restore(checkpoints[key]):
-                    closed += windows.close_due(math.inf)
-                dropped[key] = None
-        if dropped:
-            await self._outbox.commit(closed, dropped)
+                    closed += windows.seal()
+                    sealed[key] = windows.snapshot()
+                else:
+                    sealed[key] = None
+        if sealed:
+            await self._outbox.commit(closed, sealed)
 
     # -- one part ------------------------------------------------------------------------------------
     async def _supervise(self, part: _Part) -> None:
