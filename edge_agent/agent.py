@@ -319,6 +319,8 @@ async def _run(
             for task in side:
                 task.cancel()
         finally:
+            if state.reconciler is not None:
+                state.reconciler.close()
             await pipeline.aclose()
             if status is not None:
                 status.shutdown()

@@ -33,6 +33,7 @@ from edge_protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
+WATCH_ALARM = "probation-watch"
 RuntimeFactory = Callable[[HandlerSpec], HandlerRuntime]
 GroupFactory = Callable[[SubscriptionSpec, HandlerSpec], WorkerGroup]
 
@@ -96,6 +97,8 @@ class Pipeline:
         self.update_errors: dict[str, tuple[str, str]] = {}
         """handler -> (image, reason) of the last update that was refused; the previous state kept running."""
         self._remembered: set[str] = set()
+        self.watch_errors = 0
+        """Checks of the probation watch that raised (logged and alarmed, never fatal)."""
 
     async def apply(
         self,
@@ -224,22 +227,40 @@ class Pipeline:
                 d.switch_runtime(runtime)
 
     async def _watch_trial(self) -> None:
+        """Every 0.5 s: revert a trial whose runtime crash-loops, pass one whose time is up. A check that raises
+        is logged, counted (``watch_errors``) and alarmed (``probation-watch``, until a check goes through): it
+        runs in the agent's task group, and must not stop the agent."""
         paused = False
+        failing = False
         while True:
             await asyncio.sleep(0.5)
             if self.trial is not None and not paused:
                 paused = True
                 await pause_at("probation")
-            async with self._lock:
-                trial = self.trial
-                if trial is None:
-                    paused = False
-                    continue
-                refusal = trial.crash_looping()
-                if refusal is not None:
-                    await self._revert(trial, refusal)
-                elif asyncio.get_running_loop().time() >= trial.until:
-                    await self._pass(trial)
+            try:
+                paused = await self._check_trial(paused)
+            except Exception:
+                self.watch_errors += 1
+                log.exception("probation watch: check failed (%d so far); it goes on", self.watch_errors)
+                if not failing:
+                    failing = True
+                    self._alarm(WATCH_ALARM, True)
+                continue
+            if failing:
+                failing = False
+                self._alarm(WATCH_ALARM, False)
+
+    async def _check_trial(self, paused: bool) -> bool:
+        async with self._lock:
+            trial = self.trial
+            if trial is None:
+                return False
+            refusal = trial.crash_looping()
+            if refusal is not None:
+                await self._revert(trial, refusal)
+            elif asyncio.get_running_loop().time() >= trial.until:
+                await self._pass(trial)
+            return paused
 
     async def _pass(self, trial: Trial) -> None:
         self.trial = None

@@ -9,11 +9,14 @@ while the hub or the cloud broker is away, expired or not (with the ``desired-ex
 A document is applied all-or-nothing (``Pipeline.apply``, ``edge_agent.staging``): when a new or changed handler
 fails to pull, start or answer, or crash-loops during its probation, the device stays on (or goes back to) its
 last good document, handlers and subscriptions, and the version is refused with the step and the reason
-(``desired_refused`` in the reported state). The refused version is not tried again on its retained
-re-deliveries; a newer one is. Two files: the last received envelope (``desired.received.json``, written when it
-arrives) and the last good one (``desired.json``, written once a document's probation passed -- at the switch
-when there is no probation or no new handler). A start runs the good one: a crash mid-update, or during a
-probation, comes back on the document that last proved itself.
+(``desired_refused`` in the reported state). A version refused for cause is not tried again, on its retained
+re-deliveries nor after a restart; one refused for a passing reason (a registry out of reach, a disk full) is
+tried again after a backoff (``edge_agent.refusals``); a newer one is tried at once. A failure to write a file
+or anything unexpected in an update is refused and reported (the ``storage`` alarm for the disk), never fatal.
+Three files: the last received envelope (``desired.received.json``, written when it arrives), the last good one
+(``desired.json``, written once a document's probation passed -- at the switch when there is no probation or no
+new handler) and the last refusal for cause (``desired.refused.json``). A start runs the good one: a crash
+mid-update, or during a probation, comes back on the document that last proved itself.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 from edge_agent.desired_checks import DesiredChecks
 from edge_agent.files import write_atomically
 from edge_agent.pipeline import Pipeline
+from edge_agent.refusals import RefusalMemory, refused_path
 from edge_agent.staging import TrialEnd, UpdateRefused
 from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_signed
 from edge_protocol.messages import DesiredRefusal
@@ -36,6 +40,9 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
+
+STORAGE_ALARM = "storage"
+"""Raised while a desired-state file cannot be written; cleared by the next write that succeeds."""
 
 _write_atomically = write_atomically  # one name for every write of the two files (a test slows it down)
 
@@ -56,6 +63,8 @@ class Reconciler:
         require_expiry: bool = False,
         alarm: Callable[[str, bool], None] | None = None,
         clock: Callable[[], float] = time.time,
+        retry_after: float = 30.0,
+        retry_max: float = 600.0,
     ) -> None:
         self._device = device_id
         self._key = public_key
@@ -76,12 +85,23 @@ class Reconciler:
         """The last good document (applied, probation passed) and its envelope: what a start runs."""
         self.on_trial: tuple[DesiredDocument, bytes] | None = None
         """The document switched to and on probation, not yet good."""
-        self.refused: DesiredRefusal | None = None
+        self.memory = RefusalMemory(refused_path(store_path), retry_after=retry_after, retry_max=retry_max)
+        self._alarm = alarm or (lambda _name, _on: None)
+        self._storage_failing = False
+        self._newest = 0
+        """The newest version verified: a retry of an older one is dropped."""
+        self._retry_task: asyncio.Task[None] | None = None
         pipeline.on_trial_end = self._trial_ended
+
+    @property
+    def refused(self) -> DesiredRefusal | None:
+        """The last version refused (``desired_refused`` in the reported state)."""
+        return self.memory.refused
 
     async def load_stored(self) -> bool:
         """Apply the last good document (verified again), if any; False when there is none, or it is unreadable
         or refused: the agent then runs nothing and waits for the hub."""
+        await asyncio.to_thread(self.memory.load)
         try:
             payload = await asyncio.to_thread(self._path.read_bytes)
         except OSError as exc:
@@ -108,12 +128,14 @@ class Reconciler:
         return True
 
     async def on_message(self, payload: bytes) -> None:
-        """One message from the desired topic."""
+        """One message from the desired topic. Never raises (but cancellation): it runs in the uplink's receive
+        loop, and a refusal, however it comes about, is reported rather than stopping the agent."""
         async with self._lock:
             try:
                 document = verify_signed(payload, self._key, self._device)
-                if self.refused is not None and document.version == self.refused.version:
-                    return  # refused already: its retained re-deliveries are not tried again
+                self._newest = max(self._newest, document.version)
+                if self.memory.blocks(document.version):
+                    return  # refused already (or its retry is not due): its re-deliveries are not tried again
                 verdict = self.checks.judge(document)
                 if verdict == "same":
                     return
@@ -121,12 +143,52 @@ class Reconciler:
             except DesiredRefused as exc:
                 self._refuse(exc)
                 return
-            await asyncio.to_thread(_write_atomically, self._received_path, payload)
-            if verdict == "renew":
-                await self._renew(document, payload)
-            else:
-                await self._apply(document, payload)
+            if not await self._store(self._received_path, payload, document.version):
+                return
+            try:
+                if verdict == "renew":
+                    await self._renew(document, payload)
+                else:
+                    await self._apply(document, payload)
+            except Exception as exc:  # a bug or a failing disk must not stop the agent; the current state runs on
+                log.exception("desired state version %d: update failed", document.version)
+                self._refuse(DesiredRefused("update-error", f"version {document.version}: {exc!r}"))
         self._on_change()
+
+    async def _store(self, path: Path, payload: bytes, version: int, *, retry: bool = True) -> bool:
+        """Write one desired-state file; on failure (disk full, read-only), raise the ``storage`` alarm, refuse
+        and, for a received copy, try the version again after a backoff. True when written."""
+        try:
+            await asyncio.to_thread(_write_atomically, path, payload)
+        except OSError as exc:
+            self._storage_failing = True
+            self._alarm(STORAGE_ALARM, True)
+            self._refuse(DesiredRefused("storage", f"version {version}: {path.name} not written: {exc}"))
+            if retry:
+                self._retry_later(version, payload, self.memory.passing(version))
+            return False
+        if self._storage_failing:
+            self._storage_failing = False
+            self._alarm(STORAGE_ALARM, False)
+        return True
+
+    def _retry_later(self, version: int, payload: bytes, delay: float) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        log.warning("desired state version %d: tried again in %.0fs", version, delay)
+        self._retry_task = asyncio.get_running_loop().create_task(self._retry(version, payload, delay))
+
+    async def _retry(self, version: int, payload: bytes, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._retry_task = None
+        if version >= self._newest:  # a newer version came meanwhile: this one is stale
+            await self.on_message(payload)
+
+    def close(self) -> None:
+        """Drop a pending retry (shutdown)."""
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            self._retry_task = None
 
     async def _renew(self, document: DesiredDocument, payload: bytes) -> None:
         """A later expiry for the version that runs. Decided under the store lock, after every await: the trial
@@ -140,7 +202,7 @@ class Reconciler:
             if self.on_trial is not None and self.on_trial[0].version == document.version:
                 self.on_trial = (document, payload)  # written as good when its probation passes
             else:
-                await asyncio.to_thread(_write_atomically, self._path, payload)
+                await self._store(self._path, payload, document.version, retry=False)
                 self.good = (document, payload)
             self.checks.run(document)
         log.info("desired state version %d renewed until %s", document.version, document.expires_at)
@@ -155,7 +217,7 @@ class Reconciler:
         try:
             on_trial = await self._pipeline.apply(document.handlers, document.subscriptions, tag=document.version)
         except UpdateRefused as exc:
-            self._refuse_update(document.version, exc)
+            await self._refuse_update(document.version, exc, payload)
             return
         self.applied_version = document.version
         self.checks.run(document)
@@ -170,7 +232,9 @@ class Reconciler:
             await self._write_good(document, payload)
 
     async def _write_good(self, document: DesiredDocument, payload: bytes) -> None:
-        await asyncio.to_thread(_write_atomically, self._path, payload)
+        """Good in memory whatever the disk says: it runs and passed; a failed write leaves the older good file
+        for the next start (and the ``storage`` alarm)."""
+        await self._store(self._path, payload, document.version, retry=False)
         self.good = (document, payload)
         self.on_trial = None
         log.info("desired state version %d is the last good one", document.version)
@@ -183,6 +247,7 @@ class Reconciler:
 
     async def _end_trial(self, end: TrialEnd) -> None:
         trial, self.on_trial = self.on_trial, None
+        envelope = trial[1] if trial is not None else b""
         if end.refusal is None:
             if trial is not None and trial[0].version == end.tag:
                 await self._write_good(*trial)
@@ -195,12 +260,17 @@ class Reconciler:
                 self.checks.running = None
                 self.checks.check()
             if isinstance(end.tag, int):
-                self._refuse_update(end.tag, end.refusal)
+                await self._refuse_update(end.tag, end.refusal, envelope)
 
-    def _refuse_update(self, version: int, exc: UpdateRefused) -> None:
-        self.refused = DesiredRefusal(
+    async def _refuse_update(self, version: int, exc: UpdateRefused, envelope: bytes) -> None:
+        refusal = DesiredRefusal(
             version=version, step=exc.step, handler=exc.handler, image=exc.image, reason=exc.reason
         )
+        if exc.transient:
+            self._retry_later(version, envelope, self.memory.passing(version, refusal))
+        else:
+            record = self.memory.for_cause(refusal, envelope)
+            await self._store(self.memory.path, record, version, retry=False)
         self._refuse(
             DesiredRefused(
                 f"update-{exc.step}", f"version {version}: handler {exc.handler} ({exc.image}): {exc.reason}"

@@ -44,14 +44,48 @@ async def pause_at(point: str) -> None:
 
 
 class UpdateRefused(Exception):
-    """A document's handler failed a step before or after the switch; the document is not (or no longer) run."""
+    """A document's handler failed a step before or after the switch; the document is not (or no longer) run.
 
-    def __init__(self, step: Step, handler: str, image: str, reason: str) -> None:
+    ``transient``: the failure says nothing about the document (a registry or network that did not answer a
+    pull), so the version is worth trying again later; every other refusal is for cause."""
+
+    def __init__(self, step: Step, handler: str, image: str, reason: str, *, transient: bool = False) -> None:
         super().__init__(f"{step}: handler {handler} ({image}): {reason}")
         self.step: Step = step
         self.handler = handler
         self.image = image
         self.reason = reason
+        self.transient = transient
+
+
+TRANSIENT_PULL_ERRORS = (
+    "connection refused",
+    "connection reset",
+    "no such host",
+    "temporary failure in name resolution",
+    "network is unreachable",
+    "no route to host",
+    "i/o timeout",
+    "tls handshake timeout",
+    "timed out",
+    "deadline exceeded",
+    "unexpected eof",
+    "service unavailable",
+    "bad gateway",
+    "gateway timeout",
+    "too many requests",
+    "toomanyrequests",
+)
+"""What the engine says when a registry could not be reached or answered for the moment (lower case)."""
+
+
+def transient_pull_failure(exc: BaseException) -> bool:
+    """A pull that failed for a passing reason: the engine or the registry unreachable, a network error. A layer
+    failing its digest check, an unknown manifest or a refused authorisation are for cause."""
+    if isinstance(exc, OSError | TimeoutError):  # requests' connection errors are OSErrors too
+        return True
+    text = str(exc).lower()
+    return any(pattern in text for pattern in TRANSIENT_PULL_ERRORS)
 
 
 @dataclass(slots=True)
@@ -124,7 +158,8 @@ async def stage(
             try:
                 await pull(spec)
             except Exception as exc:  # the engine's or the registry's error is the reported reason
-                raise UpdateRefused("pull", spec.name, spec.image, str(exc)) from exc
+                transient = transient_pull_failure(exc)
+                raise UpdateRefused("pull", spec.name, spec.image, str(exc), transient=transient) from exc
     await pause_at("after-pull")
     started: dict[str, HandlerRuntime] = {}
     try:
