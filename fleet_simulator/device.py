@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 RECONNECT_BASE, RECONNECT_CAP = 0.5, 30.0
 """The session's backoff (the agent's defaults): a jittered delay in [d/2, d], d = min(cap, base x 2**attempt)."""
 SEND_RETRY = 0.5
-"""Seconds before a batch whose publish failed is tried again (the next connection requeues it anyway)."""
+"""Seconds before a batch whose publish failed on a connection still up is tried again (after a lost connection
+the next one requeues it)."""
 CALL_TIMEOUT = 30.0
 """Seconds that connecting, a SUBACK or a PUBACK may take: a broker under a whole fleet's load is slow."""
 
@@ -350,11 +351,12 @@ class VirtualDevice:
                     await session.publish(topic, payload, qos=1)
                 except SessionError as exc:
                     # Unsent records are taken again: first sends from sent_through, resends by their timer
-                    # or the requeue of the next connection. A publish on a connection that is going away fails
-                    # without yielding while the session still counts it connected: without this pause the loop
-                    # would spin, starving the task that notices the loss (and every other device).
+                    # or the requeue of the next connection. A lost connection: the session is no longer
+                    # connected and the loop waits for the next one. A failure on a connection still up: a pause,
+                    # or a publish failing without yielding would spin the loop, starving every other device.
                     log.warning("%s: batch not sent: %s", self.id, exc)
-                    await asyncio.sleep(SEND_RETRY)
+                    if session.connected:
+                        await asyncio.sleep(SEND_RETRY)
                     continue
                 self.outbox.sent(seqs, time.monotonic())
                 if first:

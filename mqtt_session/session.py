@@ -23,7 +23,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_session.backoff import Backoff
-from mqtt_session.cancellation import UNBOUNDED, bounded, raise_lost_cancellation
+from mqtt_session.cancellation import UNBOUNDED, Calls, CutShort, raise_lost_cancellation
 from mqtt_session.interface import ConnectHook, DisconnectHook, Message, SessionError, Will
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,16 @@ _MAX_RECEIVE_MAXIMUM = 65_535  # the property is a two-byte integer, 0 not allow
 
 @dataclass(slots=True)
 class _Link:
-    """One connection: its queued messages are acknowledged on it while it is open, and never on another."""
+    """One connection: its queued messages are acknowledged on it while it is open, and never on another; the
+    calls made on it (``calls``) are cut as soon as it is known lost."""
 
     client: aiomqtt.Client | None = None
-    open: bool = True
+    calls: Calls = field(default_factory=Calls)
+
+    @property
+    def open(self) -> bool:
+        """Not known lost: neither cut nor disconnected in aiomqtt (which the session hears of a turn later)."""
+        return self.calls.reason is None and (self.client is None or not _disconnected(self.client).done())
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,7 @@ class Session:
         self.receive_maximum = receive_maximum
         self._queue: asyncio.Queue[_Received] = asyncio.Queue()
         self._taken = asyncio.Event()  # set whenever the reader takes a message: room for a new connection
-        self._client: aiomqtt.Client | None = None  # set while a connection is up (hooks may publish)
+        self._link: _Link | None = None  # set while a connection is up (hooks may publish)
         self._connected = asyncio.Event()  # set once subscriptions are active and the hooks are done
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -148,10 +154,12 @@ class Session:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        """False as soon as the connection is known lost, not only once the connection task has noticed."""
+        return self._connected.is_set() and self._live_link() is not None
 
     async def wait_connected(self) -> None:
-        await self._connected.wait()
+        while self._live_link() is None or not self._connected.is_set():
+            await self._connected.wait()
 
     def add_connect_hook(self, hook: ConnectHook) -> None:
         """``hook`` runs after every future connection, in the order added; a :class:`SessionError` it raises
@@ -164,19 +172,25 @@ class Session:
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now if connected (SessionError if refused or unanswered), and on every connection."""
         self._filters[topic_filter] = qos
-        client = self._client
-        if client is not None and self._connected.is_set():
-            await self._subscribe(client, {topic_filter: qos})
+        link = self._live_link()
+        if link is not None and self._connected.is_set():
+            await self._subscribe(link, {topic_filter: qos})
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish now; SessionError when not connected, on failure, or without a PUBACK in time."""
-        client = self._client
-        if client is None:
+        """Publish now; SessionError when not connected, on failure, without a PUBACK in time, or at once when
+        the connection is lost before the PUBACK (the message may or may not have reached the broker)."""
+        link = self._live_link()
+        if link is None or link.client is None:
             raise SessionError("not connected to the broker", topic=topic)
+        client = link.client
         try:
-            await bounded(client.publish(topic, payload, qos=qos, retain=retain, timeout=UNBOUNDED), self._timeout)
+            await link.calls.bounded(
+                lambda: client.publish(topic, payload, qos=qos, retain=retain, timeout=UNBOUNDED), self._timeout
+            )
         except aiomqtt.MqttError as exc:
             raise SessionError(f"publish failed: {exc}", topic=topic) from exc
+        except CutShort as exc:
+            raise SessionError(f"publish failed: {exc.reason}", topic=topic) from None
         except TimeoutError:
             raise SessionError(f"publish failed: no PUBACK within {self._timeout:g}s", topic=topic) from None
 
@@ -258,6 +272,23 @@ class Session:
             self._taken.clear()
             await self._taken.wait()
 
+    def _live_link(self) -> _Link | None:
+        """The current connection unless it is known lost (then it is marked lost here, at once)."""
+        link = self._link
+        if link is not None and not link.open:
+            self._lose(link, "connection lost")
+            return None
+        return link
+
+    def _lose(self, link: _Link, reason: str) -> None:
+        """The connection is gone: no longer connected, and every call waiting on it fails now (SessionError)
+        rather than at its timeout, so that callers resend on the next connection. Its calls are aiomqtt's
+        and the connection's client is never used again: a reply meant for them cannot complete a later call."""
+        if self._link is link:
+            self._link = None
+            self._connected.clear()
+        link.calls.cut(reason)
+
     async def _connection(self) -> str:
         """One connection from CONNECT to its loss; returns why it ended."""
         link = _Link()
@@ -266,13 +297,18 @@ class Session:
                 raise_lost_cancellation()
                 self.connects += 1
                 self._backoff.connected()
-                self._client = client
+                # aiomqtt resolves this future when paho reports the loss: the calls on this connection end
+                # then, whatever this task is awaiting (a connect hook, a SUBACK, the message iterator).
+                _disconnected(client).add_done_callback(lambda done: self._lose(link, _loss(done)))
+                self._link = link
                 subscribed: set[str] = set()
-                await self._subscribe_recorded(client, subscribed)
+                await self._subscribe_recorded(link, subscribed)
                 for hook in self._connect_hooks:
                     await hook()
                 # Filters recorded while the hooks ran; no await between the last check and set().
-                await self._subscribe_recorded(client, subscribed)
+                await self._subscribe_recorded(link, subscribed)
+                if not link.open:
+                    raise SessionError("connection lost")
                 self._connected.set()
                 log.info("connected to mqtt://%s:%d as %s", self.host, self.port, self.client_id)
                 # Messages go straight to our queue (_receive): aiomqtt's iterator only says when the
@@ -283,22 +319,27 @@ class Session:
         except (aiomqtt.MqttError, SessionError) as exc:
             return str(exc)
         finally:
-            link.open = False
-            self._connected.clear()
-            self._client = None
+            self._lose(link, "connection closed")
 
-    async def _subscribe_recorded(self, client: aiomqtt.Client, done: set[str]) -> None:
+    async def _subscribe_recorded(self, link: _Link, done: set[str]) -> None:
         # Loop until nothing is left: subscribe() may record a filter while we await a SUBACK.
         while pending := {f: q for f, q in self._filters.items() if f not in done}:
-            await self._subscribe(client, pending)
+            await self._subscribe(link, pending)
             done.update(pending)
 
-    async def _subscribe(self, client: aiomqtt.Client, filters: dict[str, int]) -> None:
+    async def _subscribe(self, link: _Link, filters: dict[str, int]) -> None:
         topic = ", ".join(filters)
+        client = link.client
+        if client is None:
+            raise SessionError("not connected to the broker", topic=topic)
         try:
-            granted = await bounded(client.subscribe(list(filters.items()), timeout=UNBOUNDED), self._timeout)
+            granted = await link.calls.bounded(
+                lambda: client.subscribe(list(filters.items()), timeout=UNBOUNDED), self._timeout
+            )
         except aiomqtt.MqttError as exc:
             raise SessionError(f"subscribe failed: {exc}", topic=topic) from exc
+        except CutShort as exc:
+            raise SessionError(f"subscribe failed: {exc.reason}", topic=topic) from None
         except TimeoutError:
             raise SessionError(f"subscribe failed: no SUBACK within {self._timeout:g}s", topic=topic) from None
         for topic_filter, code in zip(filters, granted, strict=False):
@@ -321,6 +362,17 @@ def _inbox_type(receive: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queu
 def _paho(client: aiomqtt.Client) -> mqtt.Client:
     """The paho client under aiomqtt's: aiomqtt 2.5 has no manual acknowledgement of its own."""
     return client._client
+
+
+def _disconnected(client: aiomqtt.Client) -> asyncio.Future[None]:
+    """aiomqtt's future of the connection's end (2.5 has no public one; its message iterator waits on it):
+    resolved as paho reports the loss, in the loop turn that reads it."""
+    return client._disconnected
+
+
+def _loss(disconnected: asyncio.Future[None]) -> str:
+    cause = None if disconnected.cancelled() else disconnected.exception()
+    return f"connection lost ({cause})" if cause is not None else "connection lost"
 
 
 def _message(message: aiomqtt.Message) -> Message:

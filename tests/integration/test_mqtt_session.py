@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -153,3 +154,66 @@ async def test_cancelling_a_call_the_broker_never_answers_does_not_hang_the_shut
             await cancel_and_wait(task, timeout=5, what="the session and its publisher")
     finally:
         task.cancel()
+
+
+async def test_calls_waiting_when_the_connection_is_lost_fail_at_once_not_at_the_call_timeout(
+    broker: Mosquitto,
+) -> None:
+    """The broker freezes (no PUBACK, no SUBACK can come), then dies: the kernel resets the connection. The
+    publish and the subscribe waiting on it fail as the loss is read, not after ``call_timeout`` (which the
+    storm test's catch-up used to wait out), and the session no longer counts itself connected when they do."""
+    session = Session(broker.host, broker.port, client_id="s6", backoff=Backoff(0.05, 0.5), call_timeout=20.0)
+    failed: dict[str, tuple[float, bool, SessionError]] = {}
+
+    async def call(name: str, make: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await make()
+        except SessionError as exc:
+            failed[name] = (time.monotonic(), session.connected, exc)
+
+    async with session, asyncio.TaskGroup() as tg:
+        await asyncio.wait_for(session.wait_connected(), 10)
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        tg.create_task(call("publish", lambda: session.publish("t", b"x", qos=1)))
+        tg.create_task(call("subscribe", lambda: session.subscribe("t/#", qos=1)))
+        await asyncio.sleep(0.5)  # both sent, waiting for a reply
+        assert not failed
+        killed_at = time.monotonic()
+        await asyncio.to_thread(broker.kill)  # SIGKILL works on a stopped process
+        await wait_for(lambda: len(failed) == 2, timeout=10, what="both calls failing", detail=lambda: failed)
+        for name, (at, connected, exc) in failed.items():
+            assert at - killed_at < 2.0, f"{name} failed {at - killed_at:.1f}s after the broker died: {exc}"
+            assert not connected, f"{name} failed while the session still counted itself connected"
+            assert "connection lost" in exc.reason, exc
+
+        await asyncio.to_thread(broker.start)  # same port: the session reconnects and works again
+        await asyncio.wait_for(session.wait_connected(), 15)
+        await session.publish("t", b"y", qos=1)
+
+
+async def test_a_publish_fails_when_the_keepalive_finds_the_connection_dead_and_its_puback_cannot_complete_it(
+    broker: Mosquitto,
+) -> None:
+    """A frozen broker: the session's keepalive finds the connection dead (no PINGRESP), the pending publish
+    fails within a second of that rather than at ``call_timeout``; the broker then wakes up and may answer the
+    old connection's PUBLISH, which completes nothing: the session is on a new connection and publishes there."""
+    session = Session(
+        broker.host, broker.port, client_id="s7", keepalive=1, backoff=Backoff(0.05, 0.5), call_timeout=20.0
+    )
+    losses: list[float] = []
+    session.add_disconnect_hook(lambda _reason: losses.append(time.monotonic()))
+    async with session:
+        await asyncio.wait_for(session.wait_connected(), 10)
+        with frozen(broker):
+            started = time.monotonic()
+            with pytest.raises(SessionError, match="connection lost") as failure:
+                await session.publish("t", b"x", qos=1)
+            failed_at = time.monotonic()
+            assert not session.connected
+            assert failed_at - started < 10, f"failed after {failed_at - started:.1f}s: {failure.value}"
+            await wait_for(lambda: bool(losses), timeout=5, what="the disconnect hook")
+            assert abs(losses[0] - failed_at) < 1.0, (losses[0] - started, failed_at - started)
+        await asyncio.wait_for(session.wait_connected(), 15)
+        await session.publish("t", b"y", qos=1)
+    assert session.connects == 2

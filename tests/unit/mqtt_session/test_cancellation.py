@@ -17,6 +17,7 @@ import pytest
 
 from mqtt_session import Session
 from mqtt_session.cancellation import raise_lost_cancellation
+from mqtt_session.session import _Link
 
 
 class ReplyClient:
@@ -25,6 +26,7 @@ class ReplyClient:
     def __init__(self) -> None:
         self.reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiting = asyncio.Event()
+        self._disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # as aiomqtt's
 
     async def _wait(self, timeout: float) -> Any:
         self.waiting.set()
@@ -39,7 +41,7 @@ class ReplyClient:
 
 def connected_session(client: ReplyClient) -> Session:
     session = Session("127.0.0.1", 1, client_id="t")
-    session._client = client  # type: ignore[assignment]
+    session._link = _Link(client)  # type: ignore[arg-type]
     session._connected.set()
     return session
 
