@@ -48,6 +48,7 @@ class Uplink:
         report_interval: float = 10.0,
         on_desired: Callable[[bytes], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry_pause: float = 1.0,
     ) -> None:
         self._cloud = cloud
         self._outbox = outbox
@@ -57,6 +58,7 @@ class Uplink:
         self._max_unacked = max_unacked
         self._resend_after = resend_after
         self._clock = clock
+        self._retry_pause = retry_pause
         self._reporter = reporter
         self._report_interval = report_interval
         self._on_desired = on_desired
@@ -181,7 +183,7 @@ class Uplink:
                     await self._send(records)
                 except SessionError as exc:
                     log.warning("aggregates not sent: %s", exc)
-                    await self._cloud.wait_connected()
+                    await self._after_failed_send()
                 continue
             oldest = next(iter(self._unacked.values()), None)
             timeout = None
@@ -196,6 +198,14 @@ class Uplink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await _wait_any([self._wake, self._outbox.new_records])
+
+    async def _after_failed_send(self) -> None:
+        """A lost connection: the loop waits for the next one (its connect hook sends every unacked record
+        again). A failure on a connection still counted up (no PUBACK in time, a publish refused at once):
+        ``retry_pause`` first, or the loop would try again at once, and a publish that fails without yielding
+        would spin it, logging each turn and starving the task that would notice the loss."""
+        if self._cloud.connected:
+            await asyncio.sleep(self._retry_pause)
 
     async def _send(self, records: list[tuple[int, bytes]]) -> None:
         batch = AggregateBatch(
