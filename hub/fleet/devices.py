@@ -27,8 +27,8 @@ from hub.fleet.labels import Selector
 
 LAST_SEEN_RESOLUTION = 1.0
 """Seconds: ``last_seen`` (``first_seen``) moves only when a device was heard of this much later (earlier) than
-it says, or when anything else changes. Each replica stamps a live message with its own clock, so without it every replica would write every
-status and every batch's touch again, a few milliseconds later."""
+it says, or when anything else changes. Each replica stamps a live message with its own clock, so without it
+every replica would write every status and every batch's touch again, a few milliseconds later."""
 
 
 @dataclass(frozen=True, slots=True)

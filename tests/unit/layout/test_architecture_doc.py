@@ -39,7 +39,8 @@ def listed_folders(block: list[str]) -> dict[str, str]:
         match = _LINE.match(line)
         assert match, f"not 'name/  description': {line!r}"
         indent = len(match["indent"])
-        assert indent % 2 == 0 and indent // 2 <= len(stack), f"bad indentation: {line!r}"
+        assert indent % 2 == 0, f"bad indentation: {line!r}"
+        assert indent // 2 <= len(stack), f"bad indentation: {line!r}"
         assert match["description"], f"no description: {line!r}"
         del stack[indent // 2 :]
         stack.append(match["name"].rstrip("/"))
