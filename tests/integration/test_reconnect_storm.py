@@ -34,7 +34,7 @@ import contextlib
 import sqlite3
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,8 @@ from fleet_simulator.device import RECONNECT_BASE, RECONNECT_CAP
 from fleet_simulator.fleet import DeviceStats, Fleet, SimConfig, percentile, raise_open_files
 from scripts.mosquitto import Mosquitto
 from tests.support.daemons import hub_process
-from tests.support.running import cancel_and_wait, wait_for
+from tests.support.replicas import RunningFleet, running_fleet
+from tests.support.running import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -252,51 +253,3 @@ def _pct(values: list[float], q: float) -> float:
 def _not(sim: Fleet, lacking: Callable[[DeviceStats], bool]) -> str:
     behind = [s for s in sim.device_stats() if lacking(s)]
     return f"{len(behind)} devices still lacking, e.g. {behind[:2]}"
-
-
-class RunningFleet:
-    """The simulator's fleet running in a task of this test; :meth:`wait` fails at once if the fleet stopped."""
-
-    def __init__(self, sim: Fleet, task: asyncio.Task[dict[str, Any]]) -> None:
-        self.sim = sim
-        self.task = task
-        self.final_stats: list[DeviceStats] = []
-
-    @property
-    def stats(self) -> Any:
-        return self.sim.stats
-
-    async def wait(
-        self,
-        condition: Callable[[], bool],
-        *,
-        timeout: float,
-        what: str,
-        detail: Callable[[], object] | None = None,
-    ) -> None:
-        def check() -> bool:
-            if self.task.done():
-                self.task.result()  # raises what stopped it
-                raise AssertionError("the fleet stopped")
-            return condition()
-
-        await wait_for(check, timeout=timeout, interval=0.1, what=what, detail=detail)
-
-
-@contextlib.asynccontextmanager
-async def running_fleet(config: SimConfig) -> AsyncIterator[RunningFleet]:
-    """``Fleet(config).run`` in a task until the block ends; then stopped (devices publish offline and leave)."""
-    sim = Fleet(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sim.run(stop, lambda _line: None, every=5.0), name="test.fleet")
-    running = RunningFleet(sim, task)
-    try:
-        yield running
-    finally:
-        stop.set()
-        done, _ = await asyncio.wait({task}, timeout=60)
-        if not done:
-            await cancel_and_wait(task, what="the fleet")
-            raise AssertionError("the fleet did not stop within 60s")
-        running.final_stats = sim.device_stats()
-        task.result()

@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy import create_engine, select
 
 from edge_protocol.messages import SequencedResult
-from fleet_simulator.fleet import Fleet, SimConfig
+from fleet_simulator.fleet import DeviceStats, Fleet, SimConfig
 from fleet_simulator.messages import RecordTemplate, SimSubscription
 from hub.db.tables import AggregateRow
 from hub.ingest.conflicts import content_hash
@@ -107,6 +107,13 @@ class RunningFleet:
         self.sim = sim
         self.task = task
         self.final: dict[str, Any] = {}
+        """The fleet's closing summary (what ``Fleet.run`` returned), once the block has ended."""
+        self.final_stats: list[DeviceStats] = []
+        """Every device's stats as the fleet stopped, once the block has ended."""
+
+    @property
+    def stats(self) -> Any:
+        return self.sim.stats
 
     async def wait(
         self, condition: Callable[[], bool], *, timeout: float, what: str, detail: Callable[[], object] | None = None
@@ -135,6 +142,7 @@ async def running_fleet(config: SimConfig) -> AsyncIterator[RunningFleet]:
         if not done:
             await cancel_and_wait(task, what="the fleet")
             raise AssertionError("the fleet did not stop within 60s")
+        running.final_stats = sim.device_stats()
         running.final = task.result()
 
 
