@@ -27,19 +27,18 @@ import re
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from bench.hub import broker
 from bench.hub_procs import HUB, Simulator, nofile
 from bench.procs import REPO, Helper, cpu_seconds, percentile
 from scripts.loopback import free_port
+from tests.support.postgres_db import fresh_database
 
 OFFERED = 20_000.0
 """Results per second the whole fleet offers (the hub's target): per device OFFERED / devices."""
@@ -67,19 +66,8 @@ def store(kind: str, tmp: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp / 'hub.db'}"
         return
-    server = postgres_url()
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with fresh_database(postgres_url()) as url:
+        yield url
 
 
 class Replicas:

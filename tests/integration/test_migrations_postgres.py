@@ -15,17 +15,15 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from hub.db import migrations
-from tests.unit.hub.test_migrations import differences, fresh_postgres_database, run_together, version_rows
+from tests.support.postgres_db import fresh_database, server_url
+from tests.unit.hub.test_migrations import differences, run_together, version_rows
 
 REPLICAS = 3
 
 
 @pytest.fixture
 def db_url() -> Iterator[str]:
-    server = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
-    if not server:
-        pytest.skip("set EDGEFLEET_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
-    with fresh_postgres_database(server) as url:
+    with fresh_database(server_url()) as url:
         yield url
 
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -38,3 +39,14 @@ def fresh_database(url: str) -> Iterator[str]:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@contextlib.contextmanager
+def database_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """An empty hub database for a test parametrised over ``("sqlite", "postgresql")``: a SQLite file in
+    ``tmp_path``, or a fresh PostgreSQL database (the test is skipped without EDGEFLEET_TEST_POSTGRES_URL)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.db'}"
+        return
+    with fresh_database(server_url()) as url:
+        yield url

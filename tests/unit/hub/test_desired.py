@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +10,17 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from edge_protocol.desired import DesiredDocument, DesiredRefused, SignedDesired, verify_document
 from edge_protocol.specs import HandlerSpec, SubscriptionSpec
 from hub.db.store import Store
-from hub.db.tables import Base
 from hub.desired.catalog import Catalog, Snapshot, read_snapshot
 from hub.desired.documents import KEEP_VERSIONS, DesiredStore
 from hub.desired.publisher import DesiredPublisher
 from hub.fleet.labels import Selector
 from hub.mqtt.fake import FakeBus
+from tests.support.postgres_db import database_url
 from tests.unit.hub.conftest import NOW, TOPICS
 
 TEMP = HandlerSpec(name="temp-c", image="edgefleet/temp-c:1")
@@ -45,19 +43,9 @@ def names(doc: DesiredDocument) -> tuple[list[str], list[str]]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """SQLite, and PostgreSQL when EDGEFLEET_TEST_POSTGRES_URL names an empty database (as in test_store)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hub.db'}"
-        return
-    url = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set EDGEFLEET_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
-    yield url
-    engine = create_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as conn:  # and the migrations' record, or the next open finds it at head
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
+    """SQLite, and a fresh PostgreSQL database when EDGEFLEET_TEST_POSTGRES_URL is set."""
+    with database_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from edge_protocol.messages import Reported
 from hub.db.store import Store
 from hub.fleet.registry import Fleet
-from tests.support.postgres_db import fresh_database, server_url
+from tests.support.postgres_db import database_url
 from tests.unit.hub.conftest import NOW
 from tests.unit.hub.factories import reported
 
@@ -25,10 +25,7 @@ HOUR = 3600.0
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The store of ``fleet_store`` (conftest): SQLite, and a fresh PostgreSQL database when
     EDGEFLEET_TEST_POSTGRES_URL is set (skipped otherwise)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hub.db'}"
-        return
-    with fresh_database(server_url()) as url:
+    with database_url(request.param, tmp_path) as url:
         yield url
 
 

@@ -8,7 +8,6 @@ PostgreSQL when EDGEFLEET_TEST_POSTGRES_URL is set (a fresh database). Rows writ
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from hub.db.store import Store
 from hub.fleet.devices import Devices, DeviceSeen
 from hub.fleet.registry import Fleet, ReportedState
 from hub.ingest.writes import BatchWrite, Write, WriteQueue
-from tests.support.postgres_db import fresh_database
+from tests.support.postgres_db import database_url
 from tests.unit.hub.factories import record, reported
 
 NOW = 10_000.0
@@ -28,13 +27,7 @@ NOW = 10_000.0
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hub.db'}"
-        return
-    server = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
-    if not server:
-        pytest.skip("set EDGEFLEET_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
-    with fresh_database(server) as fresh:
+    with database_url(request.param, tmp_path) as fresh:
         yield fresh
 
 

@@ -1,11 +1,10 @@
 """A redelivery is acked as stored; another window under a stored window id is a conflict: refused and counted.
 
-On SQLite, and on PostgreSQL when EDGEFLEET_TEST_POSTGRES_URL names an empty database.
+On SQLite, and on a fresh PostgreSQL database when EDGEFLEET_TEST_POSTGRES_URL is set.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ from edge_protocol.messages import CLOUD_MESSAGE, Ack, Refusal, SequencedResult
 from edge_protocol.topics import Topics
 from hub.db import migrations
 from hub.db.store import Store
-from hub.db.tables import Base
 from hub.ingest.aggregates import Aggregates
 from hub.ingest.conflicts import Refusals, content_hash
 from hub.ingest.consumer import Ingest
 from hub.mqtt.broker import Inbound
 from hub.mqtt.fake import FakeBus
+from tests.support.postgres_db import database_url
 from tests.unit.hub.factories import batch, record
 
 TOPICS = Topics("unit")
@@ -38,22 +37,8 @@ def conflicts() -> float:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        with Store(f"sqlite:///{tmp_path / 'hub.db'}") as opened:
-            yield opened
-        return
-    url = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set EDGEFLEET_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
-    with Store(url) as opened:
-        try:
-            yield opened
-        finally:
-            engine = create_engine(url)
-            Base.metadata.drop_all(engine)
-            with engine.begin() as conn:  # and the migrations' record, or the next open finds it at head
-                conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-            engine.dispose()
+    with database_url(request.param, tmp_path) as url, Store(url) as opened:
+        yield opened
 
 
 @pytest.fixture

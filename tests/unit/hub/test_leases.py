@@ -19,7 +19,7 @@ from hub.errors import StoreError
 from hub.leases import Fence, Grant, LeaseLost, Leases, Singleton
 from hub.rollouts.controller import RolloutController
 from hub.rollouts.plan import DeviceStatus
-from tests.support.postgres_db import fresh_database, server_url
+from tests.support.postgres_db import database_url
 from tests.support.running import cancel_and_wait, wait_for
 from tests.unit.hub.rollout_world import World, world
 from tests.unit.hub.test_rollouts import stable
@@ -39,10 +39,7 @@ class Clock:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hub.db'}"
-        return
-    with fresh_database(server_url()) as fresh:
+    with database_url(request.param, tmp_path) as fresh:
         yield fresh
 
 

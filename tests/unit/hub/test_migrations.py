@@ -7,12 +7,10 @@ On SQLite, and on PostgreSQL (a fresh database per test) when EDGEFLEET_TEST_POS
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import threading
 import types
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,6 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, MetaData, create_engine, inspect, select, text
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from edge_protocol.messages import Reported
@@ -45,6 +42,7 @@ from hub.ingest.conflicts import Refusals
 from hub.rollouts.plan import Limits
 from hub.rollouts.store import RolloutStore
 from hub.security.tokens import Tokens
+from tests.support.postgres_db import database_url
 from tests.unit.hub.factories import record, reported
 
 PREVIOUS_RELEASE = "6b1c255"
@@ -56,33 +54,10 @@ REVISIONS = [script.revision for script in reversed(list(SCRIPTS.walk_revisions(
 # -- databases ------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def fresh_postgres_database(server: str) -> Iterator[str]:
-    """A new empty database on ``server`` (a PostgreSQL URL) with a random name; dropped at exit."""
-    name = f"edgefleet_mig_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database: a SQLite file, or a fresh PostgreSQL database when EDGEFLEET_TEST_POSTGRES_URL is set."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hub.db'}"
-        return
-    server = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
-    if not server:
-        pytest.skip("set EDGEFLEET_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
-    with fresh_postgres_database(server) as url:
+    with database_url(request.param, tmp_path) as url:
         yield url
 
 

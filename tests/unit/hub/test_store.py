@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from hub.db.store import Store
-from hub.db.tables import Base
 from hub.errors import StoreError
 from hub.fleet.devices import Devices
 from hub.ingest.aggregates import Aggregates
+from tests.support.postgres_db import database_url
 from tests.unit.hub.factories import record
 
 
@@ -25,23 +23,9 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[Store]:
-    """The store on SQLite, and on PostgreSQL when EDGEFLEET_TEST_POSTGRES_URL names an empty database."""
-    if request.param == "sqlite":
-        with Store(f"sqlite:///{db_path}") as opened:
-            yield opened
-        return
-    url = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set EDGEFLEET_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
-    with Store(url) as opened:
-        try:
-            yield opened
-        finally:
-            engine = create_engine(url)
-            Base.metadata.drop_all(engine)
-            with engine.begin() as conn:  # and the migrations' record, or the next open finds it at head
-                conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-            engine.dispose()
+    """The store on SQLite, and on a fresh PostgreSQL database when EDGEFLEET_TEST_POSTGRES_URL is set."""
+    with database_url(request.param, db_path.parent) as url, Store(url) as opened:
+        yield opened
 
 
 def test_a_window_delivered_twice_is_stored_once_and_acked_both_times(store: Store) -> None:
