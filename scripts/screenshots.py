@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hub.desired.keys import init_keys
+from scripts.browser import chromium, process, wait_until
 from scripts.loopback import free_port
 from scripts.mosquitto import Mosquitto
 
@@ -35,43 +32,6 @@ TOKEN = "screenshots-token"
 OLD = "registry.example:5000/temp-c@sha256:" + "1" * 64
 NEW = "registry.example:5000/temp-c@sha256:" + "2" * 64
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
-
-
-@contextlib.contextmanager
-def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(20)
-
-
-@contextlib.contextmanager
-def chromium(width: int, height: int) -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--hide-scrollbars",
-                f"--window-size={width},{height}"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _toml(config: dict[str, dict[str, object]]) -> str:
@@ -186,13 +146,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgefleet-shots-") as tmp, live_hub(Path(tmp)) as url:
         prepare(url)
-        with chromium(1280, 900) as driver:
+        with chromium(1280, 900, hide_scrollbars=True) as driver:
             login(driver, url)
             for name, path, ready in PAGES:
                 shoot(driver, url, path, args.out / f"{name}.png", 1280, ready)
             shoot(driver, url, "/console/fleet", args.out / "fleet-390.png", 390, "#devices")
             shoot(driver, url, "/console/rollouts/1", args.out / "rollout-390.png", 390, "#rollout-state")
-        with chromium(1280, 900) as driver:
+        with chromium(1280, 900, hide_scrollbars=True) as driver:
             shoot(driver, url, "/console/login", args.out / "login.png", 1280, "#token")
 
 

@@ -9,23 +9,20 @@ Selenium Manager: there is no network).
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hub.desired.keys import PUBLIC_NAME, init_keys
+from scripts.browser import chromium, process, wait_until
 from scripts.loopback import free_port
 from scripts.mosquitto import Mosquitto
 from tests.support.toml import to_toml
@@ -33,53 +30,11 @@ from tests.support.toml import to_toml
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "console-browser-token"
 OLD = "127.0.0.1:5000/temp-c@sha256:" + "1" * 64
 NEW = "127.0.0.1:5000/temp-c@sha256:" + "2" * 64
 WAIT = 60.0
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll ``check`` until true; fail after ``timeout`` seconds saying what did not happen."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
-
-
-@contextlib.contextmanager
-def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``argv`` as a child process logging to ``log``; SIGTERM (then SIGKILL) on exit."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(20)
-
-
-@contextlib.contextmanager
-def chromium(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
-    if not (shutil.which(CHROMIUM) and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium and chromium-driver are not installed: scripts/apt-deps.sh installs them")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={width},{height}"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -117,15 +72,33 @@ def simulate(cloud: Mosquitto, prefix: str, url: str, tmp: Path, name: str, devi
     ], tmp / f"simulate-{name}.log")  # fmt: skip
 
 
+def read_live(read: Callable[[], T]) -> T:
+    """``read()`` again when the live refresh swapped a fragment under it.
+
+    Pages replace their fragments every few seconds: an element found just before a swap is stale when it is
+    read, so the lookup starts over (the swap is over by the next try)."""
+    for _ in range(5):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError("the page was replaced by the live refresh on every one of 5 reads")
+
+
 def rows(driver: WebDriver) -> list[str]:
-    return [
+    return read_live(lambda: [
         e.get_attribute("data-device") or "" for e in driver.find_elements(By.CSS_SELECTOR, "#devices tr[data-device]")
-    ]
+    ])
 
 
 def text_of(driver: WebDriver, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    """The text of the first element matching ``css``, "" if none."""
+
+    def read() -> str:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else ""
+
+    return read_live(read)
 
 
 def click_action(driver: WebDriver, command: str) -> None:
