@@ -83,3 +83,18 @@ def test_the_paho_internals_it_relies_on_are_there() -> None:
     assert "self._sock = self._create_socket()" in inspect.getsource(mqtt.Client.reconnect)
     assert ".pending()" in inspect.getsource(mqtt.Client._loop)
     assert issubclass(BufferedClient, mqtt.Client)
+    # Every PUBLISH reaches on_message through _handle_on_message(message), which BufferedClient replaces.
+    assert "self._handle_on_message(message)" in inspect.getsource(mqtt.Client._handle_publish)
+    assert "_userdata" in inspect.getsource(mqtt.Client._handle_on_message)
+
+
+def test_messages_go_straight_to_on_message() -> None:
+    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="t", userdata="ud")
+    got: list[tuple[object, bytes]] = []
+    client.on_message = lambda _c, userdata, msg: got.append((userdata, msg.payload))
+    message = mqtt.MQTTMessage(mid=1, topic=b"a/b")
+    message.payload = b"x"
+    client._handle_on_message(message)
+    assert got == [("ud", b"x")]
+    with pytest.raises(NotImplementedError):
+        client.message_callback_add("a/#", lambda *_: None)
