@@ -23,7 +23,7 @@ from edge_protocol.clocks import STEADY_WALL
 from edge_protocol.durations import parse_duration
 from hub import __version__
 from hub import metrics as _metrics  # noqa: F401 - registers the hub's counters even before ingest runs
-from hub.api.auth import token_check
+from hub.api.auth import API_PREFIX, TokenCheck
 from hub.api.errors import install_error_handlers
 from hub.api.routes.catalog import catalog_router
 from hub.api.routes.fleet import fleet_router, selector_of
@@ -62,7 +62,8 @@ def create_app(
     resolver = resolver or DigestResolver()
     app = FastAPI(title="edgefleet hub", version=__version__)
     devices, windows = Devices(store), Aggregates(store)
-    install_error_handlers(app, store)
+    check = TokenCheck(store, token)
+    install_error_handlers(app, store, check)
 
     def to_time(value: str | None, name: str) -> float | None:
         if value is None:
@@ -85,7 +86,7 @@ def create_app(
         """Prometheus text exposition of the hub's counters."""
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(token_check(store, token))])
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(check.require)])
 
     @v1.get("/aggregates", tags=["aggregates"])
     async def aggregates(

@@ -3,7 +3,9 @@
 A caller who has not passed the token check (``/healthz``, a refused request, a failure inside the check
 itself) gets a generic message; one who has gets a short reason with URLs and the store's password taken
 out. The log always gets the details. Refusals (404, 409, 422) say what was wrong: they are only raised
-behind the token check.
+behind the token check. FastAPI refuses a body that is not JSON before any dependency runs, the token check
+included: for a ``/v1`` route that 422 (naming the route's body) goes only to a caller the check then lets
+through; anyone else gets the check's 401.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import logging
 import re
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from hub.api.auth import authorized
+from hub.api.auth import TokenCheck, authorized, bearer, guarded, unauthorized
 from hub.db.store import Store
 from hub.errors import Conflict, HubError, NotFound, RegistryError, StoreError, Unprocessable
 
@@ -27,14 +31,21 @@ _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 REASON_CHARS = 160
 
 
-def install_error_handlers(app: FastAPI, store: Store) -> None:
-    """The handlers of :class:`HubError` and its kinds on ``app``, scrubbing with ``store``'s URL."""
+def install_error_handlers(app: FastAPI, store: Store, check: TokenCheck) -> None:
+    """The handlers of :class:`HubError` and its kinds on ``app``, scrubbing with ``store``'s URL, and of
+    FastAPI's validation errors, answered with 401 to a ``/v1`` caller that does not pass ``check``."""
 
     def reason(request: Request, exc: Exception) -> str | None:
         """A short reason for an authorized caller; None (say nothing) for anyone else."""
         if not authorized(request):
             return None
         return scrub(str(exc.reason if isinstance(exc, StoreError) else exc), store.url)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if guarded(request) and not authorized(request) and not await check.passes(request, await bearer(request)):
+            return await http_exception_handler(request, unauthorized())
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(StoreError)
     async def _store_unavailable(request: Request, exc: StoreError) -> JSONResponse:

@@ -3,6 +3,8 @@
 The routes are enumerated from ``app.routes`` (so a route added tomorrow is covered without touching this
 file); path parameters get dummies and every method is called, with no token, a wrong one, and the hub's last
 token after it was revoked. Only the routes in PUBLIC answer without one, each for the reason given there.
+A method that may carry a body is called with each of BODIES: whatever is wrong with the body, a caller
+without a valid token learns nothing from a 422 (that the route exists, what its body looks like).
 """
 
 from __future__ import annotations
@@ -40,6 +42,16 @@ PUBLIC: dict[tuple[str, str], str] = {
 _PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 DUMMIES = {"command": "pause"}
 """Path parameters that must hold one of a few words to reach the endpoint (others are 1)."""
+BODY_METHODS = ("POST", "PUT", "PATCH")
+BODIES = {
+    "empty": b"{}",
+    "malformed": b"{not json",
+    "truncated": b'{"name": "x", ',
+    "wrong-shape": b"[1, 2]",
+    "wrong-type": b'"a string"',
+    "unknown-fields": b'{"no_such_field": [null, {"deep": true}]}',
+}
+"""Bodies sent, as application/json, with every method that may carry one: all but the first are wrong."""
 
 
 def _routes(app: FastAPI) -> list[tuple[str, str]]:
@@ -51,6 +63,15 @@ def _routes(app: FastAPI) -> list[tuple[str, str]]:
         assert path, f"{route!r}: enumerate this kind of route too"
         assert methods, f"{route!r}: enumerate this kind of route too"
         found += [(method, path) for method in sorted(methods)]
+    return found
+
+
+def _json_body_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route that reads a JSON body into a model."""
+    found = []
+    for route in _flat(app.routes):
+        if getattr(route, "body_field", None) is not None:
+            found += [(method, getattr(route, "path", "")) for method in sorted(getattr(route, "methods", ()))]
     return found
 
 
@@ -66,16 +87,19 @@ def _flat(routes: Iterable[object]) -> Iterator[object]:
             yield route
 
 
-def _call(client: TestClient, method: str, path: str, headers: dict[str, str]) -> tuple[int, str]:
+def _call(
+    client: TestClient, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+) -> tuple[int, str, dict[str, str]]:
     url = _PARAM.sub(lambda m: DUMMIES.get(m.group(1), "1"), path)
-    body: dict[str, object] | None = {} if method in ("POST", "PUT", "PATCH") else None
-    response = client.request(method, url, headers=headers, json=body, follow_redirects=False)
-    return response.status_code, response.headers.get("location", "")
+    if body is not None:
+        headers = {**headers, "Content-Type": "application/json"}
+    response = client.request(method, url, headers=headers, content=body, follow_redirects=False)
+    return response.status_code, response.headers.get("location", ""), dict(response.headers)
 
 
-def _refused(status: int, location: str, path: str) -> bool:
+def _refused(status: int, location: str, path: str, headers: dict[str, str]) -> bool:
     if status == 401:
-        return True
+        return path.startswith("/console/") or headers.get("www-authenticate") == "Bearer"
     # A console page sends a browser without a session to the login form instead (and shows nothing).
     return path.startswith("/console/") and status == 303 and location.startswith("/console/login")
 
@@ -95,6 +119,7 @@ def test_the_enumeration_sees_the_api_and_the_console(app: FastAPI) -> None:
     routes = _routes(app)
     assert len([r for r in routes if r[1].startswith("/v1/")]) >= 20
     assert len([r for r in routes if r[1].startswith("/console/")]) >= 10
+    assert len([r for r in _json_body_routes(app) if r[1].startswith("/v1/")]) >= 6
     stale = set(PUBLIC) - set(routes)
     assert not stale, f"public exceptions naming no route (remove them): {sorted(stale)}"
 
@@ -103,11 +128,13 @@ def _check_every_route(client: TestClient, app: FastAPI, headers: dict[str, str]
     wrongly_open = []
     for method, path in _routes(app):
         public = (method, path) in PUBLIC or (method == "HEAD" and ("GET", path) in PUBLIC)
-        status, location = _call(client, method, path, headers)
-        if public:
-            assert status < 500, f"{method} {path}: {status}"
-        elif not _refused(status, location, path):
-            wrongly_open.append(f"{method} {path}: {status} {location}".strip())
+        bodies: dict[str, bytes | None] = dict(BODIES) if method in BODY_METHODS else {"none": None}
+        for name, body in bodies.items():
+            status, location, answer = _call(client, method, path, headers, body)
+            if public:
+                assert status < 500, f"{method} {path} ({name} body): {status}"
+            elif not _refused(status, location, path, answer):
+                wrongly_open.append(f"{method} {path} ({name} body): {status} {location}".strip())
     assert not wrongly_open, "answered without a valid token:\n" + "\n".join(wrongly_open)
 
 
@@ -134,6 +161,22 @@ def test_every_route_needs_the_configured_token(fleet_store: Store, publisher: D
     with TestClient(app, base_url="http://hub") as client:
         _check_every_route(client, app, {})
         _check_every_route(client, app, {"Authorization": "Bearer configured-tokem"})
+
+
+@pytest.mark.parametrize("body", [b for name, b in BODIES.items() if name != "empty"], ids=list(BODIES)[1:])
+def test_a_valid_token_gets_the_validation_errors_of_a_bad_body(
+    client: TestClient, app: FastAPI, fleet_store: Store, body: bytes
+) -> None:
+    """The other side of the walk: the 422 and its detail are only withheld from strangers."""
+    token, _ = Tokens(fleet_store).create("ops")
+    routes = _json_body_routes(app)
+    assert routes
+    for method, path in routes:
+        url = _PARAM.sub(lambda m: DUMMIES.get(m.group(1), "1"), path)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        response = client.request(method, url, headers=headers, content=body)
+        assert response.status_code == 422, f"{method} {path}: {response.status_code} {response.text}"
+        assert response.json()["detail"][0]["loc"][0] == "body", f"{method} {path}: {response.text}"
 
 
 def test_a_hub_that_never_had_a_token_is_open(client: TestClient) -> None:
