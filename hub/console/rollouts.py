@@ -27,7 +27,8 @@ _STATUS = {NotFound: 404, Conflict: 409, Unprocessable: 422, StoreError: 503}
 _DONE = {"pause": "paused", "resume": "resumed", "abort": "aborted", "undo": "undone"}
 DEFAULTS = Limits()
 FORM_FIELDS = ("handler", "release", "target", "canary", "batch", "soak", "max_error_rate", "max_lag_ms",
-               "health_timeout")  # fmt: skip
+               "health_timeout", "min_events")  # fmt: skip
+"""The form's fields: RolloutIn's, validated by it (an empty one takes the API's default)."""
 
 
 @dataclass(frozen=True, slots=True)

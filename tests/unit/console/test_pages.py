@@ -6,11 +6,12 @@ import csv
 import io
 import re
 
+import pytest
 from fastapi.testclient import TestClient
 
 from hub.api.app import create_app
 from hub.db.store import Store
-from hub.rollouts.plan import State
+from hub.rollouts.plan import Limits, State
 from hub.rollouts.store import RolloutStore
 from tests.unit.console.conftest import NEW, NOW, TOKEN, csrf_of, login
 
@@ -114,6 +115,33 @@ def test_a_bad_rollout_form_says_what_is_wrong(client: TestClient) -> None:
     unknown = client.post("/console/rollouts", data={"csrf": csrf, "handler": "temp-c", "release": "9.9"})
     assert unknown.status_code == 422
     assert "has no release" in unknown.text
+
+
+def test_the_rollout_form_sets_min_events_as_the_api_does(store: Store, client: TestClient) -> None:
+    page = client.get("/console/rollouts")
+    assert f'name="min_events" inputmode="numeric" value="{Limits().min_events}"' in page.text  # the API's default
+    started = client.post("/console/rollouts", data={"csrf": csrf_of(client), "handler": "temp-c", "release": "1.1",
+                                                     "min_events": "25"})  # fmt: skip
+    assert started.status_code == 201, started.text
+    assert RolloutStore(store).get(1).limits.min_events == 25
+    assert "at least 25 events" in started.text  # the rollout's page shows its gate
+
+
+def test_an_empty_min_events_is_the_default(store: Store, client: TestClient) -> None:
+    started = client.post("/console/rollouts", data={"csrf": csrf_of(client), "handler": "temp-c", "release": "1.1",
+                                                     "min_events": " "})  # fmt: skip
+    assert started.status_code == 201, started.text
+    assert RolloutStore(store).get(1).limits.min_events == Limits().min_events
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "2.5"])
+def test_a_bad_min_events_gets_the_form_back_with_the_reason(store: Store, client: TestClient, value: str) -> None:
+    response = client.post("/console/rollouts", data={"csrf": csrf_of(client), "handler": "temp-c",
+                                                      "release": "1.1", "min_events": value})  # fmt: skip
+    assert response.status_code == 422
+    assert "Refused: the rollout was not started: min_events: " in response.text
+    assert f'name="min_events" inputmode="numeric" value="{value}"' in response.text  # kept as typed
+    assert RolloutStore(store).all() == []
 
 
 def test_without_a_signing_key_actions_are_refused_with_the_reason(store: Store) -> None:
