@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.desired_checks import DesiredChecks
-from edge_agent.files import write_atomically
 from edge_agent.pipeline import Pipeline
 from edge_agent.refusals import RefusalMemory, refused_path
 from edge_agent.staging import TrialEnd, UpdateRefused
 from edge_protocol.desired import DesiredDocument, DesiredRefused, is_pinned, verify_signed
+from edge_protocol.files import write_atomically
 from edge_protocol.messages import DesiredRefusal
 
 if TYPE_CHECKING:

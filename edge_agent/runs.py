@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.files import write_atomically
+from edge_protocol.files import write_atomically
 
 RUN_FILE = "run"
 

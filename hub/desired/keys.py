@@ -8,9 +8,7 @@ a key behind, and ``--force`` replaces a pair atomically file by file.
 from __future__ import annotations
 
 import logging
-import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_protocol.desired import key_id, load_private_key
+from edge_protocol.files import write_atomically
 from hub.errors import ConfigError, HubError
 
 log = logging.getLogger(__name__)
@@ -56,8 +55,8 @@ def init_keys(directory: Path, *, force: bool = False) -> KeyPair:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     pem = public_pem(key.public_key())
-    _write_atomically(private_path, private_pem, 0o600)
-    _write_atomically(public_path, pem.encode(), 0o644)
+    write_atomically(private_path, private_pem, 0o600)
+    write_atomically(public_path, pem.encode(), 0o644)
     return KeyPair(private_path, public_path, pem, key_id(key.public_key()))
 
 
@@ -75,22 +74,3 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("the signing key %s is readable by others (mode %o): chmod 600 it", path, stat.S_IMODE(mode))
     return key
-
-
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, chmod ``mode`` and rename it over ``path``."""
-    _write_atomically(path, data, mode)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

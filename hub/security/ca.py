@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hub.desired.keys import write_atomically
+from edge_protocol.files import write_atomically
 from hub.errors import HubError
 
 CA_KEY, CA_CERT, SERVER_KEY, SERVER_CERT, CRL = "ca.key", "ca.crt", "server.key", "server.crt", "crl.pem"

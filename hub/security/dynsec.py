@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_protocol.files import write_atomically
 from edge_protocol.topics import Topics
-from hub.desired.keys import write_atomically
 from hub.errors import BrokerError
 from hub.mqtt.broker import MessageBus
 

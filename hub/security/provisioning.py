@@ -22,11 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_protocol.files import write_atomically
 from edge_protocol.specs import NAME_PATTERN
 from edge_protocol.topics import Topics
 from hub.config import HubConfig
 from hub.db.store import Store
-from hub.desired.keys import load_signing_key, public_pem, write_atomically
+from hub.desired.keys import load_signing_key, public_pem
 from hub.errors import ConfigError, Conflict, NotFound, Unprocessable
 from hub.security import credentials
 from hub.security.ca import CertificateAuthority

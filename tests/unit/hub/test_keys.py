@@ -17,6 +17,7 @@ from hub.cli.app import app
 from hub.config import HubConfig
 from hub.desired.keys import PRIVATE_NAME, PUBLIC_NAME, KeysExist, init_keys, load_signing_key
 from hub.errors import ConfigError
+from tests.unit.protocol.test_files import record_fsyncs
 
 
 def mode(path: Path) -> int:
@@ -36,6 +37,14 @@ def test_init_writes_a_usable_pair_with_a_private_private_key(tmp_path: Path) ->
     signed = sign_document(DesiredDocument(device="d", version=1, issued_at=0.0), private)
     assert verify_document(signed.model_dump_json().encode(), public, "d").version == 1
     assert [p.name for p in (tmp_path / "keys").iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_the_pair_is_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file fsynced and renamed, then its directory fsynced: a power cut must not forget the rename."""
+    synced = record_fsyncs(monkeypatch)
+    pair = init_keys(tmp_path / "keys")
+    assert synced == ["file", "dir", "file", "dir"]
+    assert sorted(p.name for p in pair.private_path.parent.iterdir()) == sorted([PRIVATE_NAME, PUBLIC_NAME])
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
