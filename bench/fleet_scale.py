@@ -24,10 +24,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from bench.hub import broker
-from bench.hub_procs import HUB, Simulator, nofile
+from bench.hub_procs import HUB, Simulator, close_all, nofile, stop_all
 from bench.procs import REPO, Helper, cpu_seconds, percentile
 from scripts.loopback import free_port
 from tests.support.postgres_db import fresh_database
@@ -135,12 +137,28 @@ class Replicas:
         self.engine.dispose()
 
 
-def simulators(port: int, devices: int, *args: str) -> list[Simulator]:
-    out = []
-    for i, first in enumerate(range(0, devices, PER_SIMULATOR)):
-        count = min(PER_SIMULATOR, devices - first)
-        out.append(Simulator(port, count, "--device-prefix", f"f{i}", *args))
-    return out
+@contextlib.contextmanager
+def simulators(port: int, devices: int, *args: str, record: list[Path] | None = None) -> Iterator[list[Simulator]]:
+    """``devices`` in ``hub simulate`` processes of at most :data:`PER_SIMULATOR`, each stopped at exit whatever
+    happened (one that failed to start included); ``record``: each one's ``--record`` file."""
+    sims: list[Simulator] = []
+    try:
+        for i, first in enumerate(range(0, devices, PER_SIMULATOR)):
+            count = min(PER_SIMULATOR, devices - first)
+            extra = ("--record", str(record[i])) if record is not None else ()
+            sims.append(Simulator(port, count, "--device-prefix", f"f{i}", *args, *extra))
+        yield sims
+    finally:
+        close_all(sims)
+
+
+def record_files(tmp: Path, devices: int) -> list[Path]:
+    return [tmp / f"published-{i}.tsv" for i in range(-(-devices // PER_SIMULATOR))]
+
+
+def startup(devices: int) -> float:
+    """Seconds for simulators of ``devices`` to connect (500 devices/s each, slower on a busy machine)."""
+    return 60.0 + min(devices, PER_SIMULATOR) / 20
 
 
 def stream_args(devices: int) -> list[str]:
@@ -148,23 +166,16 @@ def stream_args(devices: int) -> list[str]:
     return ["--rate", f"{rate:g}", "--window", f"{WINDOW:g}s"]
 
 
-def close_all(sims: list[Simulator]) -> None:
-    for sim in sims:
-        sim.close()
-
-
 def ceiling(devices: int, backlog: int) -> dict[str, Any]:
     """A bare paho subscriber on the shared filter counting the capacity stream."""
     want = round(OFFERED * WINDOW) * backlog
     with broker() as mq, Helper("aggsub", "--port", str(mq.port), "--topic", SHARED, "--qos", "1",
                                 "--count", str(want)) as sub:  # fmt: skip
-        sub.read(timeout=15)
-        sims = simulators(mq.port, devices, *stream_args(devices), "--backlog", str(backlog), "--resend-after", "600s")
-        try:
-            done = sub.read(timeout=120 + want / 2000)
-            finals = [sim.stop() for sim in sims]
-        finally:
-            close_all(sims)
+        sub.read(timeout=30)
+        with simulators(mq.port, devices, *stream_args(devices), "--backlog", str(backlog),
+                        "--resend-after", "600s") as sims:  # fmt: skip
+            done = sub.read(timeout=startup(devices) + 60 + want / 2000)
+            finals = stop_all(sims)
     seconds = done["last"] - done["first"]
     return {
         "records": done["records"],
@@ -178,23 +189,12 @@ def capacity(kind: str, replicas: int, devices: int, backlog: int) -> dict[str, 
     want = round(OFFERED * WINDOW) * backlog
     with broker() as mq, tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, store(kind, Path(tmp)) as url:
         hubs = Replicas(Path(tmp), mq.port, url, replicas)
-        sims: list[Simulator] = []
         try:
-            cpu0 = hubs.cpu()
-            sims = simulators(mq.port, devices, *stream_args(devices), "--backlog", str(backlog),
-                              "--resend-after", "600s")  # fmt: skip
-            deadline, last, progress = time.monotonic() + 120 + want / 1000, -1, time.monotonic()
-            while (stored := hubs.stored()[0]) < want and time.monotonic() < deadline:
-                if stored != last:
-                    last, progress = stored, time.monotonic()
-                elif time.monotonic() - progress > 30:
-                    break  # stuck: report what was stored
-                time.sleep(1.0)
-            hub_cpu = hubs.cpu() - cpu0
-            count, first, end = hubs.stored()
-            finals = [sim.stop() for sim in sims]
+            with simulators(mq.port, devices, *stream_args(devices), "--backlog", str(backlog),
+                            "--resend-after", "600s") as sims:  # fmt: skip
+                count, first, end, hub_cpu = _drain(hubs, want)
+                finals = stop_all(sims)
         finally:
-            close_all(sims)
             hubs.close()
     seconds = (end or 0.0) - (first or 0.0)
     return {
@@ -207,28 +207,39 @@ def capacity(kind: str, replicas: int, devices: int, backlog: int) -> dict[str, 
     }
 
 
+def _drain(hubs: Replicas, want: int) -> tuple[int, float | None, float | None, float]:
+    """Until ``want`` results are stored (or none came for 30 s): (stored, first and last ``stored_at``, hub CPU)."""
+    cpu0 = hubs.cpu()
+    deadline, last, progress = time.monotonic() + 120 + want / 1000, -1, time.monotonic()
+    while (stored := hubs.stored()[0]) < want and time.monotonic() < deadline:
+        if stored != last:
+            last, progress = stored, time.monotonic()
+        elif time.monotonic() - progress > 30:
+            break  # stuck: report what was stored
+        time.sleep(1.0)
+    hub_cpu = hubs.cpu() - cpu0
+    return (*hubs.stored(), hub_cpu)
+
+
 def lag(kind: str, replicas: int, devices: int, seconds: float, warmup: float) -> dict[str, Any]:
     """``replicas`` hubs under :data:`OFFERED` results/s: stored/s and the publish -> stored lag."""
     with broker() as mq, tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, store(kind, Path(tmp)) as url:
         hubs = Replicas(Path(tmp), mq.port, url, replicas)
-        sims: list[Simulator] = []
-        records = [Path(tmp) / f"published-{i}.tsv" for i in range(-(-devices // PER_SIMULATOR))]
+        records = record_files(Path(tmp), devices)
         try:
-            sims = [
-                Simulator(mq.port, min(PER_SIMULATOR, devices - i * PER_SIMULATOR), "--device-prefix", f"f{i}",
-                          *stream_args(devices), "--resend-after", "120s", "--record", str(records[i]))
-                for i in range(len(records))
-            ]  # fmt: skip
-            ready = max(sim.wait_event("ready", timeout=60 + devices / 20)["at"] for sim in sims)
-            deadline = time.monotonic() + 120
-            while hubs.devices() < devices and time.monotonic() < deadline:
-                time.sleep(1.0)
-            known = time.time() - ready
-            time.sleep(max(0.0, ready + warmup - time.time()))
-            start, cpu0 = time.time(), hubs.cpu()
-            time.sleep(seconds)
-            end, hub_cpu = time.time(), hubs.cpu() - cpu0
-            finals = [sim.stop() for sim in sims]
+            with simulators(mq.port, devices, *stream_args(devices), "--resend-after", "120s",
+                            record=records) as sims:  # fmt: skip
+                until = time.monotonic() + startup(devices)
+                ready = max(sim.wait_event("ready", timeout=until - time.monotonic())["at"] for sim in sims)
+                deadline = time.monotonic() + 60 + devices / 50
+                while hubs.devices() < devices and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                known = time.time() - ready
+                time.sleep(max(0.0, ready + warmup - time.time()))
+                start, cpu0 = time.time(), hubs.cpu()
+                time.sleep(seconds)
+                end, hub_cpu = time.time(), hubs.cpu() - cpu0
+                finals = stop_all(sims)
             quiet, last = time.monotonic() + 15, -1
             while (now := hubs.stored()[0]) != last and time.monotonic() < quiet:
                 last = now
@@ -236,7 +247,6 @@ def lag(kind: str, replicas: int, devices: int, seconds: float, warmup: float) -
             stopped = time.time()
             stored_at = hubs.stored_at()
         finally:
-            close_all(sims)
             hubs.close()
         waits, missing = [], 0
         for path in records:
@@ -272,18 +282,56 @@ def run(results: dict[str, Any], phase: Any, devices: int) -> None:
     except RuntimeError as exc:
         node["error"] = str(exc)
         return
-    phase(results, "fleet.ceiling", f"fleet ceiling: bare paho on {devices} devices' batches",
-          lambda: ceiling(devices, backlog))  # fmt: skip
-    for kind, replicas in SETUPS:
-        key = f"{kind}_{replicas}"
-        phase(results, f"fleet.capacity.{key}", f"fleet capacity: {replicas} hub(s) on {kind}, {devices} devices",
-              lambda k=kind, r=replicas: capacity(k, r, devices, backlog))  # fmt: skip
-        phase(results, f"fleet.lag.{key}", f"fleet lag: {replicas} hub(s) on {kind}, {OFFERED:,.0f} results/s",
-              lambda k=kind, r=replicas: lag(k, r, devices, seconds, warmup))  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _exit_on_term)  # a killed bench still stops what it started
+    try:
+        phase(results, "fleet.ceiling", f"fleet ceiling: bare paho on {devices} devices' batches",
+              _guarded(node, "ceiling", lambda: ceiling(devices, backlog)))  # fmt: skip
+        for kind, replicas in SETUPS:
+            key = f"{kind}_{replicas}"
+            phase(results, f"fleet.capacity.{key}", f"fleet capacity: {replicas} hub(s) on {kind}, {devices} devices",
+                  _guarded(node, key, partial(capacity, kind, replicas, devices, backlog)))  # fmt: skip
+            phase(results, f"fleet.lag.{key}", f"fleet lag: {replicas} hub(s) on {kind}, {OFFERED:,.0f} results/s",
+                  _guarded(node, key, partial(lag, kind, replicas, devices, seconds, warmup)))  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     one = node.get("capacity", {}).get("postgresql_1", {}).get("rate")
     two = node.get("capacity", {}).get("postgresql_2", {}).get("rate")
     if one and two:
         node["two_over_one"] = round(two / one, 2)
+
+
+def _exit_on_term(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _guarded(node: dict[str, Any], key: str, func: Callable[[], Any]) -> Callable[[], Any]:
+    """``func``, then a check that it left none of its processes running: any child of ours still alive (a
+    ``hub simulate``, ``hub serve``, mosquitto or helper a phase failed to stop) is killed and named under
+    ``fleet.leftover``, so that one phase's failure does not weigh on the next ones."""
+
+    def guarded() -> Any:
+        try:
+            return func()
+        finally:
+            for pid, command in _children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    node.setdefault("leftover", []).append(f"{key}: {command}")
+
+    return guarded
+
+
+def _children() -> list[tuple[int, str]]:
+    """(pid, command line) of our live child processes, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text_ = stat.read_text()
+            fields = text_[text_.rindex(")") + 2 :].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(stat.parent.name), command.strip()))
+    return found
 
 
 def summary(results: dict[str, Any]) -> str:

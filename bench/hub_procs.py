@@ -117,7 +117,14 @@ class Simulator(Helper):
             "--devices", str(devices), "--broker", f"127.0.0.1:{broker_port}", "--json", "--every", "2s", *args,
             command=[HUB, "simulate"],
         )  # fmt: skip
+        self.devices = devices
         self.lines: list[dict[str, Any]] = []
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds from SIGTERM to the ``final`` line: the devices' 10 s shutdown grace, then every device's
+        task cancelled and the figures summed, which on a busy machine takes about 20 ms a device."""
+        return 30.0 + self.devices / 50
 
     def wait_event(self, event: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -131,14 +138,40 @@ class Simulator(Helper):
     def stop(self) -> dict[str, Any]:
         """SIGTERM, then the simulator's final figures."""
         self.proc.terminate()
-        return self.wait_event("final", timeout=30)
+        return self.wait_event("final", timeout=self.shutdown_timeout)
 
     def close(self) -> None:
-        """SIGTERM: the devices publish their offline status and disconnect (10 s at most), then SIGKILL."""
+        """SIGTERM: the devices publish their offline status and disconnect, then SIGKILL if it takes longer than
+        the final line may (:attr:`shutdown_timeout`)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(20)
+                self.proc.wait(self.shutdown_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def stop_all(sims: list[Simulator]) -> list[dict[str, Any]]:
+    """SIGTERM every simulator at once (they shut down in parallel, not one after another while the others still
+    publish), then each one's final figures, within the longest :attr:`Simulator.shutdown_timeout`."""
+    for sim in sims:
+        if sim.proc.poll() is None:
+            sim.proc.terminate()
+    deadline = time.monotonic() + max((sim.shutdown_timeout for sim in sims), default=0.0)
+    return [sim.wait_event("final", timeout=max(1.0, deadline - time.monotonic())) for sim in sims]
+
+
+def close_all(sims: list[Simulator]) -> None:
+    """SIGTERM every simulator still running at once, then wait for all of them: SIGKILL those still running after
+    the longest :attr:`Simulator.shutdown_timeout`. None is left running, whatever happened before."""
+    for sim in sims:
+        if sim.proc.poll() is None:
+            sim.proc.terminate()
+    deadline = time.monotonic() + max((sim.shutdown_timeout for sim in sims), default=0.0)
+    for sim in sims:
+        try:
+            sim.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            sim.proc.kill()
+            sim.proc.wait()
