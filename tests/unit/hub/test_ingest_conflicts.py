@@ -65,9 +65,9 @@ async def deliver(ingest: Ingest, *records: SequencedResult) -> None:
     await ingest.handle(Inbound(AGG, batch("dev-a", *records).model_dump_json().encode(), False))
 
 
-def other_content(seq: int) -> SequencedResult:
+def other_content(seq: int, start: float = 1000.0) -> SequencedResult:
     """The window of ``record(seq)`` (same id) with other values: what a colliding device or subscription sends."""
-    return record(seq, values=(7.0, 8.0))
+    return record(seq, values=(7.0, 8.0), start=start)
 
 
 async def test_the_same_window_again_is_acked_as_stored(ingest: Ingest, bus: FakeBus, store: Store) -> None:
@@ -173,3 +173,22 @@ def test_an_ack_without_refusals_is_the_old_wire_form() -> None:
     assert CLOUD_MESSAGE.validate_json(old) == ack  # and an older hub's ack still parses
     refusal = Ack(device="d", refused=[Refusal(seq=3, reason="conflict")])
     assert CLOUD_MESSAGE.validate_json(refusal.wire()) == refusal
+
+
+def test_one_insert_of_several_batches_stores_the_new_and_refuses_only_the_conflicts(store: Store) -> None:
+    """One statement for several devices' batches (PostgreSQL: column arrays): new rows stored with their JSON
+    intact, a redelivery not refused, a conflict refused in its own batch only."""
+    aggregates = Aggregates(store)
+    assert aggregates.store_batch("dev-a", [record(1), record(2, start=2000.0)]) == [1, 2]
+    new_b = [record(7, device="dev-b", sketch=True), record(8, device="dev-b", start=3000.0, stats=("max",))]
+    with store.transaction("test") as session:
+        mixed = [record(3), other_content(4, start=2000.0), record(5, start=4000.0)]
+        refused = aggregates.insert_batches(session, [("dev-a", mixed), ("dev-b", new_b)], 6000.0)
+    assert refused == [{4: "conflict"}, {}]
+    stored = {(r.device, r.window_start): r for r in aggregates.query()}
+    assert sorted(stored) == [("dev-a", 1000.0), ("dev-a", 2000.0), ("dev-a", 4000.0), ("dev-b", 1000.0),
+                              ("dev-b", 3000.0)]  # fmt: skip
+    assert stored["dev-a", 2000.0].events == 3  # the first content kept
+    assert stored["dev-b", 1000.0].fields == new_b[0].result.fields
+    assert stored["dev-b", 3000.0].stats == ["max"]
+    assert stored["dev-a", 4000.0].stored_at == 6000.0
