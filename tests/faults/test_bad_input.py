@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.mqtt_clients import dead_letters, publish_all
+from tests.support.mqtt_clients import dead_letter_reasons, dead_letters, publish_all
 from tests.support.rig import Rig
 from tests.support.running import running_agent, wait_for
 from tests.support.workloads import TEMP_C, temperature_events, temps_subscription
@@ -63,7 +63,7 @@ async def test_bad_input_is_dead_lettered_and_counted(
                            detail=state.counters)
             await asyncio.to_thread(publish_all, rig.broker, mixed)
             await wait_for(lambda: len(letters.records) >= len(bad), timeout=30, what="a dead letter per bad event",
-                           detail=lambda: (state.counters(), letters.reasons().values()))
+                           detail=lambda: (state.counters(), dead_letter_reasons(letters).values()))
             # Still processing: valid events published after the bad ones go through.
             await asyncio.to_thread(publish_all, rig.broker, after)
             await wait_for(lambda: counters.processed >= valid and dispatcher.settled, timeout=30,
@@ -72,7 +72,7 @@ async def test_bad_input_is_dead_lettered_and_counted(
             assert counters.processed == valid
             assert counters.received == valid + len(bad)
             assert dict(counters.dead_lettered) == dict(collections.Counter(BAD_INPUT.values()))
-            got = letters.reasons()
+            got = dead_letter_reasons(letters)
             assert len(letters.records) == len(bad)
             assert got == BAD_INPUT, {p[:40]: (got.get(p), want) for p, want in BAD_INPUT.items() if got.get(p) != want}
             assert all(d.detail and d.subscription == "temps" and d.topic.startswith(f"{rig.prefix}/sensors/bad")

@@ -80,7 +80,7 @@ async def test_hub_sigkill_while_agent_forwards(
                   f"(stored at kill: {stored_at_kill.events}); agent sent={uplink.sent} resends={uplink.resends}")
             rows = hub_rows(db, rig.device_id)
             assert_events_per_group(rows, messages, celsius)  # none stored twice (under any id), none dropped
-            assert_stored_as_held(rows, sent.sent())  # each stored window is, value for value, one the agent sent
+            assert_stored_as_held(rows, sent.received())  # each stored window is, value for value, one the agent sent
             assert totals.events == len(celsius), f"stored {totals.events} of {len(celsius)} events"
             assert totals.count == len(celsius)
             assert math.isclose(totals.sum, math.fsum(celsius), rel_tol=1e-9, abs_tol=1e-6)

@@ -17,7 +17,7 @@ import pytest
 from scripts.loopback import free_port
 from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
-from tests.support.mqtt_clients import DeadLetters, SentWindows, publish_all
+from tests.support.mqtt_clients import dead_letters, publish_all, sent_windows
 from tests.support.readers import assert_stored_as_held, hub_rows
 from tests.support.running import running_agent, running_hub, wait_for
 
@@ -76,8 +76,8 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
         }],
         runtime=QUICK_RESTARTS,
     )
-    deadletters = DeadLetters(device_broker, topic_prefix)
-    sent = SentWindows(cloud_broker, topic_prefix, device_id)
+    deadletters = dead_letters(device_broker, topic_prefix)
+    sent = sent_windows(cloud_broker, topic_prefix, device_id)
     try:
         async with (
             running_hub(cloud_broker, topic_prefix, tmp_path / "hub.db") as (api, _hub),
@@ -104,8 +104,8 @@ async def test_ten_thousand_events_reach_the_hub_exactly_once(
             assert sum(r["events"] for r in rows) == len(celsius)
             # Each stored window is, value for value, one the agent sent, and every window sent is stored.
             stored_rows = hub_rows(tmp_path / "hub.db", device_id)
-            assert_stored_as_held(stored_rows, sent.sent())
-            assert {r["window_id"] for r in stored_rows} == {r["id"] for r in sent.sent()}
+            assert_stored_as_held(stored_rows, sent.received())
+            assert {r["window_id"] for r in stored_rows} == {r["id"] for r in sent.received()}
             c_fields = [r["fields"]["c"] for r in rows]
             assert sum(f["count"] for f in c_fields) == len(celsius)
             assert min(f["min"] for f in c_fields) == min(celsius)

@@ -18,7 +18,7 @@ from hub.desired.keys import init_keys
 from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_CLOUD, QUICK_RESTARTS, agent_config
 from tests.support.engine import remove_labelled
-from tests.support.mqtt_clients import DeadLetters
+from tests.support.mqtt_clients import dead_letters
 from tests.support.running import fleet_of, hub_config, serving_hub, wait_for
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ async def test_rollouts_update_gate_and_roll_back(
     }
     topic = f"{topic_prefix}/sensors/s1/temperature"
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    deadletters = DeadLetters(device_broker, topic_prefix)
+    deadletters = dead_letters(device_broker, topic_prefix)
     publisher: Publisher | None = None
     try:
         async with fleet_of(configs) as fleet, serving_hub(config) as (api, _hub), httpx.AsyncClient(

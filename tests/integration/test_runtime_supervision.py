@@ -28,7 +28,7 @@ from scripts.mosquitto import Mosquitto
 from tests.support.agent_config import QUICK_RESTARTS, agent_document
 from tests.support.daemons import agent_process
 from tests.support.engine import HANDLER_IMAGES, containers_of, ensure_handler_images, remove_labelled
-from tests.support.mqtt_clients import dead_letters, publish_all
+from tests.support.mqtt_clients import dead_letter_reasons, dead_letters, publish_all
 from tests.support.readers import outbox_results
 from tests.support.rig import Rig
 from tests.support.running import running_agent, wait_for
@@ -123,10 +123,10 @@ async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
                         return bool(into)
 
                     await wait_for(started, timeout=30, interval=0.02, what=f"handler container #{n} running",
-                                   detail=lambda: (states, letters.reasons()))
+                                   detail=lambda: (states, dead_letter_reasons(letters)))
                     await asyncio.to_thread(kill, found[0])
                 await wait_for(lambda: len(letters.records) >= len(events), timeout=20,
-                               what="every event dead-lettered", detail=lambda: (states, letters.reasons()))
+                               what="every event dead-lettered", detail=lambda: (states, dead_letter_reasons(letters)))
                 last_kill = kills[-1][2]
                 after = time.time() - last_kill
                 report = await state.reported(rig.device_id)
@@ -138,7 +138,7 @@ async def test_sigkilled_handler_restarts_on_backoff_then_is_marked_failed(
 
             gaps = [kills[i + 1][1] - kills[i][2] for i in range(3)]
             starts = [kills[i + 1][1] - kills[i][1] for i in range(3)]
-            reasons = [letters.reasons()[payload] for _topic, payload in events]
+            reasons = [dead_letter_reasons(letters)[payload] for _topic, payload in events]
             print(f"\nrestart delays (kill -> next StartedAt): {[f'{g:.2f}' for g in gaps]} s "
                   f"(start -> start {[f'{s:.2f}' for s in starts]} s; backoff {EXPECTED_DELAYS}); "
                   f"states {states}; reasons {reasons}; all dead-lettered {after:.2f}s after the 4th kill")

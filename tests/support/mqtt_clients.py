@@ -1,18 +1,20 @@
-"""MQTT clients of the tests: publishers (all at once or paced), a dead-letter collector, ``$SYS`` figures."""
+"""MQTT clients of the tests: publishers (all at once or paced), subscribers collecting dead letters or the
+windows a device sends, ``$SYS`` figures."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 import paho.mqtt.client as mqtt
 
 from edge_protocol.deadletter import DeadLetter
 from scripts.mosquitto import Mosquitto
+
+T = TypeVar("T")
 
 
 def _client(broker: Mosquitto) -> mqtt.Client:
@@ -22,42 +24,53 @@ def _client(broker: Mosquitto) -> mqtt.Client:
     return client
 
 
-class DeadLetters:
-    """A subscriber collecting the dead-letter records of one prefix on the device broker."""
+class Subscriber(Generic[T]):
+    """A subscriber collecting, in ``records``, what ``parse`` makes of each message on ``topic`` (at QoS 1),
+    subscribed once constructed; a context manager that closes it. Its broker must stay up while it records."""
 
-    def __init__(self, broker: Mosquitto, prefix: str) -> None:
-        self.records: list[DeadLetter] = []
+    def __init__(self, broker: Mosquitto, topic: str, parse: Callable[[bytes | bytearray], Iterable[T]]) -> None:
+        self.records: list[T] = []
+        self._parse = parse
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self._client = _client(broker)
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_a: self._subscribed.set()
-        self._client.connect(broker.host, broker.port)
-        self._client.subscribe(f"{prefix}/deadletter/#", qos=1)
+        self._client.subscribe(topic, qos=1)
         self._client.loop_start()
-        assert self._subscribed.wait(10)
+        if not self._subscribed.wait(10):
+            self.close()
+            raise AssertionError(f"the broker did not confirm the subscription to {topic}")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        record = DeadLetter.model_validate_json(msg.payload)
+        parsed = list(self._parse(msg.payload))
         with self._lock:
-            self.records.append(record)
+            self.records.extend(parsed)
 
-    def reasons(self) -> dict[bytes, str]:
+    def received(self) -> list[T]:
+        """A copy of the records so far."""
         with self._lock:
-            return {r.payload_bytes(): r.reason for r in self.records}
+            return list(self.records)
 
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
 
+    def __enter__(self) -> Subscriber[T]:
+        return self
 
-@contextlib.contextmanager
-def dead_letters(broker: Mosquitto, prefix: str) -> Iterator[DeadLetters]:
-    collector = DeadLetters(broker, prefix)
-    try:
-        yield collector
-    finally:
-        collector.close()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def dead_letters(broker: Mosquitto, prefix: str) -> Subscriber[DeadLetter]:
+    """The dead-letter records of one prefix on the device broker."""
+    return Subscriber(broker, f"{prefix}/deadletter/#", lambda payload: [DeadLetter.model_validate_json(payload)])
+
+
+def dead_letter_reasons(letters: Subscriber[DeadLetter]) -> dict[bytes, str]:
+    """Each dead-lettered payload -> the reason it was dead-lettered."""
+    return {r.payload_bytes(): r.reason for r in letters.received()}
 
 
 def broker_stat(broker: Mosquitto, topic: str, timeout: float = 10.0) -> int:
@@ -157,41 +170,11 @@ class PacedPublisher:
         self._client.loop_stop()
 
 
-class SentWindows:
-    """A subscriber on the cloud broker recording every window result a device sends (resends included), as
-    JSON, to compare what the hub stored with what was sent (:func:`tests.support.readers.assert_stored_as_held`).
-    Its broker must stay up while it records."""
-
-    def __init__(self, broker: Mosquitto, prefix: str, device: str) -> None:
-        self.results: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = lambda *_a: self._subscribed.set()
-        self._client.connect(broker.host, broker.port)
-        self._client.subscribe(f"{prefix}/devices/{device}/aggregates", qos=1)
-        self._client.loop_start()
-        assert self._subscribed.wait(10)
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        batch = json.loads(msg.payload)
-        with self._lock:
-            self.results.extend(record["result"] for record in batch["records"])
-
-    def sent(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.results)
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
+def sent_windows(broker: Mosquitto, prefix: str, device: str) -> Subscriber[dict[str, Any]]:
+    """Every window result a device sends (resends included), as JSON, recorded on the cloud broker to compare
+    what the hub stored with what was sent (:func:`tests.support.readers.assert_stored_as_held`)."""
+    return Subscriber(broker, f"{prefix}/devices/{device}/aggregates", _window_results)
 
 
-@contextlib.contextmanager
-def sent_windows(broker: Mosquitto, prefix: str, device: str) -> Iterator[SentWindows]:
-    tap = SentWindows(broker, prefix, device)
-    try:
-        yield tap
-    finally:
-        tap.close()
+def _window_results(payload: bytes | bytearray) -> list[dict[str, Any]]:
+    return [record["result"] for record in json.loads(payload)["records"]]
