@@ -152,23 +152,25 @@ class Simulator(Helper):
                 self.proc.wait()
 
 
-def stop_all(sims: list[Simulator]) -> list[dict[str, Any]]:
-    """SIGTERM every simulator at once (they shut down in parallel, not one after another while the others still
-    publish), then each one's final figures, within the longest :attr:`Simulator.shutdown_timeout`."""
+def _terminate_all(sims: list[Simulator]) -> float:
+    """SIGTERM every simulator still running at once (they shut down in parallel, not one after another while
+    the others still publish); the monotonic deadline of the longest :attr:`Simulator.shutdown_timeout`."""
     for sim in sims:
         if sim.proc.poll() is None:
             sim.proc.terminate()
-    deadline = time.monotonic() + max((sim.shutdown_timeout for sim in sims), default=0.0)
+    return time.monotonic() + max((sim.shutdown_timeout for sim in sims), default=0.0)
+
+
+def stop_all(sims: list[Simulator]) -> list[dict[str, Any]]:
+    """Stop every simulator at once, then each one's final figures, all before one deadline."""
+    deadline = _terminate_all(sims)
     return [sim.wait_event("final", timeout=max(1.0, deadline - time.monotonic())) for sim in sims]
 
 
 def close_all(sims: list[Simulator]) -> None:
-    """SIGTERM every simulator still running at once, then wait for all of them: SIGKILL those still running after
-    the longest :attr:`Simulator.shutdown_timeout`. None is left running, whatever happened before."""
-    for sim in sims:
-        if sim.proc.poll() is None:
-            sim.proc.terminate()
-    deadline = time.monotonic() + max((sim.shutdown_timeout for sim in sims), default=0.0)
+    """Stop every simulator still running at once, then wait for all of them: SIGKILL those still running after
+    the deadline. None is left running, whatever happened before."""
+    deadline = _terminate_all(sims)
     for sim in sims:
         try:
             sim.proc.wait(max(0.1, deadline - time.monotonic()))

@@ -10,7 +10,7 @@ import pytest
 import edge_agent.reconciler as reconciler_module
 from edge_agent.runs import RUN_FILE, next_run
 from edge_protocol.files import write_atomically
-from tests.unit.protocol.test_files import record_fsyncs
+from tests.support.fsyncs import record_fsyncs
 
 
 def test_the_desired_state_files_use_the_shared_durable_write() -> None:

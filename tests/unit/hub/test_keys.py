@@ -17,7 +17,7 @@ from hub.cli.app import app
 from hub.config import HubConfig
 from hub.desired.keys import PRIVATE_NAME, PUBLIC_NAME, KeysExist, init_keys, load_signing_key
 from hub.errors import ConfigError
-from tests.unit.protocol.test_files import record_fsyncs
+from tests.support.fsyncs import record_fsyncs
 
 
 def mode(path: Path) -> int:

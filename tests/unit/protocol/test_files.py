@@ -11,19 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_protocol.files import write_atomically
-
-
-def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The fsyncs made from now on, each "file" or "dir"."""
-    synced: list[str] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return synced
+from tests.support.fsyncs import record_fsyncs
 
 
 def test_a_file_is_written_then_its_directory_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
