@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import httpx
 import pytest
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -72,37 +72,42 @@ def simulate(cloud: Mosquitto, prefix: str, url: str, tmp: Path, name: str, devi
     ], tmp / f"simulate-{name}.log")  # fmt: skip
 
 
-def read_live(read: Callable[[], T]) -> T:
-    """``read()`` again when the live refresh swapped a fragment under it.
+def swapped(error: WebDriverException) -> bool:
+    """Whether ``error`` says the element was replaced under the driver.
 
-    Pages replace their fragments every few seconds: an element found just before a swap is stale when it is
-    read, so the lookup starts over (the swap is over by the next try)."""
+    Pages replace their live fragment every few seconds. Chromium reports an element detached by that swap as
+    stale, or, when the swap lands inside the driver's own call, as an inspector error about a node that no
+    longer belongs to the document."""
+    return isinstance(error, StaleElementReferenceException) or "does not belong to the document" in error.msg
+
+
+def on_live_page(act: Callable[[], T]) -> T:
+    """``act()`` again when the live refresh swapped an element under it (the swap is over by the next try)."""
     for _ in range(5):
         try:
-            return read()
-        except StaleElementReferenceException:
-            continue
-    raise AssertionError("the page was replaced by the live refresh on every one of 5 reads")
+            return act()
+        except WebDriverException as error:
+            if not swapped(error):
+                raise
+    raise AssertionError("the page was replaced by the live refresh on every one of 5 tries")
 
 
 def rows(driver: WebDriver) -> list[str]:
-    return read_live(lambda: [
-        e.get_attribute("data-device") or "" for e in driver.find_elements(By.CSS_SELECTOR, "#devices tr[data-device]")
-    ])
+    """The device ids of the fleet table, read in one script so that no swap can fall between lookup and read."""
+    found = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#devices tr[data-device]'), e => e.dataset.device);"
+    )
+    return list(found)
 
 
 def text_of(driver: WebDriver, css: str) -> str:
-    """The text of the first element matching ``css``, "" if none."""
-
-    def read() -> str:
-        found = driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0].text if found else ""
-
-    return read_live(read)
+    """The rendered text of the first element matching ``css``, "" if none, read in one script."""
+    text = driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css)
+    return str(text).strip()
 
 
 def click_action(driver: WebDriver, command: str) -> None:
-    driver.find_element(By.ID, f"action-{command}").click()
+    on_live_page(lambda: driver.find_element(By.ID, f"action-{command}").click())
     with contextlib.suppress(NoAlertPresentException):
         WebDriverWait(driver, 5).until(lambda d: d.switch_to.alert).accept()
 
@@ -153,7 +158,7 @@ def test_console_in_a_browser(cloud_broker: Mosquitto, topic_prefix: str, tmp_pa
             # 4. A device's page: its chart gets points as windows arrive.
             driver.get(f"{url}/console/fleet?labels=site%3Dlab")
             wait.until(lambda d: rows(d) == ["lab-0000", "lab-0001", "lab-0002"])
-            driver.find_element(By.LINK_TEXT, "lab-0001").click()
+            on_live_page(lambda: driver.find_element(By.LINK_TEXT, "lab-0001").click())
             wait.until(lambda d: "Device lab-0001" in text_of(d, "h1"))
             wait.until(
                 lambda d: len(d.find_elements(By.CSS_SELECTOR, "figure.chart[data-subscription=temps] svg .dot")) >= 3
