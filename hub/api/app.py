@@ -29,7 +29,7 @@ from hub.api.routes.catalog import catalog_router
 from hub.api.routes.fleet import fleet_router, selector_of
 from hub.api.routes.releases import releases_router
 from hub.api.schemas.fleet import AggregateOut, FieldSummary, parse_statistics, parse_time
-from hub.console import console_router
+from hub.console import install_console
 from hub.db.store import Store
 from hub.desired.image_registry import DigestResolver
 from hub.desired.publisher import DesiredPublisher
@@ -132,7 +132,7 @@ def create_app(
     v1.include_router(catalog_router(store, desired, clock, resolver))
     v1.include_router(releases_router(store, desired, clock, resolver))
     app.include_router(v1)
-    app.include_router(console_router(store, token, desired=desired, clock=clock))  # the web console, /console
+    install_console(app, store, token, desired=desired, clock=clock)  # the web console, /console
     return app
 
 

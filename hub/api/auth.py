@@ -58,18 +58,20 @@ class TokenCheck:
         self._tokens = Tokens(store)
         self._warned_at = -CLOSED_WARNING_EVERY
 
+    async def token_ok(self, presented: str | None) -> bool:
+        """The rule alone, for a token presented any way (the console's login and session cookie use it too)."""
+        expected = self._expected
+        # compare_digest: the time taken must not reveal how much of a guessed token was right.
+        if presented and expected is not None and hmac.compare_digest(presented.encode(), expected):
+            return True
+        # None only while the hub never had a token; once it had one, it stays closed (even with none left).
+        stored = await asyncio.to_thread(self._tokens.check, presented or None)
+        return bool(stored) or (stored is None and expected is None)
+
     async def passes(self, request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
         """Whether ``request``, presenting ``credentials`` (``await bearer(request)``), passes; marks it
         authorized when it does."""
-        presented = credentials.credentials if credentials is not None else None
-        # compare_digest: the time taken must not reveal how much of a guessed token was right.
-        expected = self._expected
-        if presented is not None and expected is not None and hmac.compare_digest(presented.encode(), expected):
-            request.state.authorized = True
-            return True
-        # None only while the hub never had a token; once it had one, it stays closed (even with none left).
-        stored = await asyncio.to_thread(self._tokens.check, presented)
-        if stored or (stored is None and expected is None):
+        if await self.token_ok(credentials.credentials if credentials is not None else None):
             request.state.authorized = True
             return True
         await self._warn_if_nothing_opens()

@@ -6,25 +6,32 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.responses import Response
 
 from hub.console import aggregates, catalog, fleet, login, rollouts
-from hub.console.auth import ConsoleAuth
-from hub.console.context import Console
+from hub.console.auth import ConsoleAuth, Refused
+from hub.console.context import Console, refused
 from hub.db.store import Store
 from hub.desired.publisher import DesiredPublisher
 
 
-def console_router(
+def install_console(
+    app: FastAPI,
     store: Store,
     token: str | None = None,
     *,
     desired: DesiredPublisher | None = None,
     clock: Callable[[], float] = time.time,
-) -> APIRouter:
-    """Every console route; ``token`` and the store's tokens log in, as they authorise the API."""
+) -> None:
+    """Every console route on ``app``; ``token`` and the store's tokens log in, as they authorise the API."""
     console = Console(store, ConsoleAuth(store, token), desired, clock)
     router = APIRouter(include_in_schema=False)
-    for module in (login, fleet, catalog, rollouts, aggregates):
-        router.include_router(module.routes(console))
-    return router
+    router.include_router(login.routes(console))
+    for module in (fleet, catalog, rollouts, aggregates):
+        router.include_router(module.routes(console), dependencies=[Depends(console.gate)])
+    app.include_router(router)
+
+    @app.exception_handler(Refused)
+    async def _refused(_request: Request, exc: Refused) -> Response:
+        return refused(exc)

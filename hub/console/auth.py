@@ -15,7 +15,6 @@ random cookie set with the form, which the posted form must repeat.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -27,8 +26,8 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import Response
 
+from hub.api.auth import TokenCheck
 from hub.db.store import Store
-from hub.security.tokens import Tokens
 
 SESSION_COOKIE = "edgefleet_console"
 LOGIN_COOKIE = "edgefleet_console_login"
@@ -38,6 +37,7 @@ SESSION_MAX_AGE = 12 * 3600
 """Seconds a console session lasts before the browser drops its cookie and asks for the token again."""
 COOKIE_PATH = "/console"
 MAX_FORM_BYTES = 64 * 1024
+NOT_LOGGED_IN = "not logged in, or the session's token was revoked: log in again"
 
 
 class Refused(Exception):
@@ -83,28 +83,28 @@ class ConsoleAuth:
     """Checks tokens like the API does, and reads, sets and clears the console's cookies."""
 
     def __init__(self, store: Store, token: str | None) -> None:
-        self._expected = token.encode() if token else None
-        self._tokens = Tokens(store)
+        self._check = TokenCheck(store, token)
 
     async def token_ok(self, presented: str) -> bool:
-        """The API's rule: the config token, else a stored one, else (no token anywhere) anything."""
-        if self._expected is not None and presented and hmac.compare_digest(presented.encode(), self._expected):
-            return True
-        stored = await asyncio.to_thread(self._tokens.check, presented or None)
-        return bool(stored) or (stored is None and self._expected is None)
+        """The API's rule (:meth:`hub.api.auth.TokenCheck.token_ok`): the same tokens open both."""
+        return await self._check.token_ok(presented)
 
     async def session(self, request: Request) -> Session | None:
         """The request's session when its cookie holds a token that is (still) valid."""
+        if hasattr(request.state, "console_session"):  # checked already by the routes' gate
+            return request.state.console_session  # type: ignore[no-any-return]
         session = Session.parse(request.cookies.get(SESSION_COOKIE))
-        if session is None or not await self.token_ok(session.token):
-            return None
-        request.state.authorized = True  # as the API's token check marks it: errors may then say more
+        if session is not None and not await self.token_ok(session.token):
+            session = None
+        request.state.console_session = session
+        if session is not None:
+            request.state.authorized = True  # as the API's token check marks it: errors may then say more
         return session
 
     async def require(self, request: Request) -> Session:
         session = await self.session(request)
         if session is None:
-            raise Refused(401, "not logged in, or the session's token was revoked: log in again")
+            raise Refused(401, NOT_LOGGED_IN)
         return session
 
     async def require_csrf(self, request: Request) -> tuple[Session, dict[str, str]]:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from fastapi import HTTPException, Request
 from starlette.responses import Response
 
-from hub.console.auth import ConsoleAuth, Refused, Session
+from hub.console.auth import NOT_LOGGED_IN, ConsoleAuth, Refused, Session
 from hub.console.views import render
 from hub.db.store import Store
 from hub.desired.catalog import Catalog
@@ -22,6 +22,8 @@ from hub.ingest.aggregates import Aggregates
 from hub.rollouts.store import RolloutStore
 
 PREFIX = "/console"
+TRUE = ("1", "true", "yes", "on")
+"""The values FastAPI reads as a true ``partial`` flag (its other values are false, or malformed)."""
 
 
 @dataclass
@@ -47,13 +49,23 @@ class Console:
         self.releases = Releases(self.store, clock=self.clock)
         self.rollouts = RolloutStore(self.store, clock=self.clock)
 
+    async def gate(self, request: Request) -> None:
+        """The dependency of every console route but the login's: without a session, a page goes to the login
+        form and anything else is refused, before FastAPI validates the route's values (a stranger is not told
+        that an id is malformed, or which commands exist)."""
+        if await self.auth.session(request) is not None:
+            return
+        if request.method in ("GET", "HEAD"):
+            await self.page_session(request, partial=request.query_params.get("partial", "").lower() in TRUE)
+        raise Refused(401, NOT_LOGGED_IN)
+
     async def page_session(self, request: Request, *, partial: bool = False) -> Session:
         """The session of a page request; without one a page goes to the login form (303), a fragment is 401."""
         session = await self.auth.session(request)
         if session is not None:
             return session
         if partial:
-            raise HTTPException(401, "not logged in, or the session's token was revoked: log in again")
+            raise HTTPException(401, NOT_LOGGED_IN)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise HTTPException(303, "log in first", headers={"Location": f"{PREFIX}/login?next={quote(target)}"})
 

@@ -124,6 +124,28 @@ def test_an_action_without_a_session_is_refused(store: Store, anonymous: TestCli
     assert RolloutStore(store).get(rollout).state is State.RUNNING
 
 
+MALFORMED = [("get", "/console/rollouts/not-a-number"), ("get", "/console/fleet?partial=perhaps"),
+             ("post", "/console/rollouts/not-a-number/pause"), ("post", "/console/rollouts/1/explode")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path"), MALFORMED)
+def test_a_stranger_with_a_malformed_request_is_sent_to_log_in_not_told_what_is_wrong(
+    anonymous: TestClient, method: str, path: str
+) -> None:
+    response = anonymous.request(method, path, data={"csrf": "anything"}, follow_redirects=False)
+    if method == "get":
+        assert response.status_code == 303
+        assert response.headers["location"] == f"/console/login?next={quote(path)}"
+    else:
+        assert response.status_code == 401
+        assert "not logged in" in response.text
+    assert "int_parsing" not in response.text
+    assert "enum" not in response.text
+    # Behind the session the same request is told what is wrong with it.
+    assert login(anonymous, TOKEN).status_code == 303  # type: ignore[attr-defined]
+    assert anonymous.request(method, path, data={"csrf": csrf_of(anonymous)}).status_code == 422
+
+
 @pytest.mark.parametrize("csrf", [None, "", "0" * 64, "stolen-from-another-page"])
 def test_an_action_with_a_bad_csrf_token_is_refused(store: Store, client: TestClient, csrf: str | None) -> None:
     rollout = _rollout(store)
