@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from fastapi import HTTPException, Request
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from hub.console.auth import NOT_LOGGED_IN, ConsoleAuth, Refused, Session
@@ -22,8 +23,8 @@ from hub.ingest.aggregates import Aggregates
 from hub.rollouts.store import RolloutStore
 
 PREFIX = "/console"
-TRUE = ("1", "true", "yes", "on")
-"""The values FastAPI reads as a true ``partial`` flag (its other values are false, or malformed)."""
+_FLAG = TypeAdapter(bool)
+"""How FastAPI reads a ``bool`` query value (pydantic's lax bool), for the gate that runs before it does."""
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Console:
         if await self.auth.session(request) is not None:
             return
         if request.method in ("GET", "HEAD"):
-            await self.page_session(request, partial=request.query_params.get("partial", "").lower() in TRUE)
+            await self.page_session(request, partial=_flag(request.query_params.get("partial")))
         raise Refused(401, NOT_LOGGED_IN)
 
     async def page_session(self, request: Request, *, partial: bool = False) -> Session:
@@ -68,6 +69,14 @@ class Console:
             raise HTTPException(401, NOT_LOGGED_IN)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise HTTPException(303, "log in first", headers={"Location": f"{PREFIX}/login?next={quote(target)}"})
+
+
+def _flag(value: str | None) -> bool:
+    """``value`` as the route will read it; a missing or malformed flag is false (the page, not its fragment)."""
+    try:
+        return value is not None and _FLAG.validate_python(value)
+    except ValidationError:
+        return False
 
 
 def refused(exc: Refused, session: Session | None = None) -> Response:
