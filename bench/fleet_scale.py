@@ -33,7 +33,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import create_engine, text
 
 from bench.hub import broker
@@ -122,7 +121,10 @@ class Replicas:
             return {w: float(at) for w, at in conn.execute(text("SELECT window_id, stored_at FROM aggregates"))}
 
     def devices(self) -> int:
-        return len(httpx.get(f"{self.api}/v1/devices", timeout=60).raise_for_status().json())
+        """Devices the hubs know. Counted in the store, not through ``GET /v1/devices``: that call renders all
+        10,000 devices, and asked every second it took 30% of the hub's time away from the stream measured."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM devices")).scalar_one())
 
     def close(self) -> None:
         for proc in self.procs:
