@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _run_until_signalled(config: object) -> None:
     from edge_agent.agent import serve
     from edge_agent.config import AgentConfig
+    from mqtt_session.signals import handle_signals
 
     assert isinstance(config, AgentConfig)
     stop = asyncio.Event()
@@ -45,7 +45,7 @@ async def _run_until_signalled(config: object) -> None:
     task = asyncio.current_task()
     signals = 0
 
-    def on_signal() -> None:
+    def on_signal(_signum: int) -> None:
         nonlocal signals
         signals += 1
         if signals == 1:
@@ -54,9 +54,11 @@ async def _run_until_signalled(config: object) -> None:
             # A second signal forces: cancel whatever the drain is still waiting for.
             task.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    await serve(config, stop=stop)
+    restore = handle_signals(loop, on_signal)
+    try:
+        await serve(config, stop=stop)
+    finally:
+        restore()
 
 
 def _status(args: argparse.Namespace) -> int:

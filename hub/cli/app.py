@@ -103,6 +103,7 @@ def _run_until_signalled(cfg: HubConfig) -> int:
     """Run serve(); the first SIGINT/SIGTERM stops it gracefully, a second one exits at once."""
     # Here, not at the top: the whole hub (store, broker, API server) loads for `hub serve` only.
     from hub.service import serve as serve_hub
+    from mqtt_session.signals import handle_signals
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -118,16 +119,14 @@ def _run_until_signalled(cfg: HubConfig) -> int:
                 log.warning("%s again: exiting now", signal.Signals(signum).name)
                 os._exit(128 + signum)  # committed data is safe; whatever is unacked the agents resend
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+        restore = handle_signals(loop, on_signal)
         try:
             await task
         except asyncio.CancelledError:
             if not received:
                 raise
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
+            restore()
 
     try:
         asyncio.run(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -107,11 +106,14 @@ def simulate(
             typer.echo(f"labelled {count} devices {','.join(f'{k}={v}' for k, v in wanted.items())}")
 
     async def main() -> None:
+        from mqtt_session.signals import handle_signals
+
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await fleet.run(stop, emit, duration=stop_after, every=seconds["every"], on_ready=label)
+        restore = handle_signals(asyncio.get_running_loop(), lambda _signum: stop.set())
+        try:
+            await fleet.run(stop, emit, duration=stop_after, every=seconds["every"], on_ready=label)
+        finally:
+            restore()
 
     asyncio.run(main())
 
