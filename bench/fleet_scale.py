@@ -78,7 +78,6 @@ class Replicas:
         self.url = url
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
-        self.api = ""
         self.engine = create_engine(url)
         try:
             self._start(tmp, broker_port, count)
@@ -89,7 +88,6 @@ class Replicas:
     def _start(self, tmp: Path, broker_port: int, count: int) -> None:
         for i in range(count):
             port = free_port()
-            self.api = self.api or f"http://127.0.0.1:{port}"
             config, log = tmp / f"hub-{i}.toml", tmp / f"hub-{i}.log"
             config.write_text("\n".join([
                 "[broker]", 'host = "127.0.0.1"', f"port = {broker_port}", f'client_id = "hub-fleet-{i}"',

@@ -122,9 +122,8 @@ class Simulator(Helper):
 
     @property
     def shutdown_timeout(self) -> float:
-        """Seconds from SIGTERM to the ``final`` line: the devices' 10 s shutdown grace, then every device's
-        task cancelled and the figures summed, which on a busy machine takes about 20 ms a device."""
-        return 30.0 + self.devices / 50
+        """Seconds from SIGTERM to the ``final`` line (:func:`shutdown_seconds` of this one's devices)."""
+        return shutdown_seconds(self.devices)
 
     def wait_event(self, event: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -152,6 +151,12 @@ class Simulator(Helper):
                 self.proc.wait()
 
 
+def shutdown_seconds(devices: int) -> float:
+    """Seconds ``devices`` take from SIGTERM to the ``final`` line: the devices' 10 s shutdown grace, then every
+    device's task cancelled and the figures summed, which on a busy machine takes about 20 ms a device."""
+    return 30.0 + devices / 50
+
+
 def _terminate_all(sims: list[Simulator]) -> float:
     """SIGTERM every simulator still running at once (they shut down in parallel, not one after another while
     the others still publish); the monotonic deadline for all of them."""
@@ -160,7 +165,7 @@ def _terminate_all(sims: list[Simulator]) -> float:
             sim.proc.terminate()
     # All of them share the machine's cores while they shut down: the bound is the whole fleet's, not one
     # simulator's (four of 2,500 devices each once took more than one's 80 s on 2 cores).
-    return time.monotonic() + 30.0 + sum(sim.devices for sim in sims) / 50
+    return time.monotonic() + shutdown_seconds(sum(sim.devices for sim in sims))
 
 
 def stop_all(sims: list[Simulator]) -> list[dict[str, Any]]:
