@@ -32,7 +32,8 @@ def under_load(agent: AgentProcess, sampler: RssSampler) -> dict[str, Any]:
 
 def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float, qos: int = 1) -> dict[str, Any]:
     """``rate`` events/s for ``seconds`` through the echo handler (the latency path): p50/p99/max per minute of
-    send time, RSS every 5 s (growth from the first minute to the end), and what the broker dropped.
+    the publisher's schedule (by seq, ``rate * 60`` events each), RSS every 5 s (growth from the first minute to
+    the end), and what the broker dropped.
 
     The first minute is the RSS baseline: allocator arenas, caches and the windows' steady state fill up there.
     Drops: the broker's ``$SYS/broker/publish/messages/dropped`` (a bounded queue full: events lost before the
@@ -46,7 +47,8 @@ def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float,
     with (
         RssSampler(agent.pid, interval=5.0) as sampler,
         Helper(
-            "latsub", "--port", str(port), "--topic", LATENCY_OUT, "--count", str(total), "--idle", "10", "--per", "60"
+            "latsub", "--port", str(port), "--topic", LATENCY_OUT, "--count", str(total), "--idle", "10",
+            "--per-events", str(int(rate * 60)),
         ) as sub,  # fmt: skip
     ):
         sub.read(timeout=15)
