@@ -95,13 +95,17 @@ class AgentProcess:
                 "WHERE subscription = ?",
                 (subscription,),
             ).fetchone()[0]
-            row = db.execute("SELECT state FROM checkpoints WHERE subscription = ?", (subscription,)).fetchone()
+            # Checkpoints are kept per revision (name@revision) and an intake worker's per part (#pN).
+            rows = db.execute(
+                "SELECT state FROM checkpoints WHERE subscription = ? OR substr(subscription, 1, ?) = ?",
+                (subscription, len(subscription) + 1, f"{subscription}@"),
+            ).fetchall()
         finally:
             db.execute("COMMIT")
         open_events = 0
-        if row is not None:
-            state = json.loads(row[0])
-            open_events = sum(int(w["events"]) for w in state.get("windows", []) + state.get("sessions", []))
+        for (raw,) in rows:
+            state = json.loads(raw)
+            open_events += sum(int(w["events"]) for w in state.get("windows", []) + state.get("sessions", []))
         return int(closed) + open_events
 
     def wait_processed(self, subscription: str, target: int, timeout: float, poll: float = 0.01) -> float | None:
