@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ class Dispatcher:
         deadletter_topic: str,
         max_payload: int,
         batch_size: int = 500,
+        linger: float = 0.0,
         commit_interval: float = 0.01,
         clock: Callable[[], float] | SteadyWallClock = STEADY_WALL,
         intake_watermark: Callable[[], float] | None = None,
@@ -67,6 +69,7 @@ class Dispatcher:
         self._dl_topic = deadletter_topic
         self._max_payload = max_payload
         self._batch = batch_size
+        self._linger = linger
         if isinstance(clock, SteadyWallClock):
             resumed = windows.resumes_at()
             if resumed is not None and spec.event_time_field is None:
@@ -83,6 +86,8 @@ class Dispatcher:
         self._key = group_key([spec.key]) if spec.key else None
         self._queue: collections.deque[Incoming] = collections.deque()
         self._has_items = asyncio.Event()
+        self._full = asyncio.Event()
+        """A whole batch is queued (or the dispatcher is closing): a lingering batch goes now."""
         self._has_room = asyncio.Event()
         self._has_room.set()
         self._closing = False
@@ -131,6 +136,8 @@ class Dispatcher:
                     self._has_room.clear()
         self._queue.append(msg)
         self._has_items.set()
+        if len(self._queue) >= self._batch:
+            self._full.set()
         self._idle.clear()
 
     @property
@@ -151,6 +158,7 @@ class Dispatcher:
             # Idle now is not enough: the final tick may still close windows, so wait for run() to end.
             self._idle.clear()
         self._has_items.set()
+        self._full.set()
         await self._idle.wait()
         await self._commits.drain()
 
@@ -198,10 +206,29 @@ class Dispatcher:
             if not self._queue:
                 self._tick()
                 continue
+            await self._linger_for_more()
             n = await self._commits.room(lambda: min(len(self._queue), self._batch))
             batch = [self._queue.popleft() for _ in range(n)]
             self._has_room.set()
             await self._process(batch)
+
+    async def _linger_for_more(self) -> None:
+        """Let a short batch take in what the loop has already read (one loop turn), and with ``linger`` wait for
+        more until its first event has waited that long since it arrived. At a paced rate the broker hands over
+        a few events per read; batched, they share one handler round trip, one write of acknowledgements and one
+        commit (docs/performance.md, "... batches of a paced stream"). A backlog does not linger: its first event
+        has waited long enough already."""
+        if self._closing or len(self._queue) >= self._batch:
+            return
+        await asyncio.sleep(0)
+        if self._linger <= 0 or self._closing or len(self._queue) >= self._batch:
+            return
+        wait = min(self._linger, self._queue[0].arrived + self._linger - self._clock())
+        if wait > 0:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._full.wait()
 
     def _until_next_close(self) -> float | None:
         due = self.windows.next_close()

@@ -343,6 +343,7 @@ class Pipeline:
                 deadletter_topic=self._topics.deadletter(spec.name),
                 max_payload=self._max_payload,
                 batch_size=self.handler_specs[spec.handler].batch_size,
+                linger=self.handler_specs[spec.handler].batch_linger,
                 intake_watermark=self._local.watermark,
                 alarm=self._alarm,
                 checkpoint_key=key,

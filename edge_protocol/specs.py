@@ -56,6 +56,14 @@ class HandlerSpec(WireModel):
     command: list[str] | None = None
     event_timeout: Duration = Field(default=5.0, gt=0, description="a reply later than this dead-letters the event")
     batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_linger: Duration = Field(
+        default=0.0,
+        ge=0,
+        le=1.0,
+        description="how long a batch short of batch_size may wait for more events, from its first event's "
+        "arrival: a paced stream then costs one handler round trip, one write of acknowledgements and one commit "
+        "per few events instead of per event, for later results; 0: a batch takes what the next loop turn reads",
+    )
     io: Literal["auto", "socket", "stdio"] = Field(
         default="auto",
         description="where the handler speaks the protocol: the unix socket named by $EDGEFLEET_HANDLER_SOCKET "

@@ -110,7 +110,7 @@ def _pipeline(
     dispatcher = Dispatcher(
         spec, runtime=runtime, windows=windows, outbox=RemoteCommits(link), publish=local.publish,
         ack=intake.ack, deadletter_topic=a.deadletter_topic, max_payload=a.max_payload,
-        batch_size=a.handler.batch_size, intake_watermark=local.watermark,
+        batch_size=a.handler.batch_size, linger=a.handler.batch_linger, intake_watermark=local.watermark,
         checkpoint_key=part_key(f"{spec.name}@{spec.revision}", a.part),
         delivered={int(mid): bytes.fromhex(d) for mid, d in state.get("delivered", [])},
         delivered_key=part_key(spec.name, a.part),

@@ -83,6 +83,9 @@ def handlers_add(
     env: Annotated[list[str] | None, typer.Option(help="K=V environment variable (repeatable)")] = None,
     event_timeout: Annotated[str | None, typer.Option(help="reply deadline per event (5s)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="events per write to the handler")] = None,
+    batch_linger: Annotated[
+        str | None, typer.Option(help="wait up to this for a batch to fill (0, e.g. 2ms: less CPU, later results)")
+    ] = None,
     version: Annotated[str | None, typer.Option(help="release name of this image (default: initial)")] = None,
     replace: Replace = False,
     as_json: AsJson = False,
@@ -104,6 +107,7 @@ def handlers_add(
         env=environment,
         event_timeout=event_timeout,
         batch_size=batch_size,
+        batch_linger=batch_linger,
     )
     with cli_common.client(api, token) as hub:
         change = call(lambda: hub.put_handler(spec, replace=replace, version=version))

@@ -55,12 +55,13 @@ def test_handlers_add_list_show_remove() -> None:
     added = json.loads(
         out("handlers", "add", "temp-c", "--image", "img:1", "--memory", "64m", "--cpus", "0.5", "--pids", "32",
             "--replicas", "2", "--network", "host", "--env", "LEVEL=debug", "--env", "X=a=b",
-            "--event-timeout", "2s", "--batch-size", "50", "--json")
+            "--event-timeout", "2s", "--batch-size", "50", "--batch-linger", "2ms",
+            "--json")
     )  # fmt: skip
     spec = added["handler"]["spec"]
     assert spec["limits"] == {"memory": "64m", "cpus": 0.5, "pids": 32, "tmpfs_size": "16m"}
     assert (spec["replicas"], spec["network"], spec["env"]) == (2, "host", {"LEVEL": "debug", "X": "a=b"})
-    assert (spec["event_timeout"], spec["batch_size"]) == ("2s", 50)
+    assert (spec["event_timeout"], spec["batch_size"], spec["batch_linger"]) == ("2s", 50, "0.002s")
 
     taken = invoke("handlers", "add", "temp-c", "--image", "img:2", code=1)
     assert "already exists" in taken.output
