@@ -9,7 +9,8 @@ Phases, each with fresh brokers and every process it starts stopped at its end:
    the agent held by SIGSTOP while it is published), each run paired with a bare paho (MQTT 3.1.1) run right
    before it, best of 2 (1 in --quick); latency at 1,000 and 5,000 events/s; RSS under that load; with --soak
    ``--soak-minutes`` (30) at 5,000/s QoS 1: p99 per minute, RSS growth, broker drops; with --profile py-spy;
-3. a second agent with a cloud broker and 10 s windows: upstream bytes over raw event bytes;
+3. a second agent with a cloud broker and 10 s windows: upstream bytes over raw event bytes; then one QoS 1
+   subscription on 2 intake workers against 1 (``bench.workers``, preloaded bursts, best of 3 each);
 4. the hub (``bench.hub``): with 1,000 simulated devices (100 in --quick), results stored per second and the lag
    from publish to stored beside a bare paho subscriber's ceiling, and a rollout over 100 devices (20).
 Prints the table and writes ``bench/results/latest.json`` (every run, the machine's other load beside each).
@@ -31,10 +32,13 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import hub, pipeline, report, upstream
+from bench import hub, pipeline, report, upstream, workers
 from bench.agentproc import remove_labelled
 from bench.procs import REPO, loadavg, machine_busy_seconds
 from bench.runner import FULL, QUICK, RESULTS, console, phase, run_agent, run_ceilings
+
+WORKERS = 2
+"""Intake workers of the workers phase, measured against one (issue #17's target: 1.4x on this machine)."""
 
 PRIVATE_SOCKET = "/run/edgefleet/docker.sock"
 
@@ -150,10 +154,16 @@ def main(argv: list[str] | None = None) -> int:
                 "upstream reduction",
                 lambda: upstream.upstream(client, f"{device_id}-up", plan.upstream_seconds),
             )
+            phase(
+                results,
+                "workers",
+                f"intake workers: {WORKERS} against 1",
+                lambda: workers.run(client, device_id, WORKERS, events=plan.worker_events),
+            )
         hub.run(results, args.quick, phase)
     finally:
         if client is not None:
-            for dev in (device_id, f"{device_id}-up"):
+            for dev in (device_id, f"{device_id}-up", f"{device_id}-w1", f"{device_id}-w{WORKERS}"):
                 remove_labelled(client, dev)
         results["meta"]["seconds"] = round(time.monotonic() - started, 1)
         results["meta"]["loadavg_after"] = loadavg()
@@ -176,14 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _workers_only(args: argparse.Namespace) -> int:
-    from bench import workers
-
     pipeline.AGENT_PROTOCOL[0] = args.agent_protocol
     client = docker_client()
     device_id = f"bench-{uuid.uuid4().hex[:8]}"
     busy = background_busy()
     try:
-        out = workers.run(client, device_id, args.workers, events=10_000 if args.quick else 60_000)
+        out = workers.run(client, device_id, args.workers, events=(QUICK if args.quick else FULL).worker_events)
     finally:
         for dev in (f"{device_id}-w1", f"{device_id}-w{args.workers}"):
             remove_labelled(client, dev)

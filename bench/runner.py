@@ -33,6 +33,8 @@ class Plan:
     upstream_seconds: int
     with_paho_v5: bool
     repeats: int
+    worker_events: int
+    """Events of each intake-workers run (2 workers against 1, ``bench.workers``)."""
 
 
 FULL = Plan(
@@ -44,6 +46,7 @@ FULL = Plan(
     upstream_seconds=20,
     with_paho_v5=True,
     repeats=2,
+    worker_events=60_000,
 )
 QUICK = Plan(
     paho_events=30_000,
@@ -54,6 +57,7 @@ QUICK = Plan(
     upstream_seconds=10,
     with_paho_v5=True,
     repeats=1,
+    worker_events=10_000,
 )
 
 
