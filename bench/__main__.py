@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         hub.run(results, args.quick, phase)
     finally:
         if client is not None:
-            for dev in (device_id, f"{device_id}-up", f"{device_id}-w1", f"{device_id}-w{WORKERS}"):
+            for dev in (device_id, f"{device_id}-up", *workers.devices(device_id, WORKERS)):
                 remove_labelled(client, dev)
         results["meta"]["seconds"] = round(time.monotonic() - started, 1)
         results["meta"]["loadavg_after"] = loadavg()
@@ -193,7 +193,7 @@ def _workers_only(args: argparse.Namespace) -> int:
     try:
         out = workers.run(client, device_id, args.workers, events=(QUICK if args.quick else FULL).worker_events)
     finally:
-        for dev in (f"{device_id}-w1", f"{device_id}-w{args.workers}"):
+        for dev in workers.devices(device_id, args.workers):
             remove_labelled(client, dev)
     out["background_busy_cores_before"] = busy
     out["background_busy_cores_after"] = background_busy()

@@ -48,6 +48,15 @@ def _handler_pids(client: Any, device_id: str) -> list[int]:
     return [int(c.attrs["State"]["Pid"]) for c in found]
 
 
+def devices(device_id: str, workers: int) -> list[str]:
+    """The device ids of ``run``'s two agents (one worker, then ``workers``): their containers carry them."""
+    return [_device(device_id, 1), _device(device_id, workers)]
+
+
+def _device(device_id: str, workers: int) -> str:
+    return f"{device_id}-w{workers}"
+
+
 def one(client: Any, device_id: str, workers: int, events: int, repeats: int) -> dict[str, Any]:
     """Best of ``repeats`` bursts of ``events`` into an agent whose one subscription runs on ``workers``."""
     sub = {"name": "w", "topic": "bench/w/#", "handler": "pt", "qos": 1, "window": {"size": "1s"}, "workers": workers}
@@ -55,7 +64,7 @@ def one(client: Any, device_id: str, workers: int, events: int, repeats: int) ->
     # The shipped device broker's limits (device.conf), as the other agent phases: in-flight, queue, expiry.
     limits = device_broker_limits(min_queued=events)
     with Mosquitto(extra_config=limits) as broker, tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        doc = pipeline.bench_document(f"{device_id}-w{workers}", Path(tmp), broker.port, subscriptions=[sub])
+        doc = pipeline.bench_document(_device(device_id, workers), Path(tmp), broker.port, subscriptions=[sub])
         agent = AgentProcess(doc, docker_client=client)
         try:
             agent.start()

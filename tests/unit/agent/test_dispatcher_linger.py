@@ -30,25 +30,24 @@ async def put_one_per_turn(h: Harness, mids: range) -> None:
         await asyncio.sleep(0)
 
 
-async def test_a_trickle_lingers_into_one_batch(make: MakeHarness) -> None:
-    h = make(linger=1.0)  # real seconds: the injected clock stands still, so the first event waits it all
+async def trickled(h: Harness, count: int) -> list[int]:
+    """The batches of ``count`` events put one per loop turn, once all are acknowledged and the dispatcher drained."""
     async with h.outbox:
         h.start()
-        await put_one_per_turn(h, range(1, 6))
-        await h.until_acked(5)
+        await put_one_per_turn(h, range(1, count + 1))
+        await h.until_acked(count)
         await h.finish()
-    assert batches(h) == [5]
+    return batches(h)
+
+
+async def test_a_trickle_lingers_into_one_batch(make: MakeHarness) -> None:
+    # Real seconds: the injected clock stands still, so the first event waits it all.
+    assert await trickled(make(linger=1.0), 5) == [5]
 
 
 async def test_without_linger_a_batch_waits_one_loop_turn(make: MakeHarness) -> None:
     """Each event comes one turn after the last: a batch is the event queued and the one read in its turn."""
-    h = make(linger=0.0)
-    async with h.outbox:
-        h.start()
-        await put_one_per_turn(h, range(1, 6))
-        await h.until_acked(5)
-        await h.finish()
-    assert batches(h) == [2, 2, 1]
+    assert await trickled(make(linger=0.0), 5) == [2, 2, 1]
 
 
 async def test_a_full_batch_does_not_linger(make: MakeHarness) -> None:
