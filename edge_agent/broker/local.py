@@ -38,6 +38,11 @@ _now = STEADY_WALL.now
 # watermark safely behind any event stamped but not yet appended.
 _HANDOFF_MARGIN = 0.05
 
+HANDOFF = 100
+"""Events handed to the intake at a time. Small, so that the socket is read again (the hand-off list has room)
+while a dispatcher waits for its handler: with the whole list at once, a burst kept the list full until the
+intake had queued all of it, and the agent and its handler took turns (docs/performance.md, "The hand-off")."""
+
 
 @dataclass(slots=True)
 class Incoming:
@@ -196,13 +201,19 @@ class LocalBroker:
 
     # -- asyncio side --------------------------------------------------------------------------------
     async def batches(self) -> AsyncIterator[list[Incoming]]:
-        """Everything that arrived since the last batch, as soon as anything did."""
+        """What arrived since the last batch, oldest first and at most ``HANDOFF`` at a time, as soon as anything
+        did."""
         assert self._wake is not None
         while not self._closing:
             await self._wake.wait()
-            self._wake.clear()
-            batch, self._buffer = self._buffer, []
-            self._driver.resume_reading()
+            if len(self._buffer) <= HANDOFF:
+                self._wake.clear()
+                batch, self._buffer = self._buffer, []
+            else:
+                batch = self._buffer[:HANDOFF]
+                del self._buffer[:HANDOFF]
+            if len(self._buffer) < self._max_buffered:
+                self._driver.resume_reading()
             if batch:
                 self._hand_first = batch[0].arrived
                 self._in_hand = True
