@@ -12,7 +12,8 @@ import collections
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -85,6 +86,9 @@ class Dispatcher:
         self._group = group_key(spec.group_by)
         self._key = group_key([spec.key]) if spec.key else None
         self._queue: collections.deque[Incoming] = collections.deque()
+        self._sent: collections.deque[_Sent] = collections.deque()
+        """Batches with the handler, oldest first: at most two, the second sent while the first's outcomes are
+        on their way (see ``_run``)."""
         self._has_items = asyncio.Event()
         self._full = asyncio.Event()
         """A whole batch is queued (or the dispatcher is closing): a lingering batch goes now."""
@@ -108,7 +112,7 @@ class Dispatcher:
         )
 
     def switch_runtime(self, runtime: HandlerRuntime) -> None:
-        """The next batch goes to ``runtime``; the batch in flight finishes where it is."""
+        """The next batch goes to ``runtime``; those in flight finish where they are."""
         self.runtime = runtime
 
     # -- intake side ---------------------------------------------------------------------------------
@@ -148,7 +152,7 @@ class Dispatcher:
     def settled(self) -> bool:
         """Nothing queued, no window open, and no commit or acknowledgement in flight: every effect of what
         arrived so far is in the outbox. (Closed windows leave ``windows`` before their commit returns.)"""
-        return not self._queue and len(self.windows) == 0 and self._commits.idle
+        return not self._queue and not self._sent and len(self.windows) == 0 and self._commits.idle
 
     async def drain(self) -> None:
         """Stop waiting for new events; return once everything queued has been committed."""
@@ -189,28 +193,50 @@ class Dispatcher:
             self._idle.set()
 
     async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    self._tick()
+        try:
+            while True:
+                if not self._queue:
+                    if self._sent:
+                        await self._finish()
+                        continue
+                    if self._closing:
+                        self._tick()
+                        self._idle.set()
+                        return
                     self._idle.set()
-                    return
-                self._idle.set()
-                timeout = self._until_next_close()
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._has_items.wait()
-                except TimeoutError:
-                    pass
-                self._has_items.clear()
-            if not self._queue:
-                self._tick()
-                continue
-            await self._linger_for_more()
-            n = await self._commits.room(lambda: min(len(self._queue), self._batch))
-            batch = [self._queue.popleft() for _ in range(n)]
-            self._has_room.set()
-            await self._process(batch)
+                    timeout = self._until_next_close()
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await self._has_items.wait()
+                    except TimeoutError:
+                        pass
+                    self._has_items.clear()
+                if not self._queue:
+                    self._tick()
+                    continue
+                if self._sent and len(self._queue) < self._batch:
+                    # No backlog: the batch in flight gets its results now, not after the next one's linger.
+                    await self._finish()
+                    continue
+                await self._linger_for_more()
+                in_flight = sum(len(sent.batch) for sent in self._sent)
+                n = await self._commits.room(lambda: min(len(self._queue), self._batch), in_flight)
+                batch = [self._queue.popleft() for _ in range(n)]
+                self._has_room.set()
+                # With a backlog, the next batch goes to the handler before this one's outcomes are applied: the
+                # handler works on it meanwhile instead of waiting for us (docs/performance.md, "Two batches at
+                # the handler").
+                ahead = bool(self._sent) or len(self._queue) >= self._batch
+                self._sent.append(self._send(batch, ahead))
+                if len(self._sent) > 1 or not ahead:
+                    await self._finish()
+        finally:
+            for sent in self._sent:
+                if isinstance(sent.outcomes, asyncio.Future):
+                    sent.outcomes.cancel()
+                elif sent.outcomes is not None:
+                    sent.outcomes.close()
+            self._sent.clear()
 
     async def _linger_for_more(self) -> None:
         """Let a short batch take in what the loop has already read (one loop turn), and with ``linger`` wait for
@@ -238,8 +264,11 @@ class Dispatcher:
         return max(0.01, due - self._clock() + 0.001)
 
     def _watermark(self) -> float:
-        """Time up to which every event has been seen: the clock, held back by the intake and by our queue."""
+        """Time up to which every event has been seen: the clock, held back by the intake, by the batches at the
+        handler and by our queue."""
         mark = min(self._clock(), self._intake_watermark())
+        if self._sent:
+            mark = min(mark, self._sent[0].batch[0].arrived)
         if self._queue:
             mark = min(mark, self._queue[0].arrived)
         return mark
@@ -250,31 +279,44 @@ class Dispatcher:
         if closed:
             self._commits.queue(AppliedBatch([], [], closed, []))
 
-    async def _process(self, batch: list[Incoming]) -> None:
-        waits: list[Awaitable[None]] = []
-        events: list[EventTuple] = []
-        sources: list[tuple[Incoming, Any]] = []
+    def _send(self, batch: list[Incoming], ahead: bool) -> _Sent:
+        """Decode ``batch`` for the handler; ``_finish`` awaits the outcomes and applies them. ``ahead``: the
+        handler gets the events now, in a task of their own, not when ``_finish`` awaits them."""
+        sent = _Sent(batch)
+        events = sent.events
         for msg in batch:
             if len(msg.payload) > self._max_payload:
-                self._deadletter(waits, msg, "oversized", f"{len(msg.payload)} bytes > {self._max_payload}")
+                sent.rejected.append((msg, "oversized", f"{len(msg.payload)} bytes > {self._max_payload}"))
                 continue
             try:
                 payload = orjson.loads(msg.payload)
             except orjson.JSONDecodeError as exc:
-                self._deadletter(waits, msg, "invalid-json", str(exc))
+                sent.rejected.append((msg, "invalid-json", str(exc)))
                 continue
             events.append((msg.topic, payload, self._event_time(payload, msg.arrived)))
-            sources.append((msg, payload))
-        keys = [self._key(t, p, {}) for t, p, _ in events] if self._key is not None else None
-        now = self._clock()
-        queued = [now - msg.arrived for msg, _ in sources]
-        outcomes = await self.runtime.process(events, keys, queued) if events else []
-        for (msg, payload), (topic, _p, ts), outcome in zip(sources, events, outcomes, strict=True):
+            sent.sources.append((msg, payload))
+        if events:
+            keys = [self._key(t, p, {}) for t, p, _ in events] if self._key is not None else None
+            now = self._clock()
+            queued = [now - msg.arrived for msg, _ in sent.sources]
+            call = self.runtime.process(events, keys, queued)
+            sent.outcomes = asyncio.ensure_future(call) if ahead else call
+        return sent
+
+    async def _finish(self) -> None:
+        """Apply the oldest batch in flight once its outcomes are in, close what is due, queue its commit."""
+        sent = self._sent[0]
+        outcomes = await sent.outcomes if sent.outcomes is not None else []
+        self._sent.popleft()
+        waits: list[Awaitable[None]] = []
+        for msg, reason, detail in sent.rejected:
+            self._deadletter(waits, msg, reason, detail)
+        for (msg, payload), (topic, _p, ts), outcome in zip(sent.sources, sent.events, outcomes, strict=True):
             self._apply(waits, msg, topic, payload, ts, outcome)
         closed = self.windows.close_due(self._watermark())
         name = self._delivered_key
-        delivered = [(name, msg.mid, _digest(msg)) for msg in batch if msg.mid]
-        self._commits.queue(AppliedBatch(batch, waits, closed, delivered))
+        delivered = [(name, msg.mid, _digest(msg)) for msg in sent.batch if msg.mid]
+        self._commits.queue(AppliedBatch(sent.batch, waits, closed, delivered))
 
     def _apply(
         self, waits: list[Awaitable[None]], msg: Incoming, topic: str, payload: Any, ts: float, outcome: Outcome
@@ -322,6 +364,18 @@ class Dispatcher:
         pending = self._publish(self._dl_topic, record.model_dump_json().encode(), 1, False)
         if pending is not None:
             waits.append(pending)
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A batch handed to the handler: the events it was given (and where they came from), those rejected before
+    it (oversized, not JSON), and the outcomes to come."""
+
+    batch: list[Incoming]
+    events: list[EventTuple] = field(default_factory=list)
+    sources: list[tuple[Incoming, Any]] = field(default_factory=list)
+    rejected: list[tuple[Incoming, DeadLetterReason, str]] = field(default_factory=list)
+    outcomes: Coroutine[Any, Any, list[Outcome]] | asyncio.Future[list[Outcome]] | None = None
 
 
 def _digest(msg: Incoming) -> bytes:

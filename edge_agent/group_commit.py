@@ -78,10 +78,11 @@ class GroupCommitter:
         self._finishing: set[asyncio.Task[None]] = set()
         self._finish_room = asyncio.Semaphore(16)
         # Batches whose effect is applied to the windows but not yet committed, oldest first, and the task that
-        # commits them. Bounded in events, so a disk that stops taking commits stops the pipeline.
+        # commits them. Bounded in events (with those still at the handler, which will be), so a disk that stops
+        # taking commits stops the pipeline: room for one batch being committed and two at the handler.
         self._uncommitted: list[AppliedBatch] = []
         self._uncommitted_events = 0
-        self._max_uncommitted = 2 * batch_size
+        self._max_uncommitted = 3 * batch_size
         self._task: asyncio.Task[None] | None = None
         self._interval = interval
         self._last_commit = -math.inf
@@ -115,10 +116,10 @@ class GroupCommitter:
         if self._task is not None and self._task.done() and not self._task.cancelled():
             self._task.result()
 
-    async def room(self, size: Callable[[], int]) -> int:
+    async def room(self, size: Callable[[], int], ahead: int = 0) -> int:
         """``size()`` (the next batch's size, asked again after every wait) once it fits within the bound on
-        uncommitted events."""
-        while self._uncommitted_events + (n := size()) > self._max_uncommitted:
+        uncommitted events, beside ``ahead`` events sent to the handler and not applied yet."""
+        while self._uncommitted_events + ahead + (n := size()) > self._max_uncommitted:
             self.raise_failure()
             self._committed.clear()
             await self._committed.wait()

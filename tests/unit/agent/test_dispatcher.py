@@ -212,8 +212,9 @@ async def test_not_settled_while_closed_windows_are_being_committed(make: MakeHa
 
 
 async def test_a_slow_commit_holds_acknowledgements_not_the_next_batches(make: MakeHarness) -> None:
-    """While one commit hangs on the disk, later batches still reach the handler (up to twice the batch size
-    uncommitted); their events are acknowledged only after they too are committed, sharing one transaction."""
+    """While one commit hangs on the disk, later batches still reach the handler (up to three times the batch
+    size uncommitted, counting those at the handler); their events are acknowledged only after they too are
+    committed, sharing transactions."""
     h = make(batch_size=2)
     async with h.outbox:
         real_commit = h.outbox.commit
@@ -235,23 +236,25 @@ async def test_a_slow_commit_holds_acknowledgements_not_the_next_batches(make: M
             await h.dispatcher.put(h.msg(i, {"c": float(i)}))
         async with asyncio.timeout(5):
             await held.wait()
-        for i in range(3, 7):
+        for i in range(3, 9):
             await h.dispatcher.put(h.msg(i, {"c": float(i)}))
         async with asyncio.timeout(5):
             while h.dispatcher.counters.processed < 4:
                 await asyncio.sleep(0)
-        for _ in range(50):  # loop turns, not time: the third batch must stay queued while four are uncommitted
+        # Loop turns, not time: the fourth batch must stay queued while four events are uncommitted and two are
+        # at the handler.
+        for _ in range(50):
             await asyncio.sleep(0)
         assert h.dispatcher.counters.processed == 4
         assert h.dispatcher.backlog == 2
         assert h.acked == []
         assert not h.dispatcher.settled
         release.set()
-        await h.until_acked(6)
+        await h.until_acked(8)
         await h.finish()
-        assert h.acked == [1, 2, 3, 4, 5, 6]
+        assert h.acked == [1, 2, 3, 4, 5, 6, 7, 8]
         assert calls[0] == 2  # the held commit's checkpoint: the first batch only
-        assert calls[-1] == 6
-        assert len(calls) < 3  # the second and third batches shared a transaction
+        assert calls[-1] == 8
+        assert len(calls) < 4  # the three later batches shared transactions
         (snap,) = (await h.outbox.checkpoints()).values()
-        assert sum(w["events"] for w in snap["windows"]) == 6
+        assert sum(w["events"] for w in snap["windows"]) == 8
