@@ -20,6 +20,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -42,8 +43,17 @@ class PahoOnLoop:
     callbacks.
     """
 
-    def __init__(self, client: BufferedClient, *, name: str, reconnect_max: float = 30.0) -> None:
+    def __init__(
+        self,
+        client: BufferedClient,
+        *,
+        name: str,
+        reconnect_max: float = 30.0,
+        before_read: Callable[[], None] | None = None,
+    ) -> None:
+        """``before_read``: called before each read of the socket (and the decoding of every packet it holds)."""
         self._client = client
+        self._before_read = before_read
         self._name = name
         self._reconnect_max = reconnect_max
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,6 +186,8 @@ class PahoOnLoop:
         self._read_due = False
         if self._paused or self._sock is None:
             return
+        if self._before_read is not None:
+            self._before_read()
         self._client.loop_read()
         if self._client.buffered_pending():
             self._read_soon()
