@@ -51,11 +51,16 @@ MAX_MAGNITUDE = 1e150
 def numeric_values(values: dict[str, Any], only: list[str] | None) -> dict[str, float]:
     """The aggregatable values of one result: numbers, booleans as 0/1; NaN, infinities and magnitudes
     beyond ``MAX_MAGNITUDE`` are skipped."""
-    names = only if only is not None else values.keys()
     out: dict[str, float] = {}
-    for name in names:
+    # The range check also rejects NaN (every comparison with it is false) and the infinities.
+    if only is None:
+        for name, v in values.items():
+            if isinstance(v, (int, float)) and -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE:
+                out[name] = float(v)
+        return out
+    for name in only:
         v = values.get(name)
-        if isinstance(v, int | float) and math.isfinite(v) and -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE:
+        if isinstance(v, (int, float)) and -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE:
             out[name] = float(v)
     return out
 
@@ -88,6 +93,20 @@ class WindowSet:
         win = self._window
         if win.kind == "session":
             return self._add_session(group, values, ts, watermark)
+        if win.kind == "tumbling":
+            # The one window an event belongs to, without the hopping loop below (the agent's hot path): the same
+            # start, computed the same way, as that loop's first step.
+            size = win.size
+            start = math.floor(ts / size) * size
+            if start + size <= watermark:
+                self.late += 1
+                return False
+            key = (group, start)
+            w = self._open.get(key)
+            if w is None:
+                w = self._open[key] = OpenWindow(start, start + size, sketches=self._sketches)
+            w.add(values, ts)
+            return True
         hop = win.hop if win.kind == "hopping" and win.hop else win.size
         # Starts are whole multiples of the hop, computed from an integer: repeated subtraction would give one
         # window two float starts (0.6 and 0.5999999999999999), i.e. two ids.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any
 
@@ -87,6 +88,25 @@ def test_group_separation() -> None:
     out = ws.close_due(FAR)
     assert [(r.group, r.events, r.fields["v"].sum) for r in out] == [("site=a", 1, 2.0), ("site=b", 2, 4.0)]
     assert out[0].id != out[1].id
+
+
+@given(
+    st.sampled_from([10.0, 2.5, 1.0, 0.1, 0.3, 60.0]),
+    st.lists(st.floats(min_value=0, max_value=2e9, allow_nan=False), min_size=1, max_size=20),
+)
+@settings(max_examples=300)
+def test_a_tumbling_window_takes_each_event_once(size: float, stamps: list[float]) -> None:
+    """Each event lands in exactly one window: the one starting at the whole multiple of the size at or below
+    it. (With a fractional size, the bounds of two neighbours are rounded apart, so an event near a bound could
+    fall in both by their bounds alone.)"""
+    ws = tumbling(size)
+    for ts in stamps:
+        assert ws.add("", {"v": ts}, ts)
+    out = ws.close_due(FAR)
+    assert sum(r.events for r in out) == len(stamps)
+    want = collections.Counter(math.floor(ts / size) * size for ts in stamps)
+    assert {r.window_start: r.events for r in out} == dict(want)
+    assert all(r.window_end == r.window_start + size for r in out)
 
 
 # -- hopping -------------------------------------------------------------------------------------------
