@@ -4,13 +4,13 @@ applied, so that the handler works on it meanwhile."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from edge_agent.runtime.base import EventTuple, Outcome
-from tests.unit.agent.dispatcher_harness import BatchRecordingRuntime, MakeHarness, handler, harnesses
+from tests.unit.agent.dispatcher_harness import BatchRecordingRuntime, Harness, MakeHarness, handler, harnesses
 
 
 @pytest.fixture
@@ -37,13 +37,21 @@ class GatedRuntime(BatchRecordingRuntime):
         return await super(BatchRecordingRuntime, self)._process(events, keys)
 
 
-async def until(condition: object, turns: int = 200) -> None:
+async def until(condition: Callable[[], bool], turns: int = 200) -> None:
     """Loop turns, not time: the dispatcher gets there without waiting on anything outside the loop."""
     for _ in range(turns):
-        if callable(condition) and condition():
+        if condition():
             return
         await asyncio.sleep(0)
     raise AssertionError("not reached within the loop turns")
+
+
+async def two_batches_at_the_handler(h: Harness, runtime: GatedRuntime, count: int) -> None:
+    """Queue ``count`` events, start the dispatcher and wait until the gated runtime holds two batches."""
+    for i in range(1, count + 1):
+        await h.dispatcher.put(h.msg(i, {"c": float(i)}))
+    h.start()
+    await until(lambda: len(runtime.batches) == 2)
 
 
 async def test_with_a_backlog_the_next_batch_goes_before_the_outcomes_of_the_last(make: MakeHarness) -> None:
@@ -51,10 +59,7 @@ async def test_with_a_backlog_the_next_batch_goes_before_the_outcomes_of_the_las
     runtime = GatedRuntime()
     h.dispatcher.switch_runtime(runtime)
     async with h.outbox:
-        for i in range(1, 7):
-            await h.dispatcher.put(h.msg(i, {"c": float(i)}))
-        h.start()
-        await until(lambda: len(runtime.batches) == 2)
+        await two_batches_at_the_handler(h, runtime, 6)
         for _ in range(20):
             await asyncio.sleep(0)
         assert runtime.batches == [2, 2]  # not a third: two batches at the handler at most
@@ -91,10 +96,7 @@ async def test_cancelled_with_two_batches_at_the_handler_leaves_both_unacknowled
     runtime = GatedRuntime()
     h.dispatcher.switch_runtime(runtime)
     async with h.outbox:
-        for i in range(1, 5):
-            await h.dispatcher.put(h.msg(i, {"c": float(i)}))
-        h.start()
-        await until(lambda: len(runtime.batches) == 2)
+        await two_batches_at_the_handler(h, runtime, 4)
         assert h.task is not None
         h.task.cancel()
         with pytest.raises(asyncio.CancelledError):
