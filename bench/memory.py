@@ -37,8 +37,9 @@ def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float,
 
     The first minute is the RSS baseline: allocator arenas, caches and the windows' steady state fill up there.
     Drops: the broker's ``$SYS/broker/publish/messages/dropped`` (a bounded queue full: events lost before the
-    agent) before and after, and the publisher's failed publishes; beside them the publishes still unacknowledged
-    when the publisher stopped and the events not processed when the agent was given up on.
+    agent) before and after, and the publishes still unacknowledged a second after the publisher stopped (a
+    publisher that loses its connection fails the phase); beside them the events not processed when the agent
+    was given up on.
     """
     subscription = "lat"
     base = agent.processed(subscription)
@@ -80,7 +81,6 @@ def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float,
         "worst_p99_ms": max((m["p99_ms"] for m in minutes), default=float("nan")),
         "minutes_over_10ms": sum(1 for m in minutes if m["p99_ms"] > 10),
         "broker_dropped": None if dropped0 is None or dropped1 is None else dropped1 - dropped0,
-        "publisher_failed": sent.get("failed", 0),
         "publisher_unacked": sent.get("unacked", 0),
         "unprocessed": int(sent["sent"]) - processed,
         "rss_1min_mib": baseline / MIB,
