@@ -65,6 +65,13 @@ def numeric_values(values: dict[str, Any], only: list[str] | None) -> dict[str, 
     return out
 
 
+def _windows_per_event(size: float, hop: float) -> int:
+    """``size / hop`` when it is a whole number (1.0 / 0.1 is, although neither is exact in binary), else 0."""
+    ratio = size / hop
+    whole = round(ratio)
+    return whole if whole >= 1 and abs(ratio - whole) <= 1e-9 * whole else 0
+
+
 class WindowSet:
     """The open windows of one subscription, per group."""
 
@@ -82,6 +89,9 @@ class WindowSet:
         self._sealed_to = -math.inf
         """Windows ending at or before this were emitted early by a :meth:`seal`; they never open again."""
         self._sketches = any(quantile_of(stat) is not None for stat in spec.stats)
+        self._hop = spec.window.hop if spec.window.kind == "hopping" and spec.window.hop else spec.window.size
+        self._per_event = _windows_per_event(spec.window.size, self._hop)
+        """How many windows hold each event when the size is a whole multiple of the hop, else 0."""
         self.late = 0
 
     def __len__(self) -> int:
@@ -107,16 +117,19 @@ class WindowSet:
                 w = self._open[key] = OpenWindow(start, start + size, sketches=self._sketches)
             w.add(values, ts)
             return True
-        hop = win.hop if win.kind == "hopping" and win.hop else win.size
+        hop = self._hop
         # Starts are whole multiples of the hop, computed from an integer: repeated subtraction would give one
         # window two float starts (0.6 and 0.5999999999999999), i.e. two ids.
         k = math.floor(ts / hop)
+        whole = self._per_event
         added = False
-        for j in range(math.ceil(win.size / hop) + 1):
+        for j in range(whole or math.ceil(win.size / hop) + 1):
             start = (k - j) * hop
-            if start <= ts - win.size:
-                break
             end = start + win.size
+            # With a size that is a whole multiple of the hop, an event is in exactly that many windows, counted
+            # by index: comparing it with rounded bounds could put it in one window more or one less.
+            if not whole and end <= ts:
+                break
             if end > watermark:
                 key = (group, start)
                 w = self._open.get(key)

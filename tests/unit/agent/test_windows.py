@@ -129,6 +129,38 @@ def test_hopping_event_lands_in_size_over_hop_windows(size_hop: tuple[float, flo
     assert starts == sorted(starts)
 
 
+@given(
+    st.sampled_from([(1.0, 0.1), (0.3, 0.1), (0.6, 0.2), (2.5, 0.5), (0.9, 0.3), (10.0, 2.5)]),
+    st.lists(st.floats(min_value=0, max_value=2e9, allow_nan=False), min_size=1, max_size=10),
+)
+@settings(max_examples=300)
+def test_a_hopping_window_set_takes_each_event_size_over_hop_times(
+    size_hop: tuple[float, float], stamps: list[float]
+) -> None:
+    """With a fractional hop, every event still lands in exactly size/hop windows, the last of them starting
+    at the whole multiple of the hop at or below it. (Compared with their rounded bounds, an event near a bound
+    could fall in one window more or one less.)"""
+    size, hop = size_hop
+    per_event = round(size / hop)
+    ws = WindowSet(spec({"kind": "hopping", "size": size, "hop": hop}), "dev")
+    for ts in stamps:
+        assert ws.add("", {"v": 1.0}, ts)
+    out = ws.close_due(FAR)
+    assert sum(r.events for r in out) == per_event * len(stamps)
+    want = collections.Counter((math.floor(ts / hop) - j) * hop for ts in stamps for j in range(per_event))
+    assert {r.window_start: r.events for r in out} == dict(want)
+    assert all(r.window_end == r.window_start + size for r in out)
+
+
+def test_hopping_with_a_size_not_a_multiple_of_the_hop() -> None:
+    ws = WindowSet(spec({"kind": "hopping", "size": 10, "hop": 4}), "dev")
+    for ts in (1.0, 9.0):
+        assert ws.add("", {"v": ts}, ts)
+    out = ws.close_due(FAR)
+    # 1.0 is in [-8, 2), [-4, 6), [0, 10); 9.0 in [0, 10), [4, 14), [8, 18).
+    assert [(r.window_start, r.events) for r in out] == [(-8.0, 1), (-4.0, 1), (0.0, 2), (4.0, 1), (8.0, 1)]
+
+
 def test_hopping_counts() -> None:
     ws = WindowSet(spec({"kind": "hopping", "size": 10, "hop": 5}), "dev")
     for ts in (1.0, 6.0, 11.0):
