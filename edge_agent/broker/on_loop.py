@@ -198,16 +198,28 @@ class PahoOnLoop:
             self._loop.call_soon(self._read)
 
     def _flush(self) -> None:
-        """Write what paho queued; leave the rest to the selector when the socket is full."""
-        self._flush_due = False
+        """Write what paho queued, in one ``send`` (``BufferedClient.loop_write``); while the socket is full, the
+        selector calls this again once it is writable."""
         sock = self._sock
         if sock is None:
+            self._flush_due = False
             return
-        self._client.loop_write()
-        if self._client.want_write() and not self._writing and sock is self._sock:
-            assert self._loop is not None
+        # paho asks for a write from inside loop_write (its pending bytes are ours until they leave): this is it.
+        self._flush_due = True
+        try:
+            self._client.loop_write()
+        finally:
+            self._flush_due = False
+        if sock is not self._sock:
+            return  # the connection failed, and paho closed it
+        assert self._loop is not None
+        wants = self._client.want_write()
+        if wants and not self._writing:
             self._writing = True
-            self._loop.add_writer(sock, self._client.loop_write)
+            self._loop.add_writer(sock, self._flush)
+        elif not wants and self._writing:
+            self._writing = False
+            self._loop.remove_writer(sock)
 
 
 def _no_delay(sock: Any) -> None:

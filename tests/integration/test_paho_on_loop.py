@@ -170,3 +170,44 @@ async def test_a_publication_made_while_the_broker_is_down_is_confirmed_after_it
     assert pending is not None
     with pytest.raises(Exception, match="closed before the PUBACK"):
         await asyncio.wait_for(pending, 1)
+
+
+async def test_a_turns_publications_leave_whole_and_in_order_past_a_full_socket(
+    device_broker: Mosquitto, topic_prefix: str
+) -> None:
+    """10 MB published in one loop turn: gathered into one write, more than the socket takes, so the rest leaves
+    as the socket drains (the selector's writer), in order; then a second turn's publications behind it."""
+    topic = f"{topic_prefix}/onloop/gather"
+    received: list[bytes] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{topic_prefix}-gather-sub")
+    sub.on_message = lambda _c, _u, msg: received.append(bytes(msg.payload))
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.connect(device_broker.host, device_broker.port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    client = BufferedClient(CallbackAPIVersion.VERSION2, client_id=f"{topic_prefix}-gather-pub")
+    client.max_inflight_messages_set(0)
+    client.max_queued_messages_set(0)
+    connected = asyncio.Event()
+    client.on_connect = lambda *_a: connected.set()
+    client.connect_async(device_broker.host, device_broker.port)
+    driver = PahoOnLoop(client, name="gather", reconnect_max=1.0)
+    driver.start()
+    first = [i.to_bytes(4, "big") + bytes([i % 251]) * 2000 for i in range(5000)]
+    second = [b"after-%d" % i for i in range(100)]
+    try:
+        assert await asyncio.to_thread(subscribed.wait, 10)
+        await asyncio.wait_for(connected.wait(), 10)
+        infos = [client.publish(topic, payload, qos=1) for payload in first]
+        assert client.want_write()
+        await asyncio.sleep(0)  # the turn ends: its flush writes what the socket takes
+        infos += [client.publish(topic, payload, qos=1) for payload in second]
+        await wait_for(lambda: len(received) >= len(first) + len(second), timeout=60, what="every publication")
+        await wait_for(lambda: all(info.is_published() for info in infos), timeout=30, what="every PUBACK")
+        assert not client.want_write()
+    finally:
+        await driver.aclose()
+        sub.disconnect()
+        sub.loop_stop()
+    assert received == first + second

@@ -1,5 +1,6 @@
-"""The buffered socket under paho: exact bytes whatever the read sizes, EOF and 'nothing yet' passed through,
-and the two paho internals it relies on still there."""
+"""The buffered socket under paho: exact bytes whatever the read sizes, EOF and 'nothing yet' passed through;
+what paho sends leaving in one write, in order past a full socket, and a failed connection reported; and the
+paho internals it relies on still there."""
 
 from __future__ import annotations
 
@@ -70,11 +71,73 @@ def test_end_of_stream_is_an_empty_read(pair: tuple[socket.socket, socket.socket
 
 
 def test_everything_else_goes_to_the_socket(pair: tuple[socket.socket, socket.socket]) -> None:
-    ours, peer = pair
+    ours, _peer = pair
     buffered = BufferedSocket(ours)
     assert buffered.fileno() == ours.fileno()
-    assert buffered.send(b"hi") == 2
-    assert peer.recv(2) == b"hi"
+    assert buffered.getsockname() == ours.getsockname()
+
+
+class CountingSocket:
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+
+    def send(self, data: bytes | bytearray) -> int:
+        self.sends.append(bytes(data))
+        return len(data)
+
+
+def test_what_paho_sends_leaves_in_one_write_on_flush() -> None:
+    sock = CountingSocket()
+    buffered = BufferedSocket(sock)
+    for packet in (b"\x40\x02\x00\x01", b"\x30\x05\x00\x01ab", b"\x40\x02\x00\x02"):
+        assert buffered.send(packet) == len(packet)
+    assert sock.sends == []
+    assert buffered.unsent == 14
+    assert buffered.flush()
+    assert sock.sends == [b"\x40\x02\x00\x01\x30\x05\x00\x01ab\x40\x02\x00\x02"]
+    assert buffered.unsent == 0
+    assert buffered.flush()  # nothing left: no write
+    assert len(sock.sends) == 1
+
+
+def test_a_full_socket_keeps_the_rest_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    buffered = BufferedSocket(ours)
+    big = bytes(range(256)) * 8192  # 2 MiB, more than a socket pair holds
+    buffered.send(big)
+    assert not buffered.flush()
+    assert 0 < buffered.unsent < len(big)
+    buffered.send(b"tail")  # behind what is still waiting, not before it
+    got = bytearray()
+    while len(got) < len(big) + 4:
+        got += peer.recv(1 << 20)
+        buffered.flush()
+    assert bytes(got) == big + b"tail"
+    assert buffered.unsent == 0
+
+
+def test_a_failed_connection_is_raised_on_flush_and_on_the_next_send(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = pair
+    buffered = BufferedSocket(ours)
+    peer.close()
+    buffered.send(b"x")
+    with pytest.raises(OSError) as failed:
+        buffered.flush()
+    assert buffered.unsent == 0
+    with pytest.raises(OSError) as again:
+        buffered.send(b"y")  # paho's next write learns it (and handles the connection as lost)
+    assert again.value is failed.value
+
+
+def test_close_sends_what_waits_first(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    buffered = BufferedSocket(ours)
+    buffered.send(b"\xe0\x00")  # paho closes the socket right after writing its DISCONNECT
+    buffered.close()
+    assert peer.recv(2) == b"\xe0\x00"
+    assert ours.fileno() == -1
 
 
 def test_the_paho_internals_it_relies_on_are_there() -> None:
