@@ -123,10 +123,10 @@ def test_a_failed_connection_is_raised_on_flush_and_on_the_next_send(
     buffered = BufferedSocket(ours)
     peer.close()
     buffered.send(b"x")
-    with pytest.raises(OSError) as failed:
+    with pytest.raises((BrokenPipeError, ConnectionResetError)) as failed:
         buffered.flush()
     assert buffered.unsent == 0
-    with pytest.raises(OSError) as again:
+    with pytest.raises((BrokenPipeError, ConnectionResetError)) as again:
         buffered.send(b"y")  # paho's next write learns it (and handles the connection as lost)
     assert again.value is failed.value
 
