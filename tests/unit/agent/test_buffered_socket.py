@@ -149,6 +149,11 @@ def test_the_paho_internals_it_relies_on_are_there() -> None:
     # Every PUBLISH reaches on_message through _handle_on_message(message), which BufferedClient replaces.
     assert "self._handle_on_message(message)" in inspect.getsource(mqtt.Client._handle_publish)
     assert "_userdata" in inspect.getsource(mqtt.Client._handle_on_message)
+    # Writes: loop_write sends through _packet_write (which BufferedClient ends with its flush) before it asks
+    # want_write() whether to stay registered for writability.
+    loop_write = inspect.getsource(mqtt.Client.loop_write)
+    assert "self._packet_write()" in loop_write
+    assert loop_write.index("self._packet_write()") < loop_write.index("self.want_write()")
 
 
 def test_messages_go_straight_to_on_message() -> None:
