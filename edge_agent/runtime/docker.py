@@ -160,6 +160,7 @@ class DockerHandler(HandlerRuntime):
         async with self._lock:
             self._closed = True
             self._healthy = False
+            self._replies.stop_watching()
             await self._discard()
 
     async def _discard(self) -> None:
@@ -256,6 +257,7 @@ class DockerHandler(HandlerRuntime):
         except (OSError, ConnectionError):
             channel.gone.set()
         timeout = self.spec.event_timeout
+        replies.watch(timeout)
         while replies.waiting:
             replies.progress.clear()
             if channel.gone.is_set():
@@ -264,11 +266,9 @@ class DockerHandler(HandlerRuntime):
                     self._healthy = False
                     return replies.take_waiting()
                 return self._charge_oldest(*await self._exit_reason())
-            try:
-                async with asyncio.timeout(timeout):
-                    await replies.progress.wait()
-            except TimeoutError:
+            if replies.hung:
                 return self._charge_oldest("handler-timeout", f"no reply within {timeout:g}s")
+            await replies.progress.wait()
         return []
 
     async def _exit_reason(self) -> tuple[DeadLetterReason, str]:

@@ -178,6 +178,38 @@ async def test_drain_closes_due_windows(make: MakeHarness) -> None:
         assert [(r.group, r.events) for r in await h.records()] == [("topic[1]=a", 1), ("topic[1]=b", 1)]
 
 
+async def test_an_idle_stream_closes_its_window_when_due(make: MakeHarness) -> None:
+    """No event and no drain after the window's end: the dispatcher's own timer closes it."""
+    h = make(window={"kind": "tumbling", "size": 0.5})
+    async with h.outbox:
+        h.start()
+        await h.dispatcher.put(h.msg(1, {"c": 1.0}))
+        await h.until_acked(1)
+        h.clock.t = 1000.6  # the window [1000.0, 1000.5) is due; nothing wakes the dispatcher but its timer
+        async with asyncio.timeout(5):
+            while not (records := await h.records()):
+                await asyncio.sleep(0.02)
+        assert [(r.window_start, r.events) for r in records] == [(1000.0, 1)]
+        await h.finish()
+
+
+async def test_a_window_due_sooner_than_the_armed_timer_closes_on_time(make: MakeHarness) -> None:
+    """An event-time stream: a late-arriving earlier window is due before the one the timer was armed for."""
+    h = make(window={"kind": "tumbling", "size": 0.5}, event_time_field="ts")
+    async with h.outbox:
+        h.start()
+        await h.dispatcher.put(h.msg(1, {"c": 1.0, "ts": 1030.0}))  # due 30 s from now
+        await h.until_acked(1)
+        await h.dispatcher.put(h.msg(2, {"c": 2.0, "ts": 1000.0}))  # due at once
+        await h.until_acked(2)
+        h.clock.t = 1000.6
+        async with asyncio.timeout(5):
+            while not (records := await h.records()):
+                await asyncio.sleep(0.02)
+        assert [(r.window_start, r.events) for r in records] == [(1000.0, 1)]
+        await h.finish()
+
+
 async def test_not_settled_while_closed_windows_are_being_committed(make: MakeHarness) -> None:
     """Closed windows leave ``windows`` before their commit returns: ``settled`` must not be true in between."""
     h = make()
