@@ -7,7 +7,7 @@ from typing import Any
 
 from bench.agentproc import AgentProcess
 from bench.pipeline import LATENCY_OUT, LATENCY_TOPIC
-from bench.procs import Helper, RssSampler, broker_counter, memory_kib
+from bench.procs import Helper, MachineSampler, RssSampler, broker_counter, memory_kib
 
 MIB = 1024
 
@@ -33,7 +33,8 @@ def under_load(agent: AgentProcess, sampler: RssSampler) -> dict[str, Any]:
 def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float, qos: int = 1) -> dict[str, Any]:
     """``rate`` events/s for ``seconds`` through the echo handler (the latency path): p50/p99/max per minute of
     the publisher's schedule (by seq, ``rate * 60`` events each), RSS every 5 s (growth from the first minute to
-    the end), and what the broker dropped.
+    the end), and what the broker dropped. Each minute also carries the machine's speed (``calibration_us``, the
+CPU time of a fixed loop, sampled every 5 s) and the agent's CPU in cores.
 
     The first minute is the RSS baseline: allocator arenas, caches and the windows' steady state fill up there.
     Drops: the broker's ``$SYS/broker/publish/messages/dropped`` (a bounded queue full: events lost before the
@@ -47,6 +48,7 @@ def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float,
     total = int(rate * seconds)
     with (
         RssSampler(agent.pid, interval=5.0) as sampler,
+        MachineSampler(agent.pid) as machine,
         Helper(
             "latsub", "--port", str(port), "--topic", LATENCY_OUT, "--count", str(total), "--idle", "10",
             "--per-events", str(int(rate * 60)),
@@ -67,6 +69,11 @@ def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float,
     last = [kib for t, kib in samples if t - t0 >= seconds - 10] or [samples[-1][1]]
     baseline, end = max(first_minute), max(last)
     minutes = got["per"]
+    # Beside each minute, how fast the machine's CPU was and what the agent used: a minute over the target while
+    # the same fixed work cost everyone more CPU is the host's, not the agent's.
+    contexts = machine.per_interval(sent["start"], 60.0, max((m["index"] for m in minutes), default=-1) + 1)
+    for minute in minutes:
+        minute.update(contexts[minute["index"]])
     processed = agent.processed(subscription) - base
     return {
         "rate": rate,

@@ -38,6 +38,63 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def calibration_us() -> float:
+    """The CPU time of a fixed 100,000-step loop, in µs. When it rises, the same instructions cost more CPU: on a
+    shared host another guest is using the core's other thread or its caches, which the guest cannot see as
+    steal time, and every process on the machine is slowed alike."""
+    started = time.thread_time_ns()
+    total = 0
+    for step in range(100_000):
+        total += step * step
+    return (time.thread_time_ns() - started) / 1000
+
+
+@dataclass
+class MachineSampler:
+    """Every ``interval`` s, in a thread: ``calibration_us`` and the CPU seconds of process ``pid`` so far."""
+
+    pid: int
+    interval: float = 5.0
+    samples: list[tuple[float, float, float]] = field(default_factory=list)
+    """(time, calibration µs, the process's CPU seconds)"""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> MachineSampler:
+        self._thread = threading.Thread(target=self._run, name="bench.machine", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                self.samples.append((time.time(), calibration_us(), cpu_seconds(self.pid)))
+            self._stop.wait(self.interval)
+
+    def per_interval(self, start: float, length: float, count: int) -> list[dict[str, float]]:
+        """For each of ``count`` intervals of ``length`` s from ``start``: the median calibration and the
+        process's CPU in cores; an interval without two samples gets neither."""
+        out: list[dict[str, float]] = []
+        for index in range(count):
+            lo, hi = start + index * length, start + (index + 1) * length
+            inside = [s for s in self.samples if lo <= s[0] < hi]
+            if len(inside) < 2:
+                out.append({})
+                continue
+            calibrations = sorted(c for _t, c, _cpu in inside)
+            (t0, _c0, cpu0), (t1, _c1, cpu1) = inside[0], inside[-1]
+            out.append({
+                "calibration_us": round(calibrations[len(calibrations) // 2]),
+                "agent_cores": round((cpu1 - cpu0) / (t1 - t0), 3),
+            })  # fmt: skip
+        return out
+
+
 @dataclass
 class RssSampler:
     """Samples a process's VmRSS in a thread; ``max_kib`` is the highest sample seen."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import pipeline
 from bench.agentproc import AgentProcess
-from bench.procs import TICK, Helper, device_broker_limits
+from bench.procs import TICK, Helper, calibration_us, device_broker_limits
 from scripts.mosquitto import Mosquitto
 from tests.support.engine import connect_engine
 
@@ -51,14 +51,6 @@ def process(pid: int) -> tuple[float, float]:
         return (int(fields[11]) + int(fields[12])) / TICK, waited / 1e9
     except (OSError, IndexError):
         return 0.0, 0.0
-
-
-def calibration_us() -> float:
-    started = time.thread_time_ns()
-    total = 0
-    for step in range(100_000):
-        total += step * step
-    return (time.thread_time_ns() - started) / 1000
 
 
 class Sampler:
