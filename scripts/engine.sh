@@ -3,6 +3,7 @@
 #
 #   eval "$(scripts/engine.sh start)"   # prints exactly one line: export DOCKER_HOST=unix:///...
 #   scripts/engine.sh stop              # stops the dockerd that `start` launched (if any)
+#   scripts/engine.sh running           # exit status 0 when an engine already answers
 #
 # An engine that already answers (DOCKER_HOST, then /var/run/docker.sock) is reused as is. Otherwise, as
 # root, Debian's dockerd is started on a private socket so it never collides with a system engine, without
@@ -133,8 +134,15 @@ stop() {
     log "dockerd stopped"
 }
 
+running() {  # 0 when an engine that `start` would reuse already answers
+    { [[ -n "${DOCKER_HOST:-}" ]] && answers "$DOCKER_HOST"; } ||
+        { [[ -S /var/run/docker.sock ]] && answers unix:///var/run/docker.sock; } ||
+        answers "unix://$SOCK"
+}
+
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    running) running ;;
+    *) echo "usage: $0 start|stop|running" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 # A private PostgreSQL for the hub's store tests (the same SQLAlchemy code runs on SQLite and PostgreSQL).
 #   scripts/postgres.sh start   prints `export EDGEFLEET_TEST_POSTGRES_URL=...` (nothing when it cannot run one)
 #   scripts/postgres.sh stop
+#   scripts/postgres.sh running   exit status 0 when the cluster is up
 # Debian's server binaries, a cluster of our own under /run/edgefleet/pg, loopback only, trust auth.
 set -euo pipefail
 
@@ -35,6 +36,9 @@ case "${1:-}" in
         ;;
     stop)
         as_postgres "$bin/pg_ctl" stop -D "$DIR" -m fast -w >/dev/null 2>&1 || true
+        ;;
+    running)
+        as_postgres "$bin/pg_ctl" status -D "$DIR" >/dev/null 2>&1
         ;;
     *)
         sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//' >&2
