@@ -12,7 +12,10 @@ log() { printf 'postgres.sh: %s\n' "$*" >&2; }
 
 bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
 if [[ -z "$bin" ]]; then
-    log "no PostgreSQL server installed (apt-get install postgresql); the PostgreSQL store tests will skip"
+    case "${1:-}" in
+        start) log "no PostgreSQL server installed (apt-get install postgresql); the PostgreSQL store tests will skip" ;;
+        running) exit 1 ;;
+    esac
     exit 0
 fi
 as_postgres() {
