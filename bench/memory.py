@@ -34,7 +34,7 @@ def soak(agent: AgentProcess, host: str, port: int, rate: float, seconds: float,
     """``rate`` events/s for ``seconds`` through the echo handler (the latency path): p50/p99/max per minute of
     the publisher's schedule (by seq, ``rate * 60`` events each), RSS every 5 s (growth from the first minute to
     the end), and what the broker dropped. Each minute also carries the machine's speed (``calibration_us``, the
-CPU time of a fixed loop, sampled every 5 s) and the agent's CPU in cores.
+    CPU time of a fixed loop, sampled every 5 s) and the agent's CPU in cores.
 
     The first minute is the RSS baseline: allocator arenas, caches and the windows' steady state fill up there.
     Drops: the broker's ``$SYS/broker/publish/messages/dropped`` (a bounded queue full: events lost before the

@@ -152,12 +152,24 @@ class HandlerChannel:
         self._writer.write(data)
         await self._writer.drain()
 
+    def write(self, data: bytes) -> None:
+        """Hand ``data`` to the stream without waiting until the handler has taken it. A batch larger than the
+        buffers on the way (the socket's, the engine's and the container's pipe) cannot leave whole while the
+        handler hangs on an event before its end; waiting for it would keep the hang from being noticed. What
+        is not sent yet is held by the stream, at most one batch."""
+        assert self._writer is not None
+        self._writer.write(data)
+
     async def close(self) -> None:
         """Close both streams and stop reading them (the socket's directory stays until ``remove_io_dir``: the
         container mounts it until it is removed)."""
         for writer in {self._writer, self._attach_writer} - {None}:
             assert writer is not None
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                # Requests the handler never read (it hung): a graceful close would wait for it to read them.
+                writer.transport.abort()
+            else:
+                writer.close()
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
         self._writer = self._attach_writer = None

@@ -252,12 +252,16 @@ class DockerHandler(HandlerRuntime):
         channel, replies = self._channel, self._replies
         assert channel is not None
         data = replies.requests(events, todo)
+        if not replies.waiting:
+            return []  # none could be encoded: each has its Failure
+        timeout = self.spec.event_timeout
+        # Timed from the write, and the write does not wait for the handler to read: one that hangs on an event
+        # before more input than the pipes hold is still declared hung after the timeout.
+        replies.watch(timeout)
         try:
-            await channel.send(data)
+            channel.write(data)
         except (OSError, ConnectionError):
             channel.gone.set()
-        timeout = self.spec.event_timeout
-        replies.watch(timeout)
         while replies.waiting:
             replies.progress.clear()
             if channel.gone.is_set():

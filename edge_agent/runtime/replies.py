@@ -168,4 +168,3 @@ class PendingReplies:
         if self._loop is not None:
             self._last_progress = self._loop.time()
         self.progress.set()
-

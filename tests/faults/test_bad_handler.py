@@ -2,7 +2,7 @@
 
 One tiny image, built here from edgefleet/base:bookworm (no network: FROM a local image, COPY, ENTRYPOINT) and
 removed afterwards, speaks the handler protocol by hand and misbehaves on request: {"do": "endless" | "crash" |
-"hang"}; any other event gets a result {"v": <its "v">}.
+"hang"}, or takes its time ({"do": "sleep", "s": seconds}); any other event gets a result {"v": <its "v">}.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ for line in sys.stdin.buffer:
     if do == "hang":
         while True:
             time.sleep(3600)
+    if do == "sleep":
+        time.sleep(payload["s"])
     if do == "endless":
         chunk = b"x" * 65536
         while True:
@@ -264,4 +266,45 @@ async def test_hanging_handler_times_out_within_event_timeout(
             assert f"{EVENT_TIMEOUT:g}s" in letters.records[0].detail
             assert EVENT_TIMEOUT <= elapsed < EVENT_TIMEOUT + 2.0
             assert counters.processed == len(valid)
+            assert not agent_task.done()
+
+
+async def test_a_hang_before_more_input_than_the_pipes_hold_times_out(
+    docker_client: docker.DockerClient,
+    bad_image: str,
+    tmp_path: Path,
+    rig: Rig,
+) -> None:
+    """The hang comes first in a batch of 6.4 MB, more than every buffer between the agent and the container's
+    stdin holds: the handler stops reading, so the batch cannot be written whole. The hang must still be
+    declared ``event_timeout`` after the batch went out, and the rest of the batch processed by the next
+    container."""
+    timeout, sleep = 4.0, 3.0
+    config = rig.agent_config(
+        handlers=[{**bad_spec(bad_image), "event_timeout": f"{timeout:g}s"}],
+        subscriptions=[bad_subscription(rig.prefix)],
+        runtime=FAST_RESTARTS,
+    )
+    # While the handler sleeps on the first event, the hang and the large events queue up behind it and leave
+    # as the next batch, in one write.
+    slow = event(rig.prefix, "slow", {"do": "sleep", "s": sleep})
+    hang = event(rig.prefix, "hang", {"do": "hang"})
+    large = [event(rig.prefix, f"large{i}", {"v": i, "pad": "x" * 16_000}) for i in range(400)]
+    with dead_letters(rig.broker, rig.prefix) as letters:
+        async with running_agent(config) as (state, agent_task):
+            counters = state.dispatchers["bad"].counters
+            await asyncio.to_thread(publish_all, rig.broker, [slow])
+            await wait_for(lambda: counters.received >= 1, timeout=10, what="the slow event taken in")
+            published = time.monotonic()
+            await asyncio.to_thread(publish_all, rig.broker, [hang, *large])
+            assert time.monotonic() - published < sleep, "the batch behind the slow event was not queued in time"
+            await wait_for(lambda: bool(letters.records), timeout=sleep + timeout + 10, what="the hang dead-lettered",
+                           detail=state.counters)
+            elapsed = time.monotonic() - published
+            await wait_for(lambda: counters.processed >= 1 + len(large), timeout=60,
+                           what="the large events after the hang", detail=state.counters)
+            print(f"\nhang before 6.4 MB: dead-lettered {elapsed:.2f}s after the publish")
+            assert [(d.reason, d.payload_bytes()) for d in letters.records] == [("handler-timeout", hang[1])]
+            assert elapsed < sleep + timeout + 5.0
+            assert counters.processed == 1 + len(large)
             assert not agent_task.done()
