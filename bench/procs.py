@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")
+Sample = TypeVar("Sample")
 CHUNK = 50_000  # lines per mosquitto_pub: QoS 1 message ids wrap at 65,535
 
 
@@ -50,18 +51,19 @@ def calibration_us() -> float:
 
 
 @dataclass
-class MachineSampler:
-    """Every ``interval`` s, in a thread: ``calibration_us`` and the CPU seconds of process ``pid`` so far."""
+class PeriodicSampler(Generic[Sample]):
+    """Takes ``_sample()`` every ``interval`` s in a thread, from ``__enter__`` to ``__exit__``, into ``samples``
+    (a sample whose process is gone is skipped)."""
 
     pid: int
-    interval: float = 5.0
-    samples: list[tuple[float, float, float]] = field(default_factory=list)
-    """(time, calibration µs, the process's CPU seconds)"""
+    interval: float = 0.2
+    samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    thread_name: ClassVar[str] = "bench.sampler"
 
-    def __enter__(self) -> MachineSampler:
-        self._thread = threading.Thread(target=self._run, name="bench.machine", daemon=True)
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         return self
 
@@ -73,8 +75,22 @@ class MachineSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(OSError):
-                self.samples.append((time.time(), calibration_us(), cpu_seconds(self.pid)))
+                self.samples.append(self._sample())
             self._stop.wait(self.interval)
+
+    def _sample(self) -> Sample:
+        raise NotImplementedError
+
+
+@dataclass
+class MachineSampler(PeriodicSampler[tuple[float, float, float]]):
+    """Every ``interval`` s: (time, ``calibration_us``, the CPU seconds of process ``pid`` so far)."""
+
+    interval: float = 5.0
+    thread_name: ClassVar[str] = "bench.machine"
+
+    def _sample(self) -> tuple[float, float, float]:
+        return time.time(), calibration_us(), cpu_seconds(self.pid)
 
     def per_interval(self, start: float, length: float, count: int) -> list[dict[str, float]]:
         """For each of ``count`` intervals of ``length`` s from ``start``: the median calibration and the
@@ -96,30 +112,13 @@ class MachineSampler:
 
 
 @dataclass
-class RssSampler:
-    """Samples a process's VmRSS in a thread; ``max_kib`` is the highest sample seen."""
+class RssSampler(PeriodicSampler[tuple[float, int]]):
+    """Samples a process's VmRSS (time, KiB); ``max_kib`` is the highest sample seen."""
 
-    pid: int
-    interval: float = 0.2
-    samples: list[tuple[float, int]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    thread_name: ClassVar[str] = "bench.rss"
 
-    def __enter__(self) -> RssSampler:
-        self._thread = threading.Thread(target=self._run, name="bench.rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                self.samples.append((time.time(), memory_kib(self.pid)["VmRSS"]))
-            self._stop.wait(self.interval)
+    def _sample(self) -> tuple[float, int]:
+        return time.time(), memory_kib(self.pid)["VmRSS"]
 
     @property
     def max_kib(self) -> int:
