@@ -71,6 +71,14 @@ class Harness:
                 self.progress.clear()
                 await self.progress.wait()
 
+    async def until_records(self) -> list[WindowResult]:
+        """Wait (bounded) until the outbox holds a closed window; those it holds. Polled: a window closed by the
+        dispatcher's own timer signals nothing the test could wait on."""
+        async with asyncio.timeout(5):
+            while not (records := await self.records()):
+                await asyncio.sleep(0.02)
+        return records
+
     def msg(self, mid: int, payload: Any, topic: str = "sensors/s1/temp", raw: bytes | None = None) -> Incoming:
         body = raw if raw is not None else orjson.dumps(payload)
         return Incoming(mid=mid, topic=topic, payload=body, qos=1, dup=False, arrived=self.clock())

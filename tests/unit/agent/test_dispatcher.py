@@ -186,10 +186,7 @@ async def test_an_idle_stream_closes_its_window_when_due(make: MakeHarness) -> N
         await h.dispatcher.put(h.msg(1, {"c": 1.0}))
         await h.until_acked(1)
         h.clock.t = 1000.6  # the window [1000.0, 1000.5) is due; nothing wakes the dispatcher but its timer
-        async with asyncio.timeout(5):
-            while not (records := await h.records()):
-                await asyncio.sleep(0.02)
-        assert [(r.window_start, r.events) for r in records] == [(1000.0, 1)]
+        assert [(r.window_start, r.events) for r in await h.until_records()] == [(1000.0, 1)]
         await h.finish()
 
 
@@ -203,10 +200,7 @@ async def test_a_window_due_sooner_than_the_armed_timer_closes_on_time(make: Mak
         await h.dispatcher.put(h.msg(2, {"c": 2.0, "ts": 1000.0}))  # due at once
         await h.until_acked(2)
         h.clock.t = 1000.6
-        async with asyncio.timeout(5):
-            while not (records := await h.records()):
-                await asyncio.sleep(0.02)
-        assert [(r.window_start, r.events) for r in records] == [(1000.0, 1)]
+        assert [(r.window_start, r.events) for r in await h.until_records()] == [(1000.0, 1)]
         await h.finish()
 
 
