@@ -156,7 +156,8 @@ class HandlerChannel:
         """Hand ``data`` to the stream without waiting until the handler has taken it. A batch larger than the
         buffers on the way (the socket's, the engine's and the container's pipe) cannot leave whole while the
         handler hangs on an event before its end; waiting for it would keep the hang from being noticed. What
-        is not sent yet is held by the stream, at most one batch."""
+        is not sent yet is held by the stream, at most one batch. A send that fails is not raised here: the
+        transport closes, and the reader's end sets ``gone``."""
         assert self._writer is not None
         self._writer.write(data)
 

@@ -258,10 +258,8 @@ class DockerHandler(HandlerRuntime):
         # Timed from the write, and the write does not wait for the handler to read: one that hangs on an event
         # before more input than the pipes hold is still declared hung after the timeout.
         replies.watch(timeout)
-        try:
-            channel.write(data)
-        except (OSError, ConnectionError):
-            channel.gone.set()
+        # A failed send does not raise here: the transport closes, the reader ends and sets ``gone``.
+        channel.write(data)
         while replies.waiting:
             replies.progress.clear()
             if channel.gone.is_set():
