@@ -21,6 +21,7 @@ tests/unit/agent/test_buffered_socket.py fails if it changes.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -43,6 +44,9 @@ class BufferedSocket:
         self._out = bytearray()
         """Bytes paho handed over (``send``) that have not left yet, in order."""
         self._failed: OSError | None = None
+        self._keep_reading = False
+        self.half_closed = False
+        """Shut for writing by :meth:`close` (see :meth:`keep_reading_after_close`), not closed yet."""
 
     def recv(self, size: int) -> bytes:
         """At most ``size`` bytes: from the buffer, else from one large read of the socket.
@@ -88,14 +92,36 @@ class BufferedSocket:
     def unsent(self) -> int:
         return len(self._out)
 
+    def keep_reading_after_close(self) -> None:
+        """Let the next :meth:`close` only shut the socket for writing once everything left, so that its owner can
+        wait for the peer to close its end (:meth:`release` then closes it)."""
+        self._keep_reading = True
+
     def close(self) -> None:
         """What the socket takes now still leaves (a DISCONNECT, which paho closes the socket right after)."""
         try:
-            self.flush()
+            sent_all = self.flush()
         except OSError:
-            pass
-        finally:
-            self._sock.close()
+            sent_all = False
+        if sent_all and self._keep_reading:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            else:
+                self.half_closed = True
+                return
+        self._sock.close()
+
+    def release(self) -> None:
+        """Close the socket, also when :meth:`close` left it half closed."""
+        self.half_closed = False
+        self._sock.close()
+
+    @property
+    def raw(self) -> Any:
+        """The socket itself (for a selector: its file descriptor)."""
+        return self._sock
 
     def pending(self) -> int:
         """Bytes read from the socket but not yet handed out (paho's loop does not wait while there are any)."""

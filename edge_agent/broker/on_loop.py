@@ -25,7 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.broker.buffered import BufferedClient
+from edge_agent.broker.buffered import CHUNK, BufferedClient, BufferedSocket
 from mqtt_session.backoff import retry_delay
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ MISC_EVERY = 1.0
 """Seconds between paho's housekeeping calls (keepalive pings and their timeouts, retries)."""
 SHORT_LIVED = 5.0
 """A connection lost within this many seconds of opening counts as a failed attempt for the backoff."""
+CLOSE_WAIT = 2.0
+"""Seconds ``aclose`` waits for the broker to close the connection after our DISCONNECT."""
 
 
 class PahoOnLoop:
@@ -74,18 +76,62 @@ class PahoOnLoop:
         self._task = self._loop.create_task(self._maintain(), name=f"agent.mqtt[{self._name}]")
 
     async def aclose(self) -> None:
-        """Stop reconnecting, send DISCONNECT and close the socket."""
+        """Stop reconnecting, send DISCONNECT, and close the socket once the broker has closed its end.
+
+        mosquitto reads a connection's packets one at a time. Closing at once left acknowledgements unread in its
+        socket, and an agent restarting with the same client id took the session over before the broker read them:
+        the broker then delivered again what had been acknowledged. The broker closes its end once it has read our
+        DISCONNECT, so everything sent before it has been read; the wait is bounded by ``CLOSE_WAIT``.
+        """
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         sock = self._sock
-        if sock is not None:
-            self._client.disconnect()
-            self._client.loop_write()  # the DISCONNECT goes now, and paho closes the socket after it
-            if self._sock is sock:  # the socket was full: close it without the DISCONNECT
-                self._unwatch(sock)
+        if sock is None:
+            return
+        if isinstance(sock, BufferedSocket):
+            sock.keep_reading_after_close()
+        self._client.disconnect()
+        self._client.loop_write()  # the DISCONNECT goes now, and paho closes the socket after it
+        if self._sock is sock:  # the DISCONNECT did not go: close the socket without it
+            self._unwatch(sock)
+            if isinstance(sock, BufferedSocket):
+                sock.release()
+            else:
                 sock.close()
+        if isinstance(sock, BufferedSocket) and sock.half_closed:
+            try:
+                await self._peer_closed(sock.raw)
+            finally:
+                sock.release()
+
+    async def _peer_closed(self, raw: Any) -> None:
+        """Return when the peer closed its end of ``raw`` (what it still sends is dropped), or after CLOSE_WAIT."""
+        assert self._loop is not None
+        closed: asyncio.Future[None] = self._loop.create_future()
+
+        def readable() -> None:
+            try:
+                if raw.recv(CHUNK):
+                    return
+            except BlockingIOError:
+                return
+            except OSError:
+                pass
+            if not closed.done():
+                closed.set_result(None)
+
+        self._loop.add_reader(raw, readable)
+        try:
+            async with asyncio.timeout(CLOSE_WAIT):
+                await closed
+        except TimeoutError:
+            log.warning(
+                "%s: the broker did not close the connection within %.0fs of our DISCONNECT", self._name, CLOSE_WAIT
+            )
+        finally:
+            self._loop.remove_reader(raw)
 
     @property
     def attached(self) -> bool:

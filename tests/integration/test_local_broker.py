@@ -13,13 +13,20 @@ from scripts.mosquitto import Mosquitto
 pytestmark = pytest.mark.integration
 
 
+def _client(broker: Mosquitto, client_id: str, subscriptions: list[tuple[str, int]], protocol: str) -> LocalBroker:
+    return LocalBroker(
+        host=broker.host, port=broker.port, client_id=client_id, subscriptions=subscriptions, protocol=protocol
+    )
+
+
 async def test_many_confirmed_publishes_race_their_pubacks_without_deadlock(
     device_broker: Mosquitto, topic_prefix: str
 ) -> None:
     # A PUBACK can arrive while publish() is still registering its future (paho calls on_publish under the
     # lock that publish takes): 20,000 confirmed publishes must all resolve, and the loop must stay live.
-    local = LocalBroker(host=device_broker.host, port=device_broker.port, client_id=f"{topic_prefix}-pub",
-                        subscriptions=[])
+    local = LocalBroker(
+        host=device_broker.host, port=device_broker.port, client_id=f"{topic_prefix}-pub", subscriptions=[]
+    )
     async with local:
         async with asyncio.timeout(10):
             await local.wait_connected()
@@ -44,8 +51,7 @@ async def test_unacknowledged_events_come_back_after_reconnection(
     topic = f"{topic_prefix}/ev"
 
     def intake() -> LocalBroker:
-        return LocalBroker(host=device_broker.host, port=device_broker.port, client_id=f"{topic_prefix}-{protocol}",
-                           subscriptions=[(topic, 1)], protocol=protocol)
+        return _client(device_broker, f"{topic_prefix}-{protocol}", [(topic, 1)], protocol)
 
     async def take(local: LocalBroker, n: int) -> list[Any]:
         got: list[Any] = []
@@ -56,8 +62,7 @@ async def test_unacknowledged_events_come_back_after_reconnection(
                     return got
         return got
 
-    publisher = LocalBroker(host=device_broker.host, port=device_broker.port, client_id=f"{topic_prefix}-p",
-                            subscriptions=[])
+    publisher = _client(device_broker, f"{topic_prefix}-p", [], protocol)
     async with intake() as local:  # subscribe once so that the session exists
         async with asyncio.timeout(10):
             await local.wait_connected()
@@ -76,3 +81,51 @@ async def test_unacknowledged_events_come_back_after_reconnection(
         assert all(m.dup for m in again)
         for m in again:
             local.ack(m.mid)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_acknowledgements_before_close_reach_the_broker_before_a_reconnection(
+    device_broker: Mosquitto, topic_prefix: str, protocol: str
+) -> None:
+    # mosquitto reads a connection's packets one at a time: when the agent restarts at once with the same client
+    # id, the new connection took the session over while the old one's acknowledgements were still unread, and the
+    # broker redelivered what had been acknowledged. aclose now waits until the broker has read our DISCONNECT.
+    topic = f"{topic_prefix}/ev"
+    count = 3000
+
+    def intake() -> LocalBroker:
+        return _client(device_broker, f"{topic_prefix}-{protocol}", [(topic, 1)], protocol)
+
+    publisher = _client(device_broker, f"{topic_prefix}-p", [], protocol)
+    async with intake() as local:
+        async with asyncio.timeout(10):
+            await local.wait_connected()
+    async with publisher:
+        async with asyncio.timeout(10):
+            await publisher.wait_connected()
+        await asyncio.gather(*[p for i in range(count) if (p := publisher.publish(topic, b"%d" % i, qos=1))])
+        async with intake() as local:
+            got = 0
+            async with asyncio.timeout(30):
+                async for batch in local.batches():
+                    for m in batch:
+                        local.ack(m.mid)
+                    got += len(batch)
+                    if got >= count:
+                        break
+        async with intake() as local:
+            async with asyncio.timeout(10):
+                await local.wait_connected()
+            # A marker published after the reconnection arrives after anything the broker redelivers.
+            marker = publisher.publish(topic, b"-1", qos=1)
+            assert marker is not None
+            await marker
+            redelivered: list[int] = []
+            async with asyncio.timeout(30):
+                async for batch in local.batches():
+                    for m in batch:
+                        local.ack(m.mid)
+                    redelivered += [int(m.payload) for m in batch]
+                    if redelivered[-1] == -1:
+                        break
+    assert redelivered == [-1]

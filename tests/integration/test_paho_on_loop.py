@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.broker import on_loop
 from edge_agent.broker.buffered import CHUNK, PACKETS_PER_TURN, BufferedClient
 from edge_agent.broker.on_loop import PahoOnLoop
 from edge_agent.broker.publisher import ConfirmedPublisher
@@ -211,3 +213,49 @@ async def test_a_turns_publications_leave_whole_and_in_order_past_a_full_socket(
         sub.disconnect()
         sub.loop_stop()
     assert received == first + second
+
+
+async def test_aclose_waits_for_the_broker_to_close_and_no_longer_than_close_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After our DISCONNECT, aclose returns once the peer closes its end; a peer that never does (here a server
+    that accepts the session and then only reads) holds it for CLOSE_WAIT, not longer."""
+    monkeypatch.setattr(on_loop, "CLOSE_WAIT", 0.5)
+    got_disconnect = asyncio.Event()
+    released = asyncio.Event()
+    peer = {"closes": True}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(2)  # CONNECT's fixed header (its body is shorter than 128 bytes)
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK: accepted, no session
+        while (data := await reader.read(1024)) and b"\xe0\x00" not in data:
+            pass
+        got_disconnect.set()
+        if not peer["closes"]:
+            await released.wait()  # a broker that does not close its end
+        writer.close()
+
+    async def aclose_takes(port: int) -> float:
+        got_disconnect.clear()
+        client = BufferedClient(CallbackAPIVersion.VERSION2, client_id="close-wait")
+        connected = asyncio.Event()
+        client.on_connect = lambda *_a: connected.set()
+        client.connect_async("127.0.0.1", port)
+        driver = PahoOnLoop(client, name="close-wait", reconnect_max=1.0)
+        driver.start()
+        await asyncio.wait_for(connected.wait(), 10)
+        started = time.monotonic()
+        await driver.aclose()
+        assert got_disconnect.is_set()
+        return time.monotonic() - started
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        assert await aclose_takes(port) < 0.4
+        peer["closes"] = False
+        assert 0.5 <= await aclose_takes(port) < 1.5
+    finally:
+        released.set()
+        server.close()
+        await server.wait_closed()

@@ -140,6 +140,35 @@ def test_close_sends_what_waits_first(pair: tuple[socket.socket, socket.socket])
     assert ours.fileno() == -1
 
 
+def test_close_after_keep_reading_only_shuts_for_writing_until_released(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = pair
+    buffered = BufferedSocket(ours)
+    buffered.keep_reading_after_close()
+    buffered.send(b"\xe0\x00")
+    buffered.close()
+    assert buffered.half_closed
+    assert peer.recv(2) == b"\xe0\x00"
+    assert peer.recv(2) == b""  # the peer sees our end closed
+    peer.sendall(b"late")
+    assert buffered.raw.recv(4) == b"late"  # and ours still reads what the peer sends meanwhile
+    buffered.release()
+    assert not buffered.half_closed
+    assert ours.fileno() == -1
+
+
+def test_close_after_keep_reading_closes_when_bytes_are_left(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, peer = pair
+    buffered = BufferedSocket(ours)
+    buffered.keep_reading_after_close()
+    peer.close()
+    buffered.send(b"x")
+    buffered.close()  # the write fails: nothing to wait for, the socket is closed
+    assert not buffered.half_closed
+    assert ours.fileno() == -1
+
+
 def test_the_paho_internals_it_relies_on_are_there() -> None:
     # Socket creation goes through _create_socket, and the loop skips its wait while pending() says so.
     assert callable(getattr(mqtt.Client, "_create_socket", None))
