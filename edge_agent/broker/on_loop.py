@@ -87,20 +87,16 @@ class PahoOnLoop:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        sock = self._sock
+        sock: BufferedSocket | None = self._sock  # what BufferedClient opens
         if sock is None:
             return
-        if isinstance(sock, BufferedSocket):
-            sock.keep_reading_after_close()
+        sock.keep_reading_after_close()
         self._client.disconnect()
         self._client.loop_write()  # the DISCONNECT goes now, and paho closes the socket after it
         if self._sock is sock:  # the DISCONNECT did not go: close the socket without it
             self._unwatch(sock)
-            if isinstance(sock, BufferedSocket):
-                sock.release()
-            else:
-                sock.close()
-        if isinstance(sock, BufferedSocket) and sock.half_closed:
+            sock.release()
+        elif sock.half_closed:
             try:
                 await self._peer_closed(sock.raw)
             finally:

@@ -24,9 +24,7 @@ async def test_many_confirmed_publishes_race_their_pubacks_without_deadlock(
 ) -> None:
     # A PUBACK can arrive while publish() is still registering its future (paho calls on_publish under the
     # lock that publish takes): 20,000 confirmed publishes must all resolve, and the loop must stay live.
-    local = LocalBroker(
-        host=device_broker.host, port=device_broker.port, client_id=f"{topic_prefix}-pub", subscriptions=[]
-    )
+    local = _client(device_broker, f"{topic_prefix}-pub", [], "3.1.1")
     async with local:
         async with asyncio.timeout(10):
             await local.wait_connected()
